@@ -1,0 +1,88 @@
+-- contextd's Postgres schema.
+--
+-- `contextd migrate` and `contextd serve` apply this file, under an advisory lock so that
+-- instances starting together take turns. The preamble (everything before the first
+-- "-- migration:" line) runs every time and must stay idempotent. Each "-- migration: N name"
+-- section runs once, in its own transaction, and is recorded in contextd_schema_migrations.
+-- Never edit a section that has shipped: append a new one.
+
+CREATE TABLE IF NOT EXISTS contextd_schema_migrations (
+    version     integer     PRIMARY KEY,
+    name        text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- migration: 1 initial
+-- One row per context: its current version and what lists and filters need.
+CREATE TABLE factory_context_metadata (
+    context_id    text        PRIMARY KEY
+                              CHECK (context_id ~ '^[A-Za-z0-9._:-]{1,255}$'),
+    version       bigint      NOT NULL CHECK (version >= 1),
+    source        text        NOT NULL CHECK (source IN ('factory', 'mcp')),
+    parent_id     text,
+    size_bytes    bigint      NOT NULL CHECK (size_bytes >= 0),
+    has_embedding boolean     NOT NULL DEFAULT false,
+    -- Factory's own timestamp of the current version, when it came from Factory sync.
+    synced_at     timestamptz,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL
+);
+CREATE INDEX factory_context_metadata_source_idx
+    ON factory_context_metadata (source, context_id);
+CREATE INDEX factory_context_metadata_parent_idx
+    ON factory_context_metadata (parent_id, context_id) WHERE parent_id IS NOT NULL;
+
+-- Every kept version, the current one included (the current payload is read from here).
+CREATE TABLE factory_context_versions (
+    context_id  text        NOT NULL
+                            REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version     bigint      NOT NULL CHECK (version >= 1),
+    source      text        NOT NULL CHECK (source IN ('factory', 'mcp')),
+    parent_id   text,
+    data        jsonb       NOT NULL CHECK (jsonb_typeof(data) = 'object'),
+    metadata    jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
+    -- pgvector is not packaged everywhere; the vector index is derived from this column.
+    embedding   real[],
+    change_type text        NOT NULL
+                            CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
+    changed_by  text,
+    changed_at  timestamptz NOT NULL,
+    size_bytes  bigint      NOT NULL CHECK (size_bytes >= 0),
+    PRIMARY KEY (context_id, version)
+);
+
+-- L3 of the cache: serialized contexts by key (`context:{id}`, `context:{id}:v{n}`).
+CREATE TABLE factory_cache_entries (
+    cache_key     text        PRIMARY KEY,
+    context_id    text        NOT NULL
+                              REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version       bigint      NOT NULL,
+    value         bytea       NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at    timestamptz,
+    access_count  bigint      NOT NULL DEFAULT 0,
+    last_accessed timestamptz
+);
+CREATE INDEX factory_cache_entries_context_idx ON factory_cache_entries (context_id);
+CREATE INDEX factory_cache_entries_expires_idx
+    ON factory_cache_entries (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX factory_cache_entries_hot_idx ON factory_cache_entries (access_count DESC);
+
+-- Every committed change, appended by the write's own transaction, for the change feed,
+-- the webhook pusher and the vector indexer.
+CREATE TABLE factory_sync_outbox (
+    seq             bigserial   PRIMARY KEY,
+    context_id      text        NOT NULL,
+    -- The version written; for a delete, the version that was deleted.
+    version         bigint      NOT NULL,
+    op              text        NOT NULL CHECK (op IN ('upsert', 'delete')),
+    change_type     text        CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    last_error      text
+);
+CREATE INDEX factory_sync_outbox_pending_idx
+    ON factory_sync_outbox (seq) WHERE delivered_at IS NULL;
+CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, seq);

@@ -1,0 +1,726 @@
+//! `/contexts`: the context resource, its history, and restore.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::extract::{Json, Path, Query, etag, if_none_match_hits, preconditions};
+use crate::domain::{
+    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Source, VersionInfo,
+    VersionRecord,
+};
+use crate::error::{AppError, Problem};
+use crate::service::{ConflictStrategy, IfMatch, Page, WriteRequest, WriteStatus, Written};
+use crate::store::ListFilter;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_context, put_context, delete_context))
+        .routes(routes!(list_contexts, create_context))
+        .routes(routes!(list_versions))
+        .routes(routes!(get_version))
+        .routes(routes!(restore_version))
+}
+
+/// Longest `changed_by` accepted.
+const MAX_CHANGED_BY: usize = 255;
+
+/// Largest page.
+const MAX_LIMIT: usize = 1000;
+
+/// Page size when `limit` is not given.
+const DEFAULT_LIMIT: usize = 100;
+
+/// A context as written by `PUT /contexts/{id}` and `POST /contexts`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ContextIn {
+    /// `POST` only: the id to create (1..=255 of `[A-Za-z0-9._:-]`); generated when absent.
+    /// On `PUT` it may be given only if it equals the id in the path.
+    #[schema(example = "ctx_123")]
+    pub context_id: Option<String>,
+    /// The document: any JSON object.
+    #[schema(value_type = Object, example = json!({"user": "john"}))]
+    pub data: serde_json::Value,
+    /// Which side wrote it.
+    pub source: Source,
+    /// The id of another context this one derives from.
+    pub parent_id: Option<String>,
+    /// Any JSON object; `{}` when absent.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// `vector.dimensions` finite floats, not all zero.
+    pub embedding: Option<Vec<f32>>,
+    /// Who made the change, recorded in the history.
+    pub changed_by: Option<String>,
+}
+
+impl ContextIn {
+    /// Parses the body into the id it names and the content it carries; 422 names the field.
+    fn parse(self) -> Result<(Option<ContextId>, Content, Option<String>), AppError> {
+        let invalid = AppError::Unprocessable;
+        let id = self
+            .context_id
+            .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("context_id: {e}"))))
+            .transpose()?;
+        let data = match self.data {
+            serde_json::Value::Object(map) => map,
+            other => {
+                return Err(invalid(format!(
+                    "data must be a JSON object, not {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let metadata = match self.metadata {
+            None | Some(serde_json::Value::Null) => JsonObject::new(),
+            Some(serde_json::Value::Object(map)) => map,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "metadata must be a JSON object, not {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let parent_id = self
+            .parent_id
+            .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("parent_id: {e}"))))
+            .transpose()?;
+        if let Some(by) = &self.changed_by
+            && by.chars().count() > MAX_CHANGED_BY
+        {
+            return Err(invalid(format!(
+                "changed_by is at most {MAX_CHANGED_BY} characters"
+            )));
+        }
+        let content = Content {
+            source: self.source,
+            parent_id,
+            data,
+            metadata,
+            embedding: self.embedding,
+        };
+        Ok((id, content, self.changed_by))
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// A context, as every read and write returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContextOut<'a> {
+    #[schema(value_type = String, example = "ctx_123")]
+    pub context_id: &'a str,
+    /// 1 on create, +1 per change.
+    pub version: i64,
+    pub source: Source,
+    #[schema(value_type = Option<String>)]
+    pub parent_id: Option<&'a str>,
+    /// The document.
+    #[schema(value_type = Object)]
+    pub data: &'a JsonObject,
+    #[schema(value_type = Object)]
+    pub metadata: &'a JsonObject,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bytes of compact JSON `data` + `metadata`.
+    pub size_bytes: i64,
+    pub has_embedding: bool,
+    /// Only with `?include=embedding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<f32>>)]
+    pub embedding: Option<&'a [f32]>,
+}
+
+impl<'a> ContextOut<'a> {
+    fn new(context: &'a Context, include_embedding: bool) -> Self {
+        Self {
+            context_id: context.id.as_str(),
+            version: context.version,
+            source: context.content.source,
+            parent_id: context.content.parent_id.as_ref().map(ContextId::as_str),
+            data: &context.content.data,
+            metadata: &context.content.metadata,
+            created_at: context.created_at,
+            updated_at: context.updated_at,
+            size_bytes: context.size_bytes,
+            has_embedding: context.content.embedding.is_some(),
+            embedding: context
+                .content
+                .embedding
+                .as_deref()
+                .filter(|_| include_embedding),
+        }
+    }
+}
+
+/// A context in a list: everything but `data` (and the embedding).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContextSummaryOut {
+    pub context_id: String,
+    pub version: i64,
+    pub source: Source,
+    pub parent_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: JsonObject,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub size_bytes: i64,
+    pub has_embedding: bool,
+}
+
+impl From<ContextSummary> for ContextSummaryOut {
+    fn from(s: ContextSummary) -> Self {
+        Self {
+            context_id: s.id.as_str().to_owned(),
+            version: s.version,
+            source: s.source,
+            parent_id: s.parent_id.map(|p| p.as_str().to_owned()),
+            metadata: s.metadata,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            size_bytes: s.size_bytes,
+            has_embedding: s.has_embedding,
+        }
+    }
+}
+
+/// One page of contexts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContextPage {
+    pub items: Vec<ContextSummaryOut>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of a context's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionInfoOut {
+    pub version: i64,
+    pub change_type: ChangeType,
+    pub changed_by: Option<String>,
+    pub changed_at: DateTime<Utc>,
+    pub size_bytes: i64,
+}
+
+impl From<VersionInfo> for VersionInfoOut {
+    fn from(v: VersionInfo) -> Self {
+        Self {
+            version: v.version,
+            change_type: v.change_type,
+            changed_by: v.changed_by,
+            changed_at: v.changed_at,
+            size_bytes: v.size_bytes,
+        }
+    }
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionPage {
+    pub items: Vec<VersionInfoOut>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One version with its payload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionOut {
+    pub context_id: String,
+    pub version: i64,
+    #[schema(value_type = Object)]
+    pub data: JsonObject,
+    #[schema(value_type = Object)]
+    pub metadata: JsonObject,
+    pub change_type: ChangeType,
+    pub changed_by: Option<String>,
+    pub changed_at: DateTime<Utc>,
+}
+
+impl From<VersionRecord> for VersionOut {
+    fn from(r: VersionRecord) -> Self {
+        Self {
+            context_id: r.id.as_str().to_owned(),
+            version: r.info.version,
+            data: r.content.data,
+            metadata: r.content.metadata,
+            change_type: r.info.change_type,
+            changed_by: r.info.changed_by,
+            changed_at: r.info.changed_at,
+        }
+    }
+}
+
+/// Query of `GET /contexts/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    /// Return this version instead of the current one.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    pub version: Option<String>,
+    /// `embedding` adds the embedding to the response.
+    #[param(value_type = Option<String>, example = "embedding")]
+    pub include: Option<String>,
+}
+
+/// Query of writes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WriteParams {
+    /// With `If-Match` naming an old version: `reject` (412, the default), `overwrite`, or
+    /// `merge` (three-way merge of top-level keys; 409 lists conflicting keys).
+    #[param(value_type = Option<String>, example = "merge")]
+    pub on_conflict: Option<String>,
+}
+
+/// Query of `GET /contexts`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only contexts from this source.
+    #[param(value_type = Option<Source>)]
+    pub source: Option<String>,
+    /// Only children of this context.
+    pub parent_id: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Query of `GET /contexts/{id}/versions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1..=1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn parse_id(raw: &str) -> Result<ContextId, AppError> {
+    ContextId::parse(raw).map_err(|e| AppError::Unprocessable(e.to_string()))
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<usize, AppError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            AppError::Unprocessable(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+        })
+}
+
+fn parse_include_embedding(raw: Option<&str>) -> Result<bool, AppError> {
+    match raw {
+        None | Some("") => Ok(false),
+        Some("embedding") => Ok(true),
+        Some(other) => Err(AppError::Unprocessable(format!(
+            "include may only be `embedding`, not {other:?}"
+        ))),
+    }
+}
+
+/// A one-context response: the body, `ETag`, and any extra headers.
+fn context_response(
+    status: StatusCode,
+    context: &Context,
+    include_embedding: bool,
+    extra: impl IntoIterator<Item = (header::HeaderName, HeaderValue)>,
+) -> Response {
+    let mut response = (
+        status,
+        axum::Json(ContextOut::new(context, include_embedding)),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag(context.version));
+    headers.extend(extra);
+    response
+}
+
+fn location(id: &ContextId) -> (header::HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(&format!("/contexts/{id}")).expect("ids are URL-safe ASCII");
+    (header::LOCATION, value)
+}
+
+fn written_response(written: &Written) -> Response {
+    match written.status {
+        WriteStatus::Created => context_response(
+            StatusCode::CREATED,
+            &written.context,
+            false,
+            [location(&written.context.id)],
+        ),
+        WriteStatus::Updated | WriteStatus::Unchanged => {
+            context_response(StatusCode::OK, &written.context, false, [])
+        }
+    }
+}
+
+/// Get a context
+///
+/// The current version, or `?version=N`. `If-None-Match: "<v>"` answers 304 when unchanged.
+/// `Cache-Status` tells which layer answered.
+#[utoipa::path(
+    get, path = "/contexts/{id}", tag = "contexts",
+    params(("id" = String, Path, description = "Context id"), GetParams,
+        ("If-None-Match" = Option<String>, Header, description = "An ETag you hold, e.g. \"3\"")),
+    responses(
+        (status = 200, description = "The context", body = ContextOut,
+            headers(("ETag" = String), ("Cache-Status" = String))),
+        (status = 304, description = "Not modified since the ETag you hold"),
+        (status = 404, description = "No such context or version", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "That version was pruned", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad id or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_context(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<GetParams>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let id = parse_id(&id)?;
+    let include_embedding = parse_include_embedding(params.include.as_deref())?;
+    let (context, cache_status) = match params.version.as_deref() {
+        None => {
+            let (context, outcome) = state.contexts.get(&id).await?;
+            (context, outcome.header_value())
+        }
+        Some(raw) => {
+            let version = raw.parse::<i64>().map_err(|_| {
+                AppError::Unprocessable(format!("version must be an integer, not {raw:?}"))
+            })?;
+            let context = state.contexts.get_at(&id, version).await?;
+            (
+                Arc::new(context),
+                crate::cache::CacheOutcome::Miss.header_value(),
+            )
+        }
+    };
+    let cache_status = (
+        header::HeaderName::from_static("cache-status"),
+        HeaderValue::from_static(cache_status),
+    );
+    if if_none_match_hits(&headers, context.version) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response
+            .headers_mut()
+            .insert(header::ETAG, etag(context.version));
+        response.headers_mut().extend([cache_status]);
+        return Ok(response);
+    }
+    Ok(context_response(
+        StatusCode::OK,
+        &context,
+        include_embedding,
+        [cache_status],
+    ))
+}
+
+/// Create or update a context
+///
+/// 201 with version 1 when new, 200 with version +1 when changed, 200 with the current version
+/// when nothing changed. `If-Match: "<v>"` makes the write conditional (see `on_conflict`);
+/// `If-None-Match: *` makes it create-only.
+#[utoipa::path(
+    put, path = "/contexts/{id}", tag = "contexts",
+    params(("id" = String, Path, description = "Context id"), WriteParams,
+        ("If-Match" = Option<String>, Header, description = "The version you read, e.g. \"3\", or *"),
+        ("If-None-Match" = Option<String>, Header, description = "* to create only")),
+    request_body = ContextIn,
+    responses(
+        (status = 200, description = "Updated, or unchanged", body = ContextOut, headers(("ETag" = String))),
+        (status = 201, description = "Created", body = ContextOut, headers(("ETag" = String), ("Location" = String))),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Merge conflict: `conflicts` lists the keys", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "Precondition failed: `current_version` says why", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over `limits.max_context_bytes`: `limit` and `actual`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid id, source, data, metadata or embedding", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn put_context(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    Json(body): Json<ContextIn>,
+) -> Result<Response, AppError> {
+    let id = parse_id(&id)?;
+    let on_conflict = match params.on_conflict.as_deref() {
+        None => ConflictStrategy::default(),
+        Some(raw) => ConflictStrategy::parse(raw).ok_or_else(|| {
+            AppError::Unprocessable(format!(
+                "on_conflict must be reject, overwrite or merge, not {raw:?}"
+            ))
+        })?,
+    };
+    let preconditions = preconditions(&headers)?;
+    let (body_id, content, changed_by) = body.parse()?;
+    if body_id.as_ref().is_some_and(|b| *b != id) {
+        return Err(AppError::Unprocessable(
+            "context_id in the body differs from the id in the path".to_owned(),
+        ));
+    }
+    if content.parent_id.as_ref() == Some(&id) {
+        return Err(AppError::Unprocessable(
+            "parent_id must name another context, not this one".to_owned(),
+        ));
+    }
+    let written = state
+        .contexts
+        .put(
+            &id,
+            WriteRequest {
+                content,
+                changed_by,
+                preconditions,
+                on_conflict,
+            },
+        )
+        .await?;
+    Ok(written_response(&written))
+}
+
+/// Create a context
+///
+/// Like `PUT`, but create-only: the id comes from the body, or `ctx_<uuid>` is generated.
+#[utoipa::path(
+    post, path = "/contexts", tag = "contexts",
+    request_body = ContextIn,
+    responses(
+        (status = 201, description = "Created", body = ContextOut, headers(("ETag" = String), ("Location" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over `limits.max_context_bytes`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_context(
+    State(state): State<AppState>,
+    Json(body): Json<ContextIn>,
+) -> Result<Response, AppError> {
+    let (id, content, changed_by) = body.parse()?;
+    if id.is_some() && content.parent_id == id {
+        return Err(AppError::Unprocessable(
+            "parent_id must name another context, not this one".to_owned(),
+        ));
+    }
+    let written = state.contexts.create(id, content, changed_by).await?;
+    Ok(written_response(&written))
+}
+
+/// Delete a context
+///
+/// Removes it with its whole history and its cache entries. `If-Match: "<v>"` deletes only
+/// that version.
+#[utoipa::path(
+    delete, path = "/contexts/{id}", tag = "contexts",
+    params(("id" = String, Path, description = "Context id"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if this is the current version")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such context", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "Not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_context(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, AppError> {
+    let id = parse_id(&id)?;
+    let preconditions = preconditions(&headers)?;
+    state.contexts.delete(&id, preconditions.if_match).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List contexts
+///
+/// In id order, without `data`; page with `cursor`.
+#[utoipa::path(
+    get, path = "/contexts", tag = "contexts",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page", body = ContextPage),
+        (status = 400, description = "Bad cursor or query", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad source, parent_id or limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_contexts(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<ContextPage>, AppError> {
+    let limit = parse_limit(params.limit.as_deref())?;
+    let source = params
+        .source
+        .as_deref()
+        .map(|raw| {
+            Source::parse(raw).ok_or_else(|| {
+                AppError::Unprocessable(format!("source must be factory or mcp, not {raw:?}"))
+            })
+        })
+        .transpose()?;
+    let parent_id = params
+        .parent_id
+        .as_deref()
+        .map(|raw| {
+            ContextId::parse(raw).map_err(|e| AppError::Unprocessable(format!("parent_id: {e}")))
+        })
+        .transpose()?;
+    let filter = ListFilter { source, parent_id };
+    let Page { items, next_cursor } = state
+        .contexts
+        .list(&filter, params.cursor.as_deref(), limit)
+        .await?;
+    Ok(axum::Json(ContextPage {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// List a context's versions
+///
+/// Newest first; page with `cursor`.
+#[utoipa::path(
+    get, path = "/contexts/{id}/versions", tag = "versions",
+    params(("id" = String, Path, description = "Context id"), PageParams),
+    responses(
+        (status = 200, description = "One page", body = VersionPage),
+        (status = 400, description = "Bad cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such context", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad id or limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_versions(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<PageParams>,
+) -> Result<axum::Json<VersionPage>, AppError> {
+    let id = parse_id(&id)?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let Page { items, next_cursor } = state
+        .contexts
+        .versions(&id, params.cursor.as_deref(), limit)
+        .await?;
+    Ok(axum::Json(VersionPage {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Parses the `{n}` of a version path; anything but a number names no version.
+fn parse_version(id: &ContextId, raw: &str) -> Result<i64, AppError> {
+    raw.parse::<i64>()
+        .map_err(|_| AppError::NotFound(format!("context {id} has no version {raw:?}")))
+}
+
+/// Get one version
+#[utoipa::path(
+    get, path = "/contexts/{id}/versions/{n}", tag = "versions",
+    params(("id" = String, Path, description = "Context id"),
+        ("n" = i64, Path, description = "Version number")),
+    responses(
+        (status = 200, description = "The version", body = VersionOut),
+        (status = 404, description = "No such context or version", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Pruned by retention", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_version(
+    State(state): State<AppState>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<axum::Json<VersionOut>, AppError> {
+    let id = parse_id(&id)?;
+    let version = parse_version(&id, &n)?;
+    let record = state.contexts.version(&id, version).await?;
+    Ok(axum::Json(record.into()))
+}
+
+/// Body of a restore (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct RestoreIn {
+    /// Who made the change, recorded in the history.
+    pub changed_by: Option<String>,
+}
+
+/// Restore a version
+///
+/// Makes a new version with that version's data and metadata (`change_type` `restore`).
+#[utoipa::path(
+    post, path = "/contexts/{id}/versions/{n}/restore", tag = "versions",
+    params(("id" = String, Path, description = "Context id"),
+        ("n" = i64, Path, description = "Version to restore"),
+        ("If-Match" = Option<String>, Header, description = "Restore only if this is the current version")),
+    request_body(content = Option<RestoreIn>, description = "Optional"),
+    responses(
+        (status = 200, description = "The new current version", body = ContextOut, headers(("ETag" = String))),
+        (status = 404, description = "No such context or version", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Pruned by retention", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "Not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn restore_version(
+    State(state): State<AppState>,
+    Path((id, n)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    let id = parse_id(&id)?;
+    let version = parse_version(&id, &n)?;
+    let if_match = preconditions(&headers)?.if_match;
+    let restore: RestoreIn = if body.is_empty() {
+        RestoreIn::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?
+    };
+    let if_match = match if_match {
+        Some(IfMatch::Any) | None => None,
+        some => some,
+    };
+    let written = state
+        .contexts
+        .restore(&id, version, if_match, restore.changed_by)
+        .await?;
+    Ok(context_response(
+        StatusCode::OK,
+        &written.context,
+        false,
+        [],
+    ))
+}

@@ -1,0 +1,196 @@
+//! Extractors whose rejections are problem+json, and the conditional-request headers.
+
+use axum::extract::FromRequest;
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use crate::error::AppError;
+use crate::service::{IfMatch, Preconditions};
+
+/// `axum::Json`, with its rejections as problem+json: 400 malformed, 415 not JSON,
+/// 413 too large, 422 the wrong shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(AppError))]
+pub struct Json<T>(pub T);
+
+/// `axum::extract::Query`, rejecting with 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(AppError))]
+pub struct Query<T>(pub T);
+
+/// `axum::extract::Path`, rejecting with 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(AppError))]
+pub struct Path<T>(pub T);
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        let text = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => AppError::Unprocessable(text),
+            JsonRejection::JsonSyntaxError(_) => {
+                AppError::BadRequest(format!("malformed JSON: {text}"))
+            }
+            JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".to_owned(),
+            ),
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                AppError::BodyTooLarge(text)
+            }
+            _ => AppError::BadRequest(text),
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        AppError::BadRequest(format!("malformed query: {}", rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        AppError::BadRequest(format!("malformed path: {}", rejection.body_text()))
+    }
+}
+
+/// The strong entity tag of a version: `"3"`.
+pub fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are valid")
+}
+
+/// Parses `If-Match` and `If-None-Match` of a write.
+pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, AppError> {
+    let if_match = match header_str(headers, header::IF_MATCH)? {
+        None => None,
+        Some(raw) => Some(parse_if_match(raw)?),
+    };
+    let create_only = match header_str(headers, header::IF_NONE_MATCH)? {
+        None => false,
+        Some("*") => true,
+        Some(other) => {
+            return Err(AppError::BadRequest(format!(
+                "If-None-Match on a write must be `*` (create only), not {other:?}"
+            )));
+        }
+    };
+    Ok(Preconditions {
+        if_match,
+        create_only,
+    })
+}
+
+fn parse_if_match(raw: &str) -> Result<IfMatch, AppError> {
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(IfMatch::Any);
+    }
+    let bad = || {
+        AppError::BadRequest(format!(
+            "If-Match must be `*` or one version as a strong entity tag, like \"3\"; got {raw:?}"
+        ))
+    };
+    let tag = raw
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(raw);
+    tag.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .map(IfMatch::Version)
+        .ok_or_else(bad)
+}
+
+/// Whether a GET's `If-None-Match` matches `version` (weak comparison, lists, `*`).
+pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
+    let Some(raw) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let wanted = version.to_string();
+    raw.split(',').map(str::trim).any(|tag| {
+        tag == "*"
+            || tag
+                .trim_start_matches("W/")
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                == Some(wanted.as_str())
+    })
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>, AppError> {
+    headers
+        .get(&name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| AppError::BadRequest(format!("{name} is not valid ASCII")))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn if_match_takes_a_quoted_or_bare_version_or_a_star() {
+        for (raw, expected) in [
+            ("\"3\"", IfMatch::Version(3)),
+            ("3", IfMatch::Version(3)),
+            ("*", IfMatch::Any),
+        ] {
+            let parsed = preconditions(&headers(&[(header::IF_MATCH, raw)])).unwrap();
+            assert_eq!(parsed.if_match, Some(expected), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_if_match_is_a_bad_request() {
+        for raw in ["W/\"3\"", "\"x\"", "\"0\"", "\"1\", \"2\""] {
+            assert!(
+                matches!(
+                    preconditions(&headers(&[(header::IF_MATCH, raw)])),
+                    Err(AppError::BadRequest(_))
+                ),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn if_none_match_matches_weakly_and_in_lists() {
+        assert!(if_none_match_hits(
+            &headers(&[(header::IF_NONE_MATCH, "\"3\"")]),
+            3
+        ));
+        assert!(if_none_match_hits(
+            &headers(&[(header::IF_NONE_MATCH, "W/\"3\"")]),
+            3
+        ));
+        assert!(if_none_match_hits(
+            &headers(&[(header::IF_NONE_MATCH, "\"1\", \"3\"")]),
+            3
+        ));
+        assert!(if_none_match_hits(
+            &headers(&[(header::IF_NONE_MATCH, "*")]),
+            3
+        ));
+        assert!(!if_none_match_hits(
+            &headers(&[(header::IF_NONE_MATCH, "\"2\"")]),
+            3
+        ));
+        assert!(!if_none_match_hits(&HeaderMap::new(), 3));
+    }
+}

@@ -1,0 +1,182 @@
+//! API: the HTTP face of contextd (axum). Handlers parse, call one service method, and map
+//! the result; no SQL or cache code lives here.
+//!
+//! Every route is mounted through utoipa-axum's `routes!`, so mounting and documenting are
+//! one line and `/openapi.json` cannot drift from the router.
+
+mod contexts;
+pub mod extract;
+mod ops;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
+
+use crate::config::Settings;
+use crate::error::{AppError, Problem};
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::service::{ContextService, Ops};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub contexts: Arc<ContextService>,
+    pub ops: Arc<Ops>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "contextd",
+        description = "Versioned JSON contexts for AI agent platforms: history, retention, \
+                       optimistic concurrency, and the operations endpoints.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "contexts", description = "Contexts: versioned JSON documents"),
+        (name = "versions", description = "A context's history"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    ),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(contexts::router())
+        .merge(ops::router())
+}
+
+/// The OpenAPI document of everything the router serves.
+pub fn openapi() -> OpenApiDoc {
+    api_router().split_for_parts().1
+}
+
+/// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut json = openapi().to_pretty_json().expect("the document serializes");
+    json.push('\n');
+    json
+}
+
+/// The whole application: routes, docs, and the layers every request passes.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    let spec = openapi_json();
+    // Room for the largest context pretty-printed, plus an embedding; the exact limit on the
+    // compact JSON is checked (413 with `limit` and `actual`) once the body is parsed.
+    let body_limit =
+        settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024;
+    let timeout = Duration::from_secs(settings.server.request_timeout_seconds);
+
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                ([(header::CONTENT_TYPE, "application/json")], spec.clone())
+            }),
+        )
+        .merge(SwaggerUi::new("/swagger-ui").config(SwaggerConfig::from("/openapi.json")))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http().make_span_with(make_span))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+/// Counts every request by method, route template and status.
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.observe_http(
+        method.as_str(),
+        route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Gives problem+json bodies to errors that axum or tower produce bare, without a body (405
+/// from the router, 503 from the timeout), keeping their headers (`Allow`).
+async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    let has_body = response.headers().contains_key(header::CONTENT_TYPE);
+    if !(status.is_client_error() || status.is_server_error()) || has_body {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{method} is not allowed on {path}; the Allow header lists what is")
+        }
+        StatusCode::SERVICE_UNAVAILABLE => "the request took too long; retry shortly".to_owned(),
+        other => other.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let (mut parts, _) = response.into_parts();
+    let fresh = Problem::new(status, detail).into_response_with(status);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .extend(fresh.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
+    let (_, body) = fresh.into_parts();
+    Response::from_parts(parts, body)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    tracing::error!("a handler panicked");
+    let mut response = Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        .into_response_with(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn make_span(request: &Request<Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, |p| p.as_str());
+    tracing::info_span!("request", method = %request.method(), route, uri = %request.uri())
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.into_response_with(status)
+    }
+}

@@ -1,0 +1,105 @@
+//! Operations: health, readiness, metrics.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use crate::service::Check;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// The process serves.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness
+///
+/// 200 while the process serves; checks nothing else.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// Dependencies, each `ok`, `degraded`, `down` or `disabled` (not configured).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checks {
+    pub store: Check,
+    pub redis: Check,
+    pub vector: Check,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// `ok`, `degraded` (Redis or the vector backend down), or `down` (the store is down).
+    pub status: Check,
+    /// The store backend: `postgres` or `sqlite`.
+    #[schema(example = "postgres")]
+    pub store: &'static str,
+    pub checks: Checks,
+}
+
+/// Readiness
+///
+/// 503 when the store is down; Redis or the vector backend down only degrades.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "The store is down", body = Ready),
+    ))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.ops.readiness().await;
+    let status = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Ready {
+        status: readiness.status(),
+        store: readiness.store_backend,
+        checks: Checks {
+            store: readiness.store,
+            redis: readiness.redis,
+            vector: readiness.vector,
+        },
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::error::RETRY_AFTER_SECONDS),
+        );
+    }
+    response
+}
+
+/// Prometheus metrics
+///
+/// The text exposition format. Context counts are read from the store at scrape time; when it
+/// is down they keep their last value.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let counts = match state.contexts.counts().await {
+        Ok(counts) => Some(counts),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the store did not answer; keeping the last counts");
+            None
+        }
+    };
+    let body = state.metrics.render(counts, state.contexts.l1().stats());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}

@@ -1,0 +1,593 @@
+//! Typed settings: `config/context.yaml`, then the environment over it.
+//!
+//! Precedence, lowest first: built-in defaults, the YAML file, `CONTEXTD__SECTION__KEY`
+//! variables, then `DATABASE_URL` and `REDIS_URL`. Every key is checked: an unknown key or a
+//! bad value is an error naming the key (and the variable it came from). Secrets are wrapped in
+//! [`Secret`] so that neither `Debug` nor a log line can show them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_norway::{Mapping, Value};
+
+/// The file read when neither `--config` nor `CONTEXTD_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "config/context.yaml";
+
+/// Prefix of the variables that override single keys; `__` separates the levels.
+const ENV_PREFIX: &str = "CONTEXTD__";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub versions: VersionSettings,
+    pub limits: LimitSettings,
+    pub cache: CacheSettings,
+    pub vector: VectorSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address and port to listen on; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// A request still running after this long answers 503.
+    pub request_timeout_seconds: u64,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/dbname`; `DATABASE_URL` sets it.
+    pub url: Option<Secret<String>>,
+    /// Most connections one instance opens.
+    pub pool_size: usize,
+    /// How long to wait for a connection (to open, or from the pool) before answering 503.
+    pub connect_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]`; `REDIS_URL` sets it. Unset: no Redis.
+    pub url: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionSettings {
+    /// Versions kept per context; older ones are pruned by the write that exceeds it.
+    pub retention: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Largest compact `data` + `metadata` a context may have, in bytes.
+    pub max_context_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    pub l1: L1Settings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L1Settings {
+    /// Most contexts held in process; 0 turns L1 off.
+    pub max_entries: usize,
+    /// Most bytes (of data + metadata) held in process.
+    pub max_bytes: usize,
+    /// An entry older than this is read again from the store.
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorSettings {
+    /// Length every `embedding` must have.
+    pub dimensions: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing filter, e.g. `info` or `contextd=debug,tower_http=info`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout_seconds: 30,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 16,
+            connect_timeout_seconds: 5,
+        }
+    }
+}
+
+impl Default for VersionSettings {
+    fn default() -> Self {
+        Self { retention: 100 }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_context_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for L1Settings {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+            ttl_seconds: 300,
+        }
+    }
+}
+
+impl Default for VectorSettings {
+    fn default() -> Self {
+        Self { dimensions: 1536 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// A value that must never be shown: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that needs it (a connection, a signature).
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A URL with its password replaced by `***`, for log lines.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    // A query string may carry `password=...` too; keep only the path.
+    let path = tail.split('?').next().unwrap_or_default();
+    format!("{scheme}://{authority}{path}")
+}
+
+/// Why the settings could not be loaded. The message names the file, key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+    #[error("config key `{key}`{origin}: {message}")]
+    Key {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("environment variable {var} names no config key ({message})")]
+    UnknownVariable { var: String, message: String },
+}
+
+impl Settings {
+    /// Loads the settings from `path` (or `CONTEXTD_CONFIG`, or the default file, which may be
+    /// absent) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env_path = std::env::var_os("CONTEXTD_CONFIG").map(PathBuf::from);
+        let (path, required) = match (path, env_path) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let yaml = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::from_sources(yaml.as_deref(), &path, std::env::vars())
+    }
+
+    /// Builds the settings from YAML text and environment variables; `load` without the I/O.
+    pub fn from_sources(
+        yaml: Option<&str>,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = match yaml {
+            Some(text) => {
+                serde_norway::from_str::<Value>(text).map_err(|source| ConfigError::Yaml {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
+            None => Value::Null,
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Mapping::new());
+        }
+
+        let mut origins = BTreeMap::new();
+        let mut overrides: Vec<(Vec<String>, String, String)> = Vec::new();
+        for (var, raw) in env {
+            let key = if var == "DATABASE_URL" {
+                vec!["database".to_owned(), "url".to_owned()]
+            } else if var == "REDIS_URL" {
+                vec!["redis".to_owned(), "url".to_owned()]
+            } else if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
+                rest.split("__").map(str::to_ascii_lowercase).collect()
+            } else {
+                continue;
+            };
+            overrides.push((key, var, raw));
+        }
+        // The short names win over `CONTEXTD__DATABASE__URL`: apply them last.
+        overrides.sort_by_key(|(_, var, _)| !var.starts_with(ENV_PREFIX));
+        for (key, var, raw) in overrides {
+            if key.iter().any(String::is_empty) {
+                return Err(ConfigError::UnknownVariable {
+                    var,
+                    message: "empty key segment".to_owned(),
+                });
+            }
+            set_path(&mut tree, &key, env_scalar(&raw)).map_err(|message| {
+                ConfigError::UnknownVariable {
+                    var: var.clone(),
+                    message,
+                }
+            })?;
+            origins.insert(key.join("."), var);
+        }
+
+        // Round-trip through YAML text so that untagged scalars take the type each field wants
+        // (a numeric secret stays a string, "5" from the environment becomes a number).
+        let text = serde_norway::to_string(&tree).expect("a YAML value always serializes");
+        let deserializer = serde_norway::Deserializer::from_str(&text);
+        let settings: Settings = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            // serde_norway names the parent section itself ("versions: unknown field").
+            let parent = key.rsplit_once('.').map_or("", |(parent, _)| parent);
+            let message = strip_location(&message);
+            let message = message
+                .strip_prefix(parent)
+                .and_then(|m| m.strip_prefix(": "))
+                .unwrap_or(message);
+            key_error(&origins, key, message)
+        })?;
+        settings.validate(&origins)?;
+        Ok(settings)
+    }
+
+    /// Range checks that the types alone do not make.
+    fn validate(&self, origins: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let checks: [(&str, bool, &str); 7] = [
+            (
+                "versions.retention",
+                self.versions.retention >= 1,
+                "must be at least 1",
+            ),
+            (
+                "limits.max_context_bytes",
+                self.limits.max_context_bytes >= 4,
+                "must be at least 4 (two empty objects)",
+            ),
+            (
+                "vector.dimensions",
+                (1..=65_536).contains(&self.vector.dimensions),
+                "must be between 1 and 65536",
+            ),
+            (
+                "database.pool_size",
+                self.database.pool_size >= 1,
+                "must be at least 1",
+            ),
+            (
+                "database.connect_timeout_seconds",
+                self.database.connect_timeout_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "server.request_timeout_seconds",
+                self.server.request_timeout_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "log.level",
+                tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+                "is not a valid tracing filter (e.g. `info`, `contextd=debug`)",
+            ),
+        ];
+        for (key, ok, message) in checks {
+            if !ok {
+                return Err(key_error(origins, key.to_owned(), message));
+            }
+        }
+        if let Some(url) = &self.database.url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(key_error(
+                    origins,
+                    "database.url".to_owned(),
+                    "must be a postgres:// or postgresql:// URL (the embedded SQLite store is not built yet)",
+                ));
+            }
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return Err(key_error(
+                    origins,
+                    "database.url".to_owned(),
+                    &format!("is not a valid Postgres URL: {e}"),
+                ));
+            }
+        }
+        if let Some(url) = &self.redis.url {
+            let url = url.expose();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(key_error(
+                    origins,
+                    "redis.url".to_owned(),
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key_error(origins: &BTreeMap<String, String>, key: String, message: &str) -> ConfigError {
+    let origin = origins
+        .iter()
+        .find(|(k, _)| key == **k || key.starts_with(&format!("{k}.")))
+        .map(|(_, var)| format!(" (from {var})"))
+        .unwrap_or_default();
+    ConfigError::Key {
+        key,
+        origin,
+        message: message.to_owned(),
+    }
+}
+
+/// serde_norway appends "at line L column C" of the round-tripped text, which means nothing to
+/// the user; the key path says where.
+fn strip_location(message: &str) -> &str {
+    match message.find(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    }
+}
+
+/// An environment value as YAML would read it when it is a plain scalar (`5`, `true`, `null`),
+/// else the text as is, so that a URL or secret is never reinterpreted.
+fn env_scalar(raw: &str) -> Value {
+    match serde_norway::from_str::<Value>(raw) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)) if !raw.is_empty() => v,
+        _ => Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(tree: &mut Value, key: &[String], value: Value) -> Result<(), String> {
+    let (last, parents) = key.split_last().expect("keys have at least one segment");
+    let mut node = tree;
+    for segment in parents {
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| format!("`{segment}` is under a key that is not a section"))?;
+        let child = map
+            .entry(Value::String(segment.clone()))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if child.is_null() {
+            *child = Value::Mapping(Mapping::new());
+        }
+        node = child;
+    }
+    let map = node
+        .as_mapping_mut()
+        .ok_or_else(|| format!("`{last}` is under a key that is not a section"))?;
+    map.insert(Value::String(last.clone()), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_sources(
+            Some(yaml),
+            Path::new("test.yaml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_committed_config_file_loads_and_matches_the_defaults() {
+        let yaml = include_str!("../config/context.yaml");
+        let settings = load(yaml, &[]).unwrap();
+        let defaults = Settings::default();
+        assert_eq!(settings.server.bind, defaults.server.bind);
+        assert_eq!(settings.versions.retention, defaults.versions.retention);
+        assert_eq!(
+            settings.limits.max_context_bytes,
+            defaults.limits.max_context_bytes
+        );
+        assert_eq!(settings.cache.l1.max_entries, defaults.cache.l1.max_entries);
+        assert_eq!(settings.vector.dimensions, defaults.vector.dimensions);
+    }
+
+    #[test]
+    fn environment_variables_override_nested_keys() {
+        let settings = load(
+            "versions:\n  retention: 7\n",
+            &[
+                ("CONTEXTD__VERSIONS__RETENTION", "5"),
+                ("CONTEXTD__SERVER__BIND", "127.0.0.1:9999"),
+                ("CONTEXTD__CACHE__L1__MAX_ENTRIES", "200"),
+                ("DATABASE_URL", "postgres://u:p@localhost/db"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.versions.retention, 5);
+        assert_eq!(settings.server.bind.port(), 9999);
+        assert_eq!(settings.cache.l1.max_entries, 200);
+        assert_eq!(
+            settings.database.url.unwrap().expose(),
+            "postgres://u:p@localhost/db"
+        );
+    }
+
+    #[test]
+    fn database_url_wins_over_the_long_form() {
+        let settings = load(
+            "",
+            &[
+                ("DATABASE_URL", "postgres://short/db"),
+                ("CONTEXTD__DATABASE__URL", "postgres://long/db"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            settings.database.url.unwrap().expose(),
+            "postgres://short/db"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named() {
+        let err = load("versions:\n  retention: 5\n  keep_forever: true\n", &[]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("keep_forever"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_variable_is_named() {
+        let err = load("", &[("CONTEXTD__VERSIONS__RETENTON", "5")]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("retenton"), "{message}");
+        assert!(
+            message.contains("CONTEXTD__VERSIONS__RETENTON"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_variable() {
+        let err = load("", &[("CONTEXTD__VERSIONS__RETENTION", "many")]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("versions.retention"), "{message}");
+        assert!(
+            message.contains("CONTEXTD__VERSIONS__RETENTION"),
+            "{message}"
+        );
+
+        let err = load("versions:\n  retention: 0\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("versions.retention"), "{err}");
+
+        let err = load("server:\n  bind: nowhere\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let settings = load(
+            "",
+            &[
+                ("DATABASE_URL", "postgres://u:hunter2@localhost/db"),
+                ("REDIS_URL", "redis://:hunter3@localhost:6379"),
+            ],
+        )
+        .unwrap();
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("hunter3"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+    }
+
+    #[test]
+    fn a_numeric_secret_from_the_environment_stays_a_string() {
+        let settings = load("", &[("REDIS_URL", "redis://localhost:6379/2")]).unwrap();
+        assert_eq!(
+            settings.redis.url.unwrap().expose(),
+            "redis://localhost:6379/2"
+        );
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        assert_eq!(
+            redact_url("postgres://user:hunter2@db:5432/contextd?sslmode=require&password=x"),
+            "postgres://user:***@db:5432/contextd"
+        );
+        assert_eq!(
+            redact_url("postgres://user@db/contextd"),
+            "postgres://user@db/contextd"
+        );
+        assert_eq!(redact_url("not a url"), "[redacted]");
+    }
+}

@@ -1,0 +1,211 @@
+//! Contexts, their versions, and the refusals a write can meet.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ContextId;
+
+/// A JSON object, the only shape `data` and `metadata` may take.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// Which side of the platform wrote a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Factory,
+    Mcp,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Factory => "factory",
+            Source::Mcp => "mcp",
+        }
+    }
+
+    /// Parses the wire name; `None` for anything else.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "factory" => Some(Source::Factory),
+            "mcp" => Some(Source::Mcp),
+            _ => None,
+        }
+    }
+}
+
+/// What made a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeType {
+    Create,
+    Update,
+    Merge,
+    Restore,
+    Sync,
+}
+
+impl ChangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Create => "create",
+            ChangeType::Update => "update",
+            ChangeType::Merge => "merge",
+            ChangeType::Restore => "restore",
+            ChangeType::Sync => "sync",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "create" => Some(ChangeType::Create),
+            "update" => Some(ChangeType::Update),
+            "merge" => Some(ChangeType::Merge),
+            "restore" => Some(ChangeType::Restore),
+            "sync" => Some(ChangeType::Sync),
+            _ => None,
+        }
+    }
+}
+
+/// What a version holds. Two writes with equal `Content` are the same write: the second makes
+/// no new version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Content {
+    pub source: Source,
+    pub parent_id: Option<ContextId>,
+    pub data: JsonObject,
+    pub metadata: JsonObject,
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl Content {
+    /// Bytes of `data` + `metadata` as stored: compact JSON.
+    pub fn size_bytes(&self) -> usize {
+        compact_size(&self.data) + compact_size(&self.metadata)
+    }
+}
+
+/// Length of the compact JSON text of an object.
+pub fn compact_size(object: &JsonObject) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, object).expect("a JSON object always serializes");
+    counter.0
+}
+
+/// The current state of a context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Context {
+    pub id: ContextId,
+    pub version: i64,
+    pub content: Content,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub size_bytes: i64,
+}
+
+/// A context as lists show it: everything but `data` and the embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextSummary {
+    pub id: ContextId,
+    pub version: i64,
+    pub source: Source,
+    pub parent_id: Option<ContextId>,
+    pub metadata: JsonObject,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub size_bytes: i64,
+    pub has_embedding: bool,
+}
+
+/// One entry of a context's history, without its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionInfo {
+    pub version: i64,
+    pub change_type: ChangeType,
+    pub changed_by: Option<String>,
+    pub changed_at: DateTime<Utc>,
+    pub size_bytes: i64,
+}
+
+/// One entry of a context's history with its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRecord {
+    pub id: ContextId,
+    pub info: VersionInfo,
+    pub content: Content,
+}
+
+/// Why the rules turned a write down. The store hands it back untouched; the API maps it to a
+/// status code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The context does not exist.
+    NotFound,
+    /// The version asked for was pruned by retention.
+    Gone { version: i64 },
+    /// `If-Match` / `If-None-Match` did not hold.
+    PreconditionFailed {
+        current_version: Option<i64>,
+        reason: String,
+    },
+    /// A three-way merge found keys changed differently on both sides.
+    MergeConflict {
+        current_version: i64,
+        conflicts: Vec<String>,
+    },
+    /// A create-only write met an existing context.
+    AlreadyExists { current_version: i64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: serde_json::Value) -> JsonObject {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn size_is_the_compact_json_length_of_data_plus_metadata() {
+        let content = Content {
+            source: Source::Mcp,
+            parent_id: None,
+            data: object(json!({"user": "john"})),
+            metadata: object(json!({})),
+            embedding: None,
+        };
+        assert_eq!(
+            content.size_bytes(),
+            r#"{"user":"john"}"#.len() + "{}".len()
+        );
+    }
+
+    #[test]
+    fn source_and_change_type_round_trip_their_wire_names() {
+        for s in [Source::Factory, Source::Mcp] {
+            assert_eq!(Source::parse(s.as_str()), Some(s));
+        }
+        for c in [
+            ChangeType::Create,
+            ChangeType::Update,
+            ChangeType::Merge,
+            ChangeType::Restore,
+            ChangeType::Sync,
+        ] {
+            assert_eq!(ChangeType::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Source::parse("Factory"), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! Domain: the vocabulary of contextd as plain types and pure functions.
+//!
+//! Everything here is free of I/O: no SQL, no HTTP, no clock reads. Every other layer imports
+//! `domain`; `domain` imports none of them. Input is parsed into these types at the edge
+//! (`ContextId::parse`, `Source::parse`), so the layers below never see an unchecked value.
+
+mod context;
+mod cursor;
+mod id;
+mod merge;
+
+pub use context::{
+    ChangeType, Content, Context, ContextSummary, JsonObject, Refusal, Source, VersionInfo,
+    VersionRecord, compact_size,
+};
+pub use cursor::{Cursor, CursorError};
+pub use id::{ContextId, InvalidId};
+pub use merge::three_way_merge;

@@ -1,0 +1,135 @@
+//! Prometheus metrics: the registry, HTTP request counters, and gauges read at scrape time.
+//!
+//! Labels are bounded: the route is the matched template (`/contexts/{id}`), never the raw
+//! path, and requests matching no route share the label `unmatched`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::cache::L1Stats;
+use crate::store::Counts;
+
+/// Label for requests that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    contexts: IntGauge,
+    versions: IntGauge,
+    l1_entries: IntGauge,
+    l1_bytes: IntGauge,
+    cache_requests: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new("contextd_http_requests_total", "HTTP requests answered."),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "contextd_http_request_duration_seconds",
+                "Time from request to response head, in seconds.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        let contexts = IntGauge::new("contextd_contexts", "Contexts stored.").expect("valid");
+        let versions = IntGauge::new(
+            "contextd_context_versions",
+            "Versions kept, over all contexts.",
+        )
+        .expect("valid metric");
+        let l1_entries = IntGauge::new(
+            "contextd_cache_l1_entries",
+            "Contexts held in the in-process cache.",
+        )
+        .expect("valid metric");
+        let l1_bytes = IntGauge::new(
+            "contextd_cache_l1_bytes",
+            "Estimated bytes held in the in-process cache.",
+        )
+        .expect("valid metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "contextd_cache_requests_total",
+                "Cache lookups by layer and result.",
+            ),
+            &["layer", "result"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(contexts.clone()),
+            Box::new(versions.clone()),
+            Box::new(l1_entries.clone()),
+            Box::new(l1_bytes.clone()),
+            Box::new(cache_requests.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            contexts,
+            versions,
+            l1_entries,
+            l1_bytes,
+            cache_requests,
+        }
+    }
+
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(seconds);
+    }
+
+    /// The text exposition, with the gauges set from `counts` (when the store answered) and
+    /// the cache's own counters.
+    pub fn render(&self, counts: Option<Counts>, l1: L1Stats) -> String {
+        if let Some(counts) = counts {
+            self.contexts.set(counts.contexts);
+            self.versions.set(counts.versions);
+        }
+        self.l1_entries.set(l1.entries as i64);
+        self.l1_bytes.set(l1.bytes as i64);
+        // The cache counts on its own; copy its totals so they are never counted twice.
+        let hits = self.cache_requests.with_label_values(&["l1", "hit"]);
+        hits.inc_by(l1.hits.saturating_sub(hits.get()));
+        let misses = self.cache_requests.with_label_values(&["l1", "miss"]);
+        misses.inc_by(l1.misses.saturating_sub(misses.get()));
+
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -1,0 +1,349 @@
+//! The context manager: reads through L1, writes through one store transaction.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use super::rules::{self, IfMatch, Preconditions, WriteRequest};
+use crate::cache::{CacheOutcome, L1};
+use crate::config::Settings;
+use crate::domain::{
+    Content, Context, ContextId, ContextSummary, Cursor, Refusal, VersionInfo, VersionRecord,
+};
+use crate::error::AppError;
+use crate::store::{Counts, DeleteOutcome, ListFilter, Store, VersionLookup, WriteOutcome};
+
+/// Whether a write made a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStatus {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// The context after a write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub context: Arc<Context>,
+    pub status: WriteStatus,
+}
+
+/// One page of a keyset-paginated list.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+pub struct ContextService {
+    store: Arc<dyn Store>,
+    l1: L1,
+    retention: i64,
+    max_context_bytes: usize,
+    dimensions: usize,
+}
+
+/// Times are kept to the microsecond, as Postgres stores them, so a response and a later read
+/// of the same version agree.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl ContextService {
+    pub fn new(store: Arc<dyn Store>, settings: &Settings) -> Self {
+        Self {
+            store,
+            l1: L1::new(&settings.cache.l1),
+            retention: i64::from(settings.versions.retention),
+            max_context_bytes: settings.limits.max_context_bytes,
+            dimensions: settings.vector.dimensions,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn l1(&self) -> &L1 {
+        &self.l1
+    }
+
+    /// Checks what only configuration can tell: the size limit and the embedding length.
+    pub fn check_content(&self, content: &Content) -> Result<(), AppError> {
+        let actual = content.size_bytes();
+        if actual > self.max_context_bytes {
+            return Err(AppError::TooLarge {
+                limit: self.max_context_bytes,
+                actual,
+            });
+        }
+        if let Some(embedding) = &content.embedding {
+            if embedding.len() != self.dimensions {
+                return Err(AppError::Unprocessable(format!(
+                    "embedding has {} dimensions; this server expects {} (vector.dimensions)",
+                    embedding.len(),
+                    self.dimensions
+                )));
+            }
+            if embedding.iter().any(|x| !x.is_finite()) {
+                return Err(AppError::Unprocessable(
+                    "embedding values must be finite 32-bit floats".to_owned(),
+                ));
+            }
+            if embedding.iter().all(|x| *x == 0.0) {
+                return Err(AppError::Unprocessable(
+                    "embedding must not be all zeros (it has no direction to compare)".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The current version, from L1 when it holds it.
+    #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
+    pub async fn get(&self, id: &ContextId) -> Result<(Arc<Context>, CacheOutcome), AppError> {
+        if let Some(context) = self.l1.get(id) {
+            return Ok((context, CacheOutcome::L1Hit));
+        }
+        let context = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| AppError::from_refusal(Refusal::NotFound, id.as_str()))?;
+        let context = Arc::new(context);
+        self.l1.put(context.clone());
+        Ok((context, CacheOutcome::Miss))
+    }
+
+    /// `GET /contexts/{id}?version=N`: a past version in the shape of the current one.
+    pub async fn get_at(&self, id: &ContextId, version: i64) -> Result<Context, AppError> {
+        let (record, created_at) = self.version_with_created_at(id, version).await?;
+        Ok(Context {
+            id: record.id,
+            version: record.info.version,
+            size_bytes: record.info.size_bytes,
+            content: record.content,
+            created_at,
+            updated_at: record.info.changed_at,
+        })
+    }
+
+    /// A version of the history, or why there is none: 404 (never was), 410 (pruned).
+    pub async fn version(&self, id: &ContextId, version: i64) -> Result<VersionRecord, AppError> {
+        Ok(self.version_with_created_at(id, version).await?.0)
+    }
+
+    #[tracing::instrument(skip_all, fields(context.id = %id, version), err(level = "debug"))]
+    async fn version_with_created_at(
+        &self,
+        id: &ContextId,
+        version: i64,
+    ) -> Result<(VersionRecord, DateTime<Utc>), AppError> {
+        let VersionLookup {
+            current_version,
+            created_at,
+            record,
+        } = self.store.get_version(id, version).await?;
+        match (current_version, record) {
+            (Some(_), Some(record)) => {
+                let created_at = created_at.unwrap_or(record.info.changed_at);
+                Ok((record, created_at))
+            }
+            (None, _) => Err(AppError::from_refusal(Refusal::NotFound, id.as_str())),
+            (Some(current), None) if (1..=current).contains(&version) => Err(
+                AppError::from_refusal(Refusal::Gone { version }, id.as_str()),
+            ),
+            (Some(current), None) => Err(AppError::NotFound(format!(
+                "context {id} has no version {version} (the current version is {current})"
+            ))),
+        }
+    }
+
+    /// `PUT /contexts/{id}`: create or update, under the request's preconditions.
+    #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
+    pub async fn put(&self, id: &ContextId, request: WriteRequest) -> Result<Written, AppError> {
+        self.check_content(&request.content)?;
+        let retention = self.retention;
+        let load = request.merge_base();
+        let outcome = self
+            .store
+            .write(
+                id,
+                load,
+                Box::new(move |view| rules::decide_put(view, request, retention, now())),
+            )
+            .await?;
+        self.finish_write(id, outcome)
+    }
+
+    /// `POST /contexts`: create only; an existing id is a conflict.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    pub async fn create(
+        &self,
+        id: Option<ContextId>,
+        content: Content,
+        changed_by: Option<String>,
+    ) -> Result<Written, AppError> {
+        let id = id.unwrap_or_else(ContextId::generate);
+        let request = WriteRequest {
+            content,
+            changed_by,
+            preconditions: Preconditions {
+                if_match: None,
+                create_only: true,
+            },
+            on_conflict: Default::default(),
+        };
+        self.put(&id, request).await.map_err(|e| match e {
+            // Create-only failed because the id exists: for POST that is a conflict.
+            AppError::PreconditionFailed {
+                current_version: Some(v),
+                ..
+            } => AppError::from_refusal(Refusal::AlreadyExists { current_version: v }, id.as_str()),
+            other => other,
+        })
+    }
+
+    /// `POST /contexts/{id}/versions/{n}/restore`.
+    #[tracing::instrument(skip_all, fields(context.id = %id, version), err(level = "debug"))]
+    pub async fn restore(
+        &self,
+        id: &ContextId,
+        version: i64,
+        if_match: Option<IfMatch>,
+        changed_by: Option<String>,
+    ) -> Result<Written, AppError> {
+        let retention = self.retention;
+        let outcome = self
+            .store
+            .write(
+                id,
+                Some(version),
+                Box::new(move |view| {
+                    if let (Some(IfMatch::Version(v)), Some(current)) = (if_match, view.current)
+                        && current.version != v
+                    {
+                        return crate::store::Decision::Refuse(Refusal::PreconditionFailed {
+                            current_version: Some(current.version),
+                            reason: format!(
+                                "If-Match names version {v} but the current version is {}",
+                                current.version
+                            ),
+                        });
+                    }
+                    rules::decide_restore(view, version, changed_by, retention, now())
+                }),
+            )
+            .await?;
+        self.finish_write(id, outcome)
+    }
+
+    fn finish_write(&self, id: &ContextId, outcome: WriteOutcome) -> Result<Written, AppError> {
+        let (context, status) = match outcome {
+            WriteOutcome::Written { context, created } => (
+                context,
+                if created {
+                    WriteStatus::Created
+                } else {
+                    WriteStatus::Updated
+                },
+            ),
+            WriteOutcome::Unchanged(context) => (context, WriteStatus::Unchanged),
+            WriteOutcome::Refused(refusal) => {
+                return Err(AppError::from_refusal(refusal, id.as_str()));
+            }
+        };
+        let context = Arc::new(context);
+        self.l1.put(context.clone());
+        Ok(Written { context, status })
+    }
+
+    /// `DELETE /contexts/{id}`: the context, its history and its cache entries.
+    #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
+    pub async fn delete(&self, id: &ContextId, if_match: Option<IfMatch>) -> Result<(), AppError> {
+        let outcome = self
+            .store
+            .delete(
+                id,
+                Box::new(move |current: &Context| match if_match {
+                    Some(IfMatch::Version(v)) if v != current.version => {
+                        Err(Refusal::PreconditionFailed {
+                            current_version: Some(current.version),
+                            reason: format!(
+                                "If-Match names version {v} but the current version is {}",
+                                current.version
+                            ),
+                        })
+                    }
+                    _ => Ok(()),
+                }),
+            )
+            .await?;
+        match outcome {
+            DeleteOutcome::Deleted { created_at, .. } => {
+                self.l1.delete(id, created_at);
+                Ok(())
+            }
+            DeleteOutcome::Refused(refusal) => Err(AppError::from_refusal(refusal, id.as_str())),
+        }
+    }
+
+    /// `GET /contexts`: one page in id order.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ContextSummary>, AppError> {
+        let after = match cursor.map(Cursor::decode).transpose() {
+            Ok(None) => None,
+            Ok(Some(Cursor::AfterId(id))) => Some(id),
+            Ok(Some(_)) | Err(_) => return Err(bad_cursor()),
+        };
+        let mut items = self.store.list(filter, after.as_deref(), limit + 1).await?;
+        let next_cursor = next_page(&mut items, limit)
+            .map(|last| Cursor::AfterId(last.id.as_str().to_owned()).encode());
+        Ok(Page { items, next_cursor })
+    }
+
+    /// `GET /contexts/{id}/versions`: one page, newest first.
+    pub async fn versions(
+        &self,
+        id: &ContextId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<VersionInfo>, AppError> {
+        let before = match cursor.map(Cursor::decode).transpose() {
+            Ok(None) => None,
+            Ok(Some(Cursor::BeforeVersion(v))) => Some(v),
+            Ok(Some(_)) | Err(_) => return Err(bad_cursor()),
+        };
+        let mut items = self
+            .store
+            .versions(id, before, limit + 1)
+            .await?
+            .ok_or_else(|| AppError::from_refusal(Refusal::NotFound, id.as_str()))?;
+        let next_cursor =
+            next_page(&mut items, limit).map(|last| Cursor::BeforeVersion(last.version).encode());
+        Ok(Page { items, next_cursor })
+    }
+
+    pub async fn counts(&self) -> Result<Counts, AppError> {
+        Ok(self.store.counts().await?)
+    }
+}
+
+/// Trims the extra item fetched to learn whether another page exists; returns the last item
+/// kept when it does.
+fn next_page<T>(items: &mut Vec<T>, limit: usize) -> Option<&T> {
+    if items.len() > limit {
+        items.truncate(limit);
+        items.last()
+    } else {
+        None
+    }
+}
+
+fn bad_cursor() -> AppError {
+    AppError::BadRequest("cursor is not one this list issued; start again without it".to_owned())
+}

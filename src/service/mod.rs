@@ -1,0 +1,12 @@
+//! Service: the context manager. It owns the rules (versions, retention, preconditions,
+//! merges, limits) and is the only caller of the store and the cache.
+//!
+//! It knows nothing of HTTP: handlers in `api/` call one method each and map the result.
+
+mod contexts;
+mod ops;
+pub mod rules;
+
+pub use contexts::{ContextService, Page, WriteStatus, Written};
+pub use ops::{Check, Ops, Readiness};
+pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};

@@ -1,0 +1,122 @@
+//! Start-up: wires the store, services and router from the settings, binds, and serves until
+//! told to stop. Tests call `App::build` with port 0 and read `App::port`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::{Settings, redact_url};
+use crate::metrics::Metrics;
+use crate::service::{ContextService, Ops};
+use crate::store::{PostgresStore, Store};
+
+/// A bound, ready-to-serve contextd.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    grace: Duration,
+}
+
+/// Opens the store named by the settings and applies its migrations.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let Some(url) = &settings.database.url else {
+        anyhow::bail!(
+            "DATABASE_URL is not set. contextd keeps contexts in Postgres (the embedded SQLite \
+             default is not built yet); for example: \
+             DATABASE_URL=postgres://postgres@127.0.0.1:5432/contextd"
+        );
+    };
+    tracing::info!(url = %redact_url(url.expose()), "opening the Postgres store");
+    Ok(Arc::new(PostgresStore::connect(&settings.database).await?))
+}
+
+impl App {
+    /// Connects and migrates the store, builds the services, and binds `server.bind`.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let store = open_store(settings).await?;
+        let state = AppState {
+            contexts: Arc::new(ContextService::new(store.clone(), settings)),
+            ops: Arc::new(Ops::new(store, settings.redis.url.clone())),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let router = api::router(state, settings);
+        let listener = TcpListener::bind(settings.server.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.server.bind))?;
+        Ok(Self {
+            listener,
+            router,
+            grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes, then lets requests in flight finish (for at most
+    /// `server.shutdown_grace_seconds`).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down; letting requests in flight finish");
+            let _ = stopping_tx.send(true);
+        };
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        tracing::info!("listening on http://{addr}");
+        let grace = self.grace;
+        tokio::select! {
+            served = serve => served.context("serving HTTP")?,
+            _ = async {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(?grace, "requests still running after the grace period; stopping anyway"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,160 @@
+//! Store: where contexts live. One trait, one implementation per database.
+//!
+//! A backend does storage and transactions only. The rules (version numbers, retention,
+//! preconditions, merges) live in `service/`: a write hands the backend a [`Decide`] closure,
+//! which the backend runs inside its transaction, with the context locked, on what it read.
+//! So the rules are written once, whatever the database.
+
+mod migrate;
+pub mod postgres;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    ChangeType, Content, Context, ContextId, ContextSummary, Refusal, Source, VersionInfo,
+    VersionRecord,
+};
+
+pub use postgres::PostgresStore;
+
+/// A failure of the database itself, never of the request.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (refused, timed out, connection lost): worth a retry.
+    #[error("the store is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// Anything else: a bug, a broken invariant, data that does not map back.
+    #[error("the store failed")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// What a write sees, inside its transaction, with the context locked.
+pub struct WriteView<'a> {
+    /// The current version, if the context exists.
+    pub current: Option<&'a Context>,
+    /// The version asked for with `load_version`, if it is still kept.
+    pub loaded: Option<&'a VersionRecord>,
+}
+
+/// A new version to store; every field was decided by the rules.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub version: i64,
+    pub content: Content,
+    pub change_type: ChangeType,
+    pub changed_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Versions below this one are pruned in the same transaction.
+    pub keep_from: i64,
+}
+
+/// What the rules decided about a write.
+pub enum Decision {
+    Write(NewVersion),
+    Unchanged,
+    Refuse(Refusal),
+}
+
+/// The rules of one write, run by the backend inside its transaction.
+pub type Decide = Box<dyn FnOnce(WriteView<'_>) -> Decision + Send>;
+
+/// The rules of one delete: `Err` refuses it.
+pub type DecideDelete = Box<dyn FnOnce(&Context) -> Result<(), Refusal> + Send>;
+
+/// How a write ended.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    Written { context: Context, created: bool },
+    Unchanged(Context),
+    Refused(Refusal),
+}
+
+/// How a delete ended.
+#[derive(Debug)]
+pub enum DeleteOutcome {
+    /// Gone; `created_at` names the incarnation that ended, for the cache's tombstone.
+    Deleted {
+        version: i64,
+        created_at: DateTime<Utc>,
+    },
+    Refused(Refusal),
+}
+
+/// Filters of `GET /contexts`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub source: Option<Source>,
+    pub parent_id: Option<ContextId>,
+}
+
+/// A version looked up by number, with what is needed to tell "pruned" from "never was".
+#[derive(Debug)]
+pub struct VersionLookup {
+    /// The context's current version; `None` when the context does not exist.
+    pub current_version: Option<i64>,
+    /// When the context was created; `None` when it does not exist.
+    pub created_at: Option<DateTime<Utc>>,
+    pub record: Option<VersionRecord>,
+}
+
+/// Sizes for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub contexts: i64,
+    pub versions: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name, as `/readyz` reports it.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip to the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The current version of a context.
+    async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError>;
+
+    /// One version of a context's history.
+    async fn get_version(&self, id: &ContextId, version: i64) -> Result<VersionLookup, StoreError>;
+
+    /// Runs `decide` in one transaction with the context locked against every other writer,
+    /// having read its current version and, when asked, version `load_version`; then stores
+    /// what it decided, prunes, and appends the change to the outbox before committing.
+    async fn write(
+        &self,
+        id: &ContextId,
+        load_version: Option<i64>,
+        decide: Decide,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Deletes a context with its history, after `decide` agreed, and appends a tombstone to
+    /// the outbox, in one transaction.
+    async fn delete(
+        &self,
+        id: &ContextId,
+        decide: DecideDelete,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// Contexts in id order, after `after`, at most `limit`.
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ContextSummary>, StoreError>;
+
+    /// A context's history, newest first, below `before`, at most `limit`; `None` when the
+    /// context does not exist.
+    async fn versions(
+        &self,
+        id: &ContextId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Option<Vec<VersionInfo>>, StoreError>;
+
+    /// How many contexts and versions are stored.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+}

@@ -1,0 +1,609 @@
+//! The Postgres store: production, and many instances on one database.
+//!
+//! Storage and transactions only; the rules arrive as closures from `service/`. Statements are
+//! named constants, prepared once per connection, and those of one step are pipelined (sent
+//! together, answered in order), so a write costs four round trips whatever it touches.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ListFilter, NewVersion, Store,
+    StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
+};
+use crate::config::{DatabaseSettings, redact_url};
+use crate::domain::{
+    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Refusal, Source,
+    VersionInfo, VersionRecord,
+};
+
+/// Serializes every writer of one context, creators included (there is no row to lock yet).
+const LOCK_CONTEXT: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+const SELECT_CURRENT: &str = "
+    SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
+           v.data, v.metadata, v.embedding
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    WHERE m.context_id = $1";
+
+const SELECT_CURRENT_VERSION: &str =
+    "SELECT version, created_at FROM factory_context_metadata WHERE context_id = $1";
+
+const SELECT_VERSION: &str = "
+    SELECT version, source, parent_id, data, metadata, embedding,
+           change_type, changed_by, changed_at, size_bytes
+    FROM factory_context_versions
+    WHERE context_id = $1 AND version = $2";
+
+const UPSERT_METADATA: &str = "
+    INSERT INTO factory_context_metadata
+        (context_id, version, source, parent_id, size_bytes, has_embedding, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (context_id) DO UPDATE SET
+        version = EXCLUDED.version,
+        source = EXCLUDED.source,
+        parent_id = EXCLUDED.parent_id,
+        size_bytes = EXCLUDED.size_bytes,
+        has_embedding = EXCLUDED.has_embedding,
+        synced_at = NULL,
+        updated_at = EXCLUDED.updated_at";
+
+const INSERT_VERSION: &str = "
+    INSERT INTO factory_context_versions
+        (context_id, version, source, parent_id, data, metadata, embedding,
+         change_type, changed_by, changed_at, size_bytes)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+const PRUNE_VERSIONS: &str =
+    "DELETE FROM factory_context_versions WHERE context_id = $1 AND version < $2";
+
+const APPEND_OUTBOX: &str = "
+    INSERT INTO factory_sync_outbox (context_id, version, op, change_type)
+    VALUES ($1, $2, $3, $4)";
+
+const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context_id = $1";
+
+const LIST_COLUMNS: &str = "
+    SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
+           m.created_at, m.updated_at, m.size_bytes, m.has_embedding
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version";
+
+const LIST_VERSIONS: &str = "
+    SELECT version, change_type, changed_by, changed_at, size_bytes
+    FROM factory_context_versions
+    WHERE context_id = $1 AND version < $2
+    ORDER BY version DESC
+    LIMIT $3";
+
+const COUNTS: &str = "
+    SELECT (SELECT count(*) FROM factory_context_metadata),
+           (SELECT count(*) FROM factory_context_versions)";
+
+/// Statement parameters.
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// How often start-up tries to reach Postgres before giving up.
+const CONNECT_ATTEMPTS: u32 = 5;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// Connects (creating the database when it does not exist yet), applies `schema.sql`, and
+    /// opens the pool.
+    pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        let url = settings
+            .url
+            .as_ref()
+            .context("database.url (DATABASE_URL) is not set")?;
+        let mut config = tokio_postgres::Config::from_str(url.expose())
+            .with_context(|| format!("bad database URL {}", redact_url(url.expose())))?;
+        config.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
+        if config.get_application_name().is_none() {
+            config.application_name("contextd");
+        }
+
+        let mut client = connect_creating_database(&config, url.expose()).await?;
+        migrate::run(&mut client).await?;
+        drop(client);
+
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let timeout = Some(Duration::from_secs(settings.connect_timeout_seconds));
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .build()
+            .context("building the Postgres pool")?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// Connects, and when the database does not exist, creates it from the `postgres` database
+/// first, so that a fresh Postgres needs no manual step.
+async fn connect_creating_database(
+    config: &tokio_postgres::Config,
+    url: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match connect(config).await {
+            Ok(client) => return Ok(client),
+            Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+                create_database(config).await?;
+            }
+            Err(e) if attempt < CONNECT_ATTEMPTS && e.as_db_error().is_none() => {
+                tracing::warn!(
+                    url = %redact_url(url), attempt, error = %e,
+                    "Postgres is not reachable yet; retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to {}", redact_url(url)));
+            }
+        }
+    }
+}
+
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "Postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+async fn create_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let name = config
+        .get_dbname()
+        .context("the database URL names no database")?
+        .to_owned();
+    let mut maintenance = config.clone();
+    maintenance.dbname("postgres");
+    let client = connect(&maintenance)
+        .await
+        .context("connecting to the `postgres` database to create ours")?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(database = %name, "created the database");
+            Ok(())
+        }
+        // Another instance created it first: just as good.
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("creating database {name}")),
+    }
+}
+
+/// Connection trouble is worth a retry (503); anything else is a bug (500).
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    let transient = match e.code() {
+        None => true,
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::QUERY_CANCELED,
+                ]
+                .contains(code)
+        }
+    };
+    if transient {
+        StoreError::Unavailable(e.into())
+    } else {
+        StoreError::Internal(e.into())
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => db_error(e),
+        PoolError::Timeout(_) | PoolError::Closed => StoreError::Unavailable(anyhow!(e)),
+        other => StoreError::Internal(anyhow!(other.to_string())),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(anyhow!("unexpected data in Postgres: {what}"))
+}
+
+fn object(value: serde_json::Value) -> Result<JsonObject, StoreError> {
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(corrupt(format!("expected a JSON object, found {other}"))),
+    }
+}
+
+fn source(raw: &str) -> Result<Source, StoreError> {
+    Source::parse(raw).ok_or_else(|| corrupt(format!("source {raw:?}")))
+}
+
+fn parent(raw: Option<String>) -> Result<Option<ContextId>, StoreError> {
+    raw.map(|p| ContextId::parse(&p).map_err(|e| corrupt(format!("parent_id {p:?}: {e}"))))
+        .transpose()
+}
+
+fn context_from_row(id: &ContextId, row: &Row) -> Result<Context, StoreError> {
+    Ok(Context {
+        id: id.clone(),
+        version: row.try_get(0).map_err(db_error)?,
+        content: Content {
+            source: source(row.try_get(1).map_err(db_error)?)?,
+            parent_id: parent(row.try_get(2).map_err(db_error)?)?,
+            data: object(row.try_get(6).map_err(db_error)?)?,
+            metadata: object(row.try_get(7).map_err(db_error)?)?,
+            embedding: row.try_get(8).map_err(db_error)?,
+        },
+        size_bytes: row.try_get(3).map_err(db_error)?,
+        created_at: row.try_get(4).map_err(db_error)?,
+        updated_at: row.try_get(5).map_err(db_error)?,
+    })
+}
+
+fn record_from_row(id: &ContextId, row: &Row) -> Result<VersionRecord, StoreError> {
+    let change_type: &str = row.try_get(6).map_err(db_error)?;
+    Ok(VersionRecord {
+        id: id.clone(),
+        info: VersionInfo {
+            version: row.try_get(0).map_err(db_error)?,
+            change_type: ChangeType::parse(change_type)
+                .ok_or_else(|| corrupt(format!("change_type {change_type:?}")))?,
+            changed_by: row.try_get(7).map_err(db_error)?,
+            changed_at: row.try_get(8).map_err(db_error)?,
+            size_bytes: row.try_get(9).map_err(db_error)?,
+        },
+        content: Content {
+            source: source(row.try_get(1).map_err(db_error)?)?,
+            parent_id: parent(row.try_get(2).map_err(db_error)?)?,
+            data: object(row.try_get(3).map_err(db_error)?)?,
+            metadata: object(row.try_get(4).map_err(db_error)?)?,
+            embedding: row.try_get(5).map_err(db_error)?,
+        },
+    })
+}
+
+fn info_from_row(row: &Row) -> Result<VersionInfo, StoreError> {
+    let change_type: &str = row.try_get(1).map_err(db_error)?;
+    Ok(VersionInfo {
+        version: row.try_get(0).map_err(db_error)?,
+        change_type: ChangeType::parse(change_type)
+            .ok_or_else(|| corrupt(format!("change_type {change_type:?}")))?,
+        changed_by: row.try_get(2).map_err(db_error)?,
+        changed_at: row.try_get(3).map_err(db_error)?,
+        size_bytes: row.try_get(4).map_err(db_error)?,
+    })
+}
+
+fn summary_from_row(row: &Row) -> Result<ContextSummary, StoreError> {
+    let id: &str = row.try_get(0).map_err(db_error)?;
+    Ok(ContextSummary {
+        id: ContextId::parse(id).map_err(|e| corrupt(format!("context_id {id:?}: {e}")))?,
+        version: row.try_get(1).map_err(db_error)?,
+        source: source(row.try_get(2).map_err(db_error)?)?,
+        parent_id: parent(row.try_get(3).map_err(db_error)?)?,
+        metadata: object(row.try_get(4).map_err(db_error)?)?,
+        created_at: row.try_get(5).map_err(db_error)?,
+        updated_at: row.try_get(6).map_err(db_error)?,
+        size_bytes: row.try_get(7).map_err(db_error)?,
+        has_embedding: row.try_get(8).map_err(db_error)?,
+    })
+}
+
+fn context_from_new(id: &ContextId, new: NewVersion) -> Context {
+    Context {
+        id: id.clone(),
+        version: new.version,
+        size_bytes: new.content.size_bytes() as i64,
+        content: new.content,
+        created_at: new.created_at,
+        updated_at: new.updated_at,
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_CURRENT)
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_opt(&statement, &[&id.as_str()])
+            .await
+            .map_err(db_error)?;
+        row.map(|row| context_from_row(id, &row)).transpose()
+    }
+
+    async fn get_version(&self, id: &ContextId, version: i64) -> Result<VersionLookup, StoreError> {
+        let client = self.client().await?;
+        let (current, record) = tokio::try_join!(
+            client.prepare_cached(SELECT_CURRENT_VERSION),
+            client.prepare_cached(SELECT_VERSION),
+        )
+        .map_err(db_error)?;
+        let key = id.as_str();
+        let (by_id, by_version): (Params, Params) = (&[&key], &[&key, &version]);
+        let (current, record) = tokio::try_join!(
+            client.query_opt(&current, by_id),
+            client.query_opt(&record, by_version),
+        )
+        .map_err(db_error)?;
+        Ok(VersionLookup {
+            current_version: current
+                .as_ref()
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map_err(db_error)?,
+            created_at: current
+                .as_ref()
+                .map(|row| row.try_get(1))
+                .transpose()
+                .map_err(db_error)?,
+            record: record.map(|row| record_from_row(id, &row)).transpose()?,
+        })
+    }
+
+    async fn write(
+        &self,
+        id: &ContextId,
+        load_version: Option<i64>,
+        decide: Decide,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let (lock, current, load, upsert, insert, prune, outbox) = tokio::try_join!(
+            client.prepare_cached(LOCK_CONTEXT),
+            client.prepare_cached(SELECT_CURRENT),
+            client.prepare_cached(SELECT_VERSION),
+            client.prepare_cached(UPSERT_METADATA),
+            client.prepare_cached(INSERT_VERSION),
+            client.prepare_cached(PRUNE_VERSIONS),
+            client.prepare_cached(APPEND_OUTBOX),
+        )
+        .map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+
+        // Lock, then read: pipelined, and the reads run after the lock is granted.
+        let key = id.as_str();
+        let by_id: Params = &[&key];
+        let (_, current, loaded) = tokio::try_join!(
+            tx.execute(&lock, by_id),
+            tx.query_opt(&current, by_id),
+            async {
+                match load_version {
+                    Some(v) => tx.query_opt(&load, &[&key, &v]).await,
+                    None => Ok(None),
+                }
+            },
+        )
+        .map_err(db_error)?;
+        let current = current.map(|row| context_from_row(id, &row)).transpose()?;
+        let loaded = loaded.map(|row| record_from_row(id, &row)).transpose()?;
+
+        let decision = decide(WriteView {
+            current: current.as_ref(),
+            loaded: loaded.as_ref(),
+        });
+        let new = match decision {
+            Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
+            Decision::Unchanged => {
+                let current = current.ok_or_else(|| {
+                    StoreError::Internal(anyhow!("the rules called a missing context unchanged"))
+                })?;
+                return Ok(WriteOutcome::Unchanged(current));
+            }
+            Decision::Write(new) => new,
+        };
+
+        let content = &new.content;
+        let source = content.source.as_str();
+        let parent = content.parent_id.as_ref().map(ContextId::as_str);
+        let size = content.size_bytes() as i64;
+        let change_type = new.change_type.as_str();
+        let has_embedding = content.embedding.is_some();
+        let (data, metadata) = (Json(&content.data), Json(&content.metadata));
+        let upsert_params: Params = &[
+            &key,
+            &new.version,
+            &source,
+            &parent,
+            &size,
+            &has_embedding,
+            &new.created_at,
+            &new.updated_at,
+        ];
+        let insert_params: Params = &[
+            &key,
+            &new.version,
+            &source,
+            &parent,
+            &data,
+            &metadata,
+            &content.embedding,
+            &change_type,
+            &new.changed_by,
+            &new.updated_at,
+            &size,
+        ];
+        let prune_params: Params = &[&key, &new.keep_from];
+        let outbox_params: Params = &[&key, &new.version, &"upsert", &change_type];
+        tokio::try_join!(
+            tx.execute(&upsert, upsert_params),
+            tx.execute(&insert, insert_params),
+            tx.execute(&prune, prune_params),
+            tx.execute(&outbox, outbox_params),
+        )
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+
+        Ok(WriteOutcome::Written {
+            created: current.is_none(),
+            context: context_from_new(id, new),
+        })
+    }
+
+    async fn delete(
+        &self,
+        id: &ContextId,
+        decide: DecideDelete,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let (lock, current, delete, outbox) = tokio::try_join!(
+            client.prepare_cached(LOCK_CONTEXT),
+            client.prepare_cached(SELECT_CURRENT),
+            client.prepare_cached(DELETE_CONTEXT),
+            client.prepare_cached(APPEND_OUTBOX),
+        )
+        .map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let key = id.as_str();
+        let by_id: Params = &[&key];
+        let (_, current) =
+            tokio::try_join!(tx.execute(&lock, by_id), tx.query_opt(&current, by_id))
+                .map_err(db_error)?;
+        let Some(current) = current.map(|row| context_from_row(id, &row)).transpose()? else {
+            return Ok(DeleteOutcome::Refused(Refusal::NotFound));
+        };
+        if let Err(refusal) = decide(&current) {
+            return Ok(DeleteOutcome::Refused(refusal));
+        }
+        let no_change_type: Option<&str> = None;
+        let outbox_params: Params = &[&key, &current.version, &"delete", &no_change_type];
+        tokio::try_join!(
+            tx.execute(&delete, by_id),
+            tx.execute(&outbox, outbox_params)
+        )
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(DeleteOutcome::Deleted {
+            version: current.version,
+            created_at: current.created_at,
+        })
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ContextSummary>, StoreError> {
+        // One statement per combination of filters, so each can use its index.
+        let source = filter.source.map(Source::as_str);
+        let parent = filter.parent_id.as_ref().map(ContextId::as_str);
+        let limit = limit as i64;
+        let mut conditions = Vec::new();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        if let Some(source) = &source {
+            params.push(source);
+            conditions.push(format!("m.source = ${}", params.len()));
+        }
+        if let Some(parent) = &parent {
+            params.push(parent);
+            conditions.push(format!("m.parent_id = ${}", params.len()));
+        }
+        if let Some(after) = &after {
+            params.push(after);
+            conditions.push(format!("m.context_id > ${}", params.len()));
+        }
+        params.push(&limit);
+        let mut sql = LIST_COLUMNS.to_owned();
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY m.context_id LIMIT ${}", params.len()));
+
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let rows = client.query(&statement, &params).await.map_err(db_error)?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    async fn versions(
+        &self,
+        id: &ContextId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Option<Vec<VersionInfo>>, StoreError> {
+        let client = self.client().await?;
+        let (current, list) = tokio::try_join!(
+            client.prepare_cached(SELECT_CURRENT_VERSION),
+            client.prepare_cached(LIST_VERSIONS),
+        )
+        .map_err(db_error)?;
+        let before = before.unwrap_or(i64::MAX);
+        let limit = limit as i64;
+        let key = id.as_str();
+        let (by_id, page): (Params, Params) = (&[&key], &[&key, &before, &limit]);
+        let (current, rows) =
+            tokio::try_join!(client.query_opt(&current, by_id), client.query(&list, page),)
+                .map_err(db_error)?;
+        if current.is_none() {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(info_from_row)
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one(COUNTS, &[]).await.map_err(db_error)?;
+        Ok(Counts {
+            contexts: row.try_get(0).map_err(db_error)?,
+            versions: row.try_get(1).map_err(db_error)?,
+        })
+    }
+}

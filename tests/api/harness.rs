@@ -1,0 +1,405 @@
+//! Test fixtures: a database per test, the app on port 0, and a TCP proxy that can cut the
+//! app off from Postgres for real.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use contextd::config::{Secret, Settings};
+use contextd::startup::App;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+/// The Postgres server the tests use: `CONTEXTD_TEST_DATABASE_URL` (as `scripts/test.sh` sets
+/// it), else the local default. It must name a database we can connect to for admin work.
+pub fn admin_url() -> String {
+    std::env::var("CONTEXTD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis the tests use, as `scripts/test.sh` sets it.
+pub fn redis_url() -> String {
+    std::env::var("CONTEXTD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn url_for(database: &str) -> String {
+    let admin = admin_url();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("the admin URL names a database");
+    format!("{base}/{database}")
+}
+
+fn host_port() -> (String, u16) {
+    let config: tokio_postgres::Config = admin_url().parse().expect("a valid admin URL");
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => "127.0.0.1".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+async fn admin() -> tokio_postgres::Client {
+    connect(&admin_url()).await
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Postgres for the tests at {url}: {e}. Run scripts/test.sh, which starts one."));
+    tokio::spawn(connection);
+    client
+}
+
+/// The template's name carries a hash of the schema, so a schema change makes a new one.
+fn template_name() -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in include_str!("../../schema.sql").bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("contextd_tpl_{hash:016x}")
+}
+
+/// Creates the template once per schema, whichever test process gets there first.
+async fn ensure_template() -> String {
+    let name = template_name();
+    let admin = admin().await;
+    admin
+        .execute("SELECT pg_advisory_lock(7461636)", &[])
+        .await
+        .unwrap();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        // Templates of older schemas are of no further use.
+        let stale = admin
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'contextd_tpl_%' AND datname <> $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        for row in stale {
+            let old: String = row.get(0);
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"))
+                .await;
+        }
+        // The app creates the database and migrates it, exactly as in production.
+        let mut settings = Settings::default();
+        settings.database.url = Some(Secret::new(url_for(&name)));
+        contextd::startup::open_store(&settings)
+            .await
+            .expect("migrating the template");
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock(7461636)", &[])
+        .await
+        .unwrap();
+    name
+}
+
+/// A database of one's own, dropped at the end of the test.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// A migrated database, cloned from the template.
+    pub async fn migrated() -> Self {
+        let template = ensure_template().await;
+        let name = format!("contextd_test_{}", uuid_simple());
+        let admin = admin().await;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let sql = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
+            match admin.batch_execute(&sql).await {
+                Ok(()) => break,
+                // Another clone of the template is in progress: take turns.
+                Err(e) if attempts < 50 => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cloning the template: {e}"),
+            }
+        }
+        Self { name }
+    }
+
+    /// A name for a database that does not exist yet (the app creates it).
+    pub fn fresh() -> Self {
+        Self {
+            name: format!("contextd_test_{}", uuid_simple()),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        url_for(&self.name)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url()).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked on; use a thread of
+        // its own and wait for it, so the database is gone when the test ends.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn uuid_simple() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}_{}_{n}", nanos, std::process::id())
+}
+
+/// The real app, serving on a free port.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: Arc<TestDb>,
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// The app with default settings on a database of its own.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// The app with settings changed by `configure`.
+    pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        let db = Arc::new(TestDb::migrated().await);
+        let mut settings = Self::settings_for(&db.url());
+        configure(&mut settings);
+        Self::start(db, settings).await
+    }
+
+    pub fn settings_for(database_url: &str) -> Settings {
+        let mut settings = Settings::default();
+        settings.database.url = Some(Secret::new(database_url.to_owned()));
+        settings.database.pool_size = 4;
+        settings.database.connect_timeout_seconds = 2;
+        settings.server.bind = "127.0.0.1:0".parse().unwrap();
+        settings.vector.dimensions = 4;
+        settings
+    }
+
+    pub async fn start(db: Arc<TestDb>, settings: Settings) -> Self {
+        contextd::telemetry::init("warn");
+        let app = App::build(&settings).await.expect("the app starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = oneshot::channel();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            db,
+            settings,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server (gracefully) and starts a new one on the same database.
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let db = self.db.clone();
+        let settings = self.settings.clone();
+        drop(self);
+        Self::start(db, settings).await
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Begins a graceful stop without waiting for it.
+    pub fn begin_stop(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.take().expect("the server runs")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn put(&self, id: &str, body: Value) -> Response {
+        self.http
+            .put(self.url(&format!("/contexts/{id}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.http.delete(self.url(path)).send().await.unwrap()
+    }
+
+    /// PUTs `data` (source `mcp`) and asserts it was stored; returns the resource.
+    pub async fn put_data(&self, id: &str, data: Value) -> Value {
+        let response = self.put(id, json!({"data": data, "source": "mcp"})).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "PUT {id}: {status} {body}");
+        body
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+pub async fn problem(response: Response, status: StatusCode) -> Value {
+    let got = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.text().await.unwrap();
+    assert_eq!(got, status, "body: {body}");
+    assert_eq!(content_type, "application/problem+json", "body: {body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    for member in ["type", "title", "detail"] {
+        assert!(body[member].is_string(), "problem without {member}: {body}");
+    }
+    body
+}
+
+/// A TCP proxy to Postgres that a test can cut and restore, to take the store down for real.
+pub struct PgProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl PgProxy {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(Notify::new());
+        let (host, pg_port) = host_port();
+        let task = {
+            let (up, cut) = (up.clone(), cut.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = format!("{host}:{pg_port}");
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.notified() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            port,
+            up,
+            cut,
+            task,
+        }
+    }
+
+    /// A database URL that goes through the proxy.
+    pub fn url_for(&self, database: &str) -> String {
+        let admin: tokio_postgres::Config = admin_url().parse().unwrap();
+        let user = admin.get_user().unwrap_or("postgres");
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

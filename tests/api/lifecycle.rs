@@ -1,0 +1,81 @@
+//! Start, stop, restart: migrations, durability, graceful shutdown.
+
+use std::sync::Arc;
+
+use contextd::startup::App;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{TestApp, TestDb};
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let app = TestApp::spawn().await;
+    app.put_data("durable", json!({"a": 1})).await;
+    app.put_data("durable", json!({"a": 2})).await;
+    let app = app.restart().await;
+    let body: Value = app.get("/contexts/durable").await.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["data"], json!({"a": 2}));
+    let v1: Value = app
+        .get("/contexts/durable/versions/1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v1["data"], json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migrate_once() {
+    let db = TestDb::fresh();
+    let settings = TestApp::settings_for(&db.url());
+    let (a, b) = tokio::join!(App::build(&settings), App::build(&settings));
+    let (a, b) = (a.expect("first instance"), b.expect("second instance"));
+    drop((a, b));
+
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT version FROM contextd_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let applied: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(applied, vec![1]);
+
+    // And a third start on the migrated database changes nothing.
+    let app = TestApp::start(Arc::new(db), settings).await;
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_when_shutdown_begins_still_completes() {
+    let mut app = TestApp::spawn().await;
+    let body = r#"{"data": {"finished": true}, "source": "mcp"}"#;
+    let (head, tail) = body.split_at(10);
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "PUT /contexts/inflight HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Let the server start on the request, then ask it to stop.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopping = app.begin_stop();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stream.write_all(tail.as_bytes()).await.unwrap();
+
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    stopping.await.unwrap().unwrap();
+
+    let app = TestApp::start(app.db.clone(), app.settings.clone()).await;
+    let stored: Value = app.get("/contexts/inflight").await.json().await.unwrap();
+    assert_eq!(stored["data"], json!({"finished": true}));
+}

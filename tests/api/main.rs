@@ -1,0 +1,11 @@
+//! Integration tests: the real app on port 0 against real Postgres, one database per test
+//! (cloned from a template migrated once), so the suite runs in parallel.
+
+mod harness;
+
+mod concurrency;
+mod contexts;
+mod errors;
+mod lifecycle;
+mod ops;
+mod versions;

@@ -1,0 +1,264 @@
+//! Operations: health, readiness (with the store cut off for real), metrics, OpenAPI, Swagger UI.
+
+use std::sync::Arc;
+
+use contextd::config::Secret;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{PgProxy, TestApp, TestDb, problem, redis_url};
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+}
+
+#[tokio::test]
+async fn readyz_reports_the_store_and_redis_disabled_when_not_configured() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({
+            "status": "ok",
+            "store": "postgres",
+            "checks": {"store": "ok", "redis": "disabled", "vector": "disabled"}
+        })
+    );
+}
+
+#[tokio::test]
+async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready() {
+    let app = TestApp::spawn_with(|s| s.redis.url = Some(Secret::new(redis_url()))).await;
+    let body: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(body["checks"]["redis"], "ok", "{body}");
+
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("redis://127.0.0.1:{}", dead.local_addr().unwrap().port());
+    drop(dead);
+    let app = TestApp::spawn_with(|s| s.redis.url = Some(Secret::new(dead_url))).await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["redis"], "down");
+    assert_eq!(body["checks"]["store"], "ok");
+}
+
+#[tokio::test]
+async fn with_the_store_cut_off_writes_and_readyz_answer_503_cached_reads_still_work_and_all_recovers()
+ {
+    let db = Arc::new(TestDb::migrated().await);
+    let proxy = PgProxy::start().await;
+    let settings = TestApp::settings_for(&proxy.url_for(&db.name));
+    let app = TestApp::start(db, settings).await;
+    app.put_data("cached", json!({"a": 1})).await;
+
+    proxy.cut();
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.headers().contains_key("retry-after"));
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "down");
+    assert_eq!(body["checks"]["store"], "down");
+
+    let write = app.put("other", json!({"data": {}, "source": "mcp"})).await;
+    assert!(write.headers().contains_key("retry-after"));
+    problem(write, StatusCode::SERVICE_UNAVAILABLE).await;
+    problem(
+        app.get("/contexts/uncached").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    // The process still serves, and what L1 holds is still served.
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    let cached = app.get("/contexts/cached").await;
+    assert_eq!(cached.status(), StatusCode::OK);
+    assert_eq!(
+        cached.json::<Value>().await.unwrap()["data"],
+        json!({"a": 1})
+    );
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get("/readyz").await.status() == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "readyz never recovered");
+    assert_eq!(
+        app.put("other", json!({"data": {}, "source": "mcp"}))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.unwrap()
+}
+
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_never_by_raw_path() {
+    let app = TestApp::spawn().await;
+    app.put_data("secret-id-1", json!({})).await;
+    app.put_data("secret-id-2", json!({})).await;
+    app.get("/contexts/secret-id-1").await;
+    app.get("/no/such/route").await;
+
+    let text = metrics_text(&app).await;
+    assert!(!text.contains("secret-id"), "an id leaked into a label");
+    assert!(
+        !text.contains("/no/such/route"),
+        "a raw path leaked into a label"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"contextd_http_requests_total{method="PUT",route="/contexts/{id}",status="201"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"contextd_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(text.contains(
+        "contextd_http_request_duration_seconds_bucket{method=\"GET\",route=\"/contexts/{id}\""
+    ));
+}
+
+#[tokio::test]
+async fn metrics_gauge_contexts_and_kept_versions() {
+    let app = TestApp::spawn_with(|s| s.versions.retention = 2).await;
+    for n in 0..3 {
+        app.put_data("a", json!({"n": n})).await;
+    }
+    app.put_data("b", json!({})).await;
+    let text = metrics_text(&app).await;
+    assert_eq!(sample(&text, "contextd_contexts"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(&text, "contextd_context_versions"),
+        Some(3.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check_metrics() {
+    let app = TestApp::spawn().await;
+    app.put_data("a", json!({})).await;
+    app.get("/contexts/a").await;
+    let text = metrics_text(&app).await;
+
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package `prometheus`; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let app = TestApp::spawn().await;
+    let served = app.get("/openapi.json").await.text().await.unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .expect("openapi/openapi.json is committed");
+    assert!(
+        served == committed,
+        "openapi/openapi.json is stale: run `cargo run -- openapi --output openapi/openapi.json`"
+    );
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/contexts",
+        "/contexts/{id}",
+        "/contexts/{id}/versions",
+        "/contexts/{id}/versions/{n}",
+        "/contexts/{id}/versions/{n}/restore",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
+}
+
+#[tokio::test]
+async fn swagger_ui_is_served_with_its_assets_and_no_internet() {
+    let app = TestApp::spawn().await;
+    let page = app.get("/swagger-ui/").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("swagger-ui"));
+    for asset in [
+        "swagger-ui.css",
+        "swagger-ui-bundle.js",
+        "swagger-initializer.js",
+    ] {
+        let response = app.get(&format!("/swagger-ui/{asset}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains("https://unpkg.com"),
+            "{asset} loads from the internet"
+        );
+    }
+    let initializer = app
+        .get("/swagger-ui/swagger-initializer.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(initializer.contains("/openapi.json"), "{initializer}");
+}
