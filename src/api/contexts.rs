@@ -44,7 +44,7 @@ const DEFAULT_LIMIT: usize = 100;
 pub struct ContextIn {
     /// `POST` only: the id to create (1..=255 of `[A-Za-z0-9._:-]`); generated when absent.
     /// On `PUT` it may be given only if it equals the id in the path.
-    #[schema(example = "ctx_123")]
+    #[schema(example = "ctx_123", pattern = r"^[A-Za-z0-9._:-]{1,255}$")]
     pub context_id: Option<String>,
     /// The document: any JSON object.
     #[schema(value_type = Object, example = json!({"user": "john"}))]
@@ -52,13 +52,16 @@ pub struct ContextIn {
     /// Which side wrote it.
     pub source: Source,
     /// The id of another context this one derives from.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,255}$")]
     pub parent_id: Option<String>,
     /// Any JSON object; `{}` when absent.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
-    /// `vector.dimensions` finite floats, not all zero.
-    pub embedding: Option<Vec<f32>>,
+    /// `vector.dimensions` finite floats (32-bit), not all zero.
+    #[schema(value_type = Option<Vec<f32>>, min_items = 1)]
+    pub embedding: Option<Vec<f64>>,
     /// Who made the change, recorded in the history.
+    #[schema(max_length = 255)]
     pub changed_by: Option<String>,
 }
 
@@ -100,12 +103,31 @@ impl ContextIn {
                 "changed_by is at most {MAX_CHANGED_BY} characters"
             )));
         }
+        // Parsed as f64 so that a value beyond f32 is named here (422), not a syntax error.
+        let embedding = self
+            .embedding
+            .map(|values| {
+                values
+                    .into_iter()
+                    .map(|x| {
+                        let narrowed = x as f32;
+                        if narrowed.is_finite() {
+                            Ok(narrowed)
+                        } else {
+                            Err(invalid(format!(
+                                "embedding value {x} is beyond a 32-bit float"
+                            )))
+                        }
+                    })
+                    .collect::<Result<Vec<f32>, _>>()
+            })
+            .transpose()?;
         let content = Content {
             source: self.source,
             parent_id,
             data,
             metadata,
-            embedding: self.embedding,
+            embedding,
         };
         Ok((id, content, self.changed_by))
     }
@@ -275,7 +297,7 @@ pub struct GetParams {
     #[param(value_type = Option<i64>, minimum = 1)]
     pub version: Option<String>,
     /// `embedding` adds the embedding to the response.
-    #[param(value_type = Option<String>, example = "embedding")]
+    #[param(value_type = Option<String>, example = "embedding", pattern = "^embedding$")]
     pub include: Option<String>,
 }
 
@@ -297,6 +319,7 @@ pub struct ListParams {
     #[param(value_type = Option<Source>)]
     pub source: Option<String>,
     /// Only children of this context.
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,255}$")]
     pub parent_id: Option<String>,
     /// Page size, 1..=1000 (default 100).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
@@ -385,12 +408,13 @@ fn written_response(written: &Written) -> Response {
 /// `Cache-Status` tells which layer answered.
 #[utoipa::path(
     get, path = "/contexts/{id}", tag = "contexts",
-    params(("id" = String, Path, description = "Context id"), GetParams,
-        ("If-None-Match" = Option<String>, Header, description = "An ETag you hold, e.g. \"3\"")),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"), GetParams,
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag you hold, e.g. \"3\"")),
     responses(
         (status = 200, description = "The context", body = ContextOut,
             headers(("ETag" = String), ("Cache-Status" = String))),
         (status = 304, description = "Not modified since the ETag you hold"),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such context or version", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "That version was pruned", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad id or parameter", body = Problem, content_type = "application/problem+json"),
@@ -448,9 +472,9 @@ async fn get_context(
 /// `If-None-Match: *` makes it create-only.
 #[utoipa::path(
     put, path = "/contexts/{id}", tag = "contexts",
-    params(("id" = String, Path, description = "Context id"), WriteParams,
-        ("If-Match" = Option<String>, Header, description = "The version you read, e.g. \"3\", or *"),
-        ("If-None-Match" = Option<String>, Header, description = "* to create only")),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"), WriteParams,
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The version you read, e.g. \"3\", or *", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "* to create only", pattern = r"^\*$")),
     request_body = ContextIn,
     responses(
         (status = 200, description = "Updated, or unchanged", body = ContextOut, headers(("ETag" = String))),
@@ -543,10 +567,11 @@ async fn create_context(
 /// that version.
 #[utoipa::path(
     delete, path = "/contexts/{id}", tag = "contexts",
-    params(("id" = String, Path, description = "Context id"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if this is the current version")),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only if this is the current version, e.g. \"3\"", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#)),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such context", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "Not the current version", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad id", body = Problem, content_type = "application/problem+json"),
@@ -614,7 +639,7 @@ async fn list_contexts(
 /// Newest first; page with `cursor`.
 #[utoipa::path(
     get, path = "/contexts/{id}/versions", tag = "versions",
-    params(("id" = String, Path, description = "Context id"), PageParams),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"), PageParams),
     responses(
         (status = 200, description = "One page", body = VersionPage),
         (status = 400, description = "Bad cursor", body = Problem, content_type = "application/problem+json"),
@@ -649,10 +674,11 @@ fn parse_version(id: &ContextId, raw: &str) -> Result<i64, AppError> {
 /// Get one version
 #[utoipa::path(
     get, path = "/contexts/{id}/versions/{n}", tag = "versions",
-    params(("id" = String, Path, description = "Context id"),
-        ("n" = i64, Path, description = "Version number")),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"),
+        ("n" = i64, Path, description = "Version number", minimum = 1)),
     responses(
         (status = 200, description = "The version", body = VersionOut),
+        (status = 400, description = "Malformed path", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such context or version", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Pruned by retention", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad id", body = Problem, content_type = "application/problem+json"),
@@ -681,12 +707,13 @@ pub struct RestoreIn {
 /// Makes a new version with that version's data and metadata (`change_type` `restore`).
 #[utoipa::path(
     post, path = "/contexts/{id}/versions/{n}/restore", tag = "versions",
-    params(("id" = String, Path, description = "Context id"),
-        ("n" = i64, Path, description = "Version to restore"),
-        ("If-Match" = Option<String>, Header, description = "Restore only if this is the current version")),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"),
+        ("n" = i64, Path, description = "Version to restore", minimum = 1),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Restore only if this is the current version, e.g. \"3\"", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#)),
     request_body(content = Option<RestoreIn>, description = "Optional"),
     responses(
         (status = 200, description = "The new current version", body = ContextOut, headers(("ETag" = String))),
+        (status = 400, description = "Malformed body or If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such context or version", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Pruned by retention", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "Not the current version", body = Problem, content_type = "application/problem+json"),
@@ -703,12 +730,14 @@ async fn restore_version(
     let id = parse_id(&id)?;
     let version = parse_version(&id, &n)?;
     let if_match = preconditions(&headers)?.if_match;
-    let restore: RestoreIn = if body.is_empty() {
-        RestoreIn::default()
+    // The body is optional: none, `null` and `{}` all mean "nothing to add".
+    let restore: Option<RestoreIn> = if body.is_empty() {
+        None
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?
     };
+    let restore = restore.unwrap_or_default();
     let if_match = match if_match {
         Some(IfMatch::Any) | None => None,
         some => some,

@@ -8,7 +8,8 @@ use super::rules::{self, IfMatch, Preconditions, WriteRequest};
 use crate::cache::{CacheOutcome, L1};
 use crate::config::Settings;
 use crate::domain::{
-    Content, Context, ContextId, ContextSummary, Cursor, Refusal, VersionInfo, VersionRecord,
+    Content, Context, ContextId, ContextSummary, Cursor, JsonObject, Refusal, VersionInfo,
+    VersionRecord,
 };
 use crate::error::AppError;
 use crate::store::{Counts, DeleteOutcome, ListFilter, Store, VersionLookup, WriteOutcome};
@@ -70,6 +71,13 @@ impl ContextService {
 
     /// Checks what only configuration can tell: the size limit and the embedding length.
     pub fn check_content(&self, content: &Content) -> Result<(), AppError> {
+        for (field, object) in [("data", &content.data), ("metadata", &content.metadata)] {
+            if contains_nul(object) {
+                return Err(AppError::Unprocessable(format!(
+                    "{field} holds the character U+0000, which contexts cannot store"
+                )));
+            }
+        }
         let actual = content.size_bytes();
         if actual > self.max_context_bytes {
             return Err(AppError::TooLarge {
@@ -295,6 +303,7 @@ impl ContextService {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ContextSummary>, AppError> {
+        let cursor = cursor.filter(|c| !c.is_empty());
         let after = match cursor.map(Cursor::decode).transpose() {
             Ok(None) => None,
             Ok(Some(Cursor::AfterId(id))) => Some(id),
@@ -313,6 +322,7 @@ impl ContextService {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<VersionInfo>, AppError> {
+        let cursor = cursor.filter(|c| !c.is_empty());
         let before = match cursor.map(Cursor::decode).transpose() {
             Ok(None) => None,
             Ok(Some(Cursor::BeforeVersion(v))) => Some(v),
@@ -331,6 +341,19 @@ impl ContextService {
     pub async fn counts(&self) -> Result<Counts, AppError> {
         Ok(self.store.counts().await?)
     }
+}
+
+/// Whether any key or string holds U+0000, which Postgres `jsonb` cannot store.
+fn contains_nul(object: &JsonObject) -> bool {
+    fn value(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(value),
+            serde_json::Value::Object(map) => contains_nul(map),
+            _ => false,
+        }
+    }
+    object.iter().any(|(k, v)| k.contains('\0') || value(v))
 }
 
 /// Trims the extra item fetched to learn whether another page exists; returns the last item

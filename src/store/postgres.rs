@@ -236,6 +236,11 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// A row that does not map back to our types is never the network's fault.
+fn column_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Internal(e.into())
+}
+
 fn pool_error(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => db_error(e),
@@ -267,66 +272,66 @@ fn parent(raw: Option<String>) -> Result<Option<ContextId>, StoreError> {
 fn context_from_row(id: &ContextId, row: &Row) -> Result<Context, StoreError> {
     Ok(Context {
         id: id.clone(),
-        version: row.try_get(0).map_err(db_error)?,
+        version: row.try_get(0).map_err(column_error)?,
         content: Content {
-            source: source(row.try_get(1).map_err(db_error)?)?,
-            parent_id: parent(row.try_get(2).map_err(db_error)?)?,
-            data: object(row.try_get(6).map_err(db_error)?)?,
-            metadata: object(row.try_get(7).map_err(db_error)?)?,
-            embedding: row.try_get(8).map_err(db_error)?,
+            source: source(row.try_get(1).map_err(column_error)?)?,
+            parent_id: parent(row.try_get(2).map_err(column_error)?)?,
+            data: object(row.try_get(6).map_err(column_error)?)?,
+            metadata: object(row.try_get(7).map_err(column_error)?)?,
+            embedding: row.try_get(8).map_err(column_error)?,
         },
-        size_bytes: row.try_get(3).map_err(db_error)?,
-        created_at: row.try_get(4).map_err(db_error)?,
-        updated_at: row.try_get(5).map_err(db_error)?,
+        size_bytes: row.try_get(3).map_err(column_error)?,
+        created_at: row.try_get(4).map_err(column_error)?,
+        updated_at: row.try_get(5).map_err(column_error)?,
     })
 }
 
 fn record_from_row(id: &ContextId, row: &Row) -> Result<VersionRecord, StoreError> {
-    let change_type: &str = row.try_get(6).map_err(db_error)?;
+    let change_type: &str = row.try_get(6).map_err(column_error)?;
     Ok(VersionRecord {
         id: id.clone(),
         info: VersionInfo {
-            version: row.try_get(0).map_err(db_error)?,
+            version: row.try_get(0).map_err(column_error)?,
             change_type: ChangeType::parse(change_type)
                 .ok_or_else(|| corrupt(format!("change_type {change_type:?}")))?,
-            changed_by: row.try_get(7).map_err(db_error)?,
-            changed_at: row.try_get(8).map_err(db_error)?,
-            size_bytes: row.try_get(9).map_err(db_error)?,
+            changed_by: row.try_get(7).map_err(column_error)?,
+            changed_at: row.try_get(8).map_err(column_error)?,
+            size_bytes: row.try_get(9).map_err(column_error)?,
         },
         content: Content {
-            source: source(row.try_get(1).map_err(db_error)?)?,
-            parent_id: parent(row.try_get(2).map_err(db_error)?)?,
-            data: object(row.try_get(3).map_err(db_error)?)?,
-            metadata: object(row.try_get(4).map_err(db_error)?)?,
-            embedding: row.try_get(5).map_err(db_error)?,
+            source: source(row.try_get(1).map_err(column_error)?)?,
+            parent_id: parent(row.try_get(2).map_err(column_error)?)?,
+            data: object(row.try_get(3).map_err(column_error)?)?,
+            metadata: object(row.try_get(4).map_err(column_error)?)?,
+            embedding: row.try_get(5).map_err(column_error)?,
         },
     })
 }
 
 fn info_from_row(row: &Row) -> Result<VersionInfo, StoreError> {
-    let change_type: &str = row.try_get(1).map_err(db_error)?;
+    let change_type: &str = row.try_get(1).map_err(column_error)?;
     Ok(VersionInfo {
-        version: row.try_get(0).map_err(db_error)?,
+        version: row.try_get(0).map_err(column_error)?,
         change_type: ChangeType::parse(change_type)
             .ok_or_else(|| corrupt(format!("change_type {change_type:?}")))?,
-        changed_by: row.try_get(2).map_err(db_error)?,
-        changed_at: row.try_get(3).map_err(db_error)?,
-        size_bytes: row.try_get(4).map_err(db_error)?,
+        changed_by: row.try_get(2).map_err(column_error)?,
+        changed_at: row.try_get(3).map_err(column_error)?,
+        size_bytes: row.try_get(4).map_err(column_error)?,
     })
 }
 
 fn summary_from_row(row: &Row) -> Result<ContextSummary, StoreError> {
-    let id: &str = row.try_get(0).map_err(db_error)?;
+    let id: &str = row.try_get(0).map_err(column_error)?;
     Ok(ContextSummary {
         id: ContextId::parse(id).map_err(|e| corrupt(format!("context_id {id:?}: {e}")))?,
-        version: row.try_get(1).map_err(db_error)?,
-        source: source(row.try_get(2).map_err(db_error)?)?,
-        parent_id: parent(row.try_get(3).map_err(db_error)?)?,
-        metadata: object(row.try_get(4).map_err(db_error)?)?,
-        created_at: row.try_get(5).map_err(db_error)?,
-        updated_at: row.try_get(6).map_err(db_error)?,
-        size_bytes: row.try_get(7).map_err(db_error)?,
-        has_embedding: row.try_get(8).map_err(db_error)?,
+        version: row.try_get(1).map_err(column_error)?,
+        source: source(row.try_get(2).map_err(column_error)?)?,
+        parent_id: parent(row.try_get(3).map_err(column_error)?)?,
+        metadata: object(row.try_get(4).map_err(column_error)?)?,
+        created_at: row.try_get(5).map_err(column_error)?,
+        updated_at: row.try_get(6).map_err(column_error)?,
+        size_bytes: row.try_get(7).map_err(column_error)?,
+        has_embedding: row.try_get(8).map_err(column_error)?,
     })
 }
 
@@ -385,12 +390,12 @@ impl Store for PostgresStore {
                 .as_ref()
                 .map(|row| row.try_get(0))
                 .transpose()
-                .map_err(db_error)?,
+                .map_err(column_error)?,
             created_at: current
                 .as_ref()
                 .map(|row| row.try_get(1))
                 .transpose()
-                .map_err(db_error)?,
+                .map_err(column_error)?,
             record: record.map(|row| record_from_row(id, &row)).transpose()?,
         })
     }
@@ -602,8 +607,8 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client.query_one(COUNTS, &[]).await.map_err(db_error)?;
         Ok(Counts {
-            contexts: row.try_get(0).map_err(db_error)?,
-            versions: row.try_get(1).map_err(db_error)?,
+            contexts: row.try_get(0).map_err(column_error)?,
+            versions: row.try_get(1).map_err(column_error)?,
         })
     }
 }

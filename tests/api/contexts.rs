@@ -391,3 +391,24 @@ async fn a_cursor_not_issued_by_the_server_answers_400() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchanged() {
+    let app = TestApp::spawn().await;
+    let data = json!({
+        "max": f64::MAX,
+        "tiny": 5e-324,
+        "neg": -1.7976931348623157e308,
+        "u64": u64::MAX,
+        "i64": i64::MIN,
+        "frac": 0.1,
+        "int_float": 5.0,
+        "nested": [{"x": 1e300}],
+    });
+    app.put_data("n", data.clone()).await;
+    let app = app.restart().await;
+    let read: Value = app.get("/contexts/n").await.json().await.unwrap();
+    assert_eq!(read["data"], data);
+    let again: Value = app.put_data("n", data).await;
+    assert_eq!(again["version"], 1);
+}
