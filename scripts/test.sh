@@ -143,3 +143,37 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --all-targets --locked "$@"
+
+# schemathesis fuzzes the running server against its own OpenAPI document: no 500s, only
+# documented status codes and content types, responses matching their schemas. Skipped when
+# arguments narrow the run to some tests.
+run_schemathesis() {
+  local venv=target/schemathesis-venv
+  if [[ ! -x $venv/bin/schemathesis ]]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv python3 -m ensurepip --version && python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q -r scripts/requirements-schemathesis.txt
+  fi
+  local port db log pid
+  port=$(free_port)
+  db="contextd_schemathesis_$$"
+  log=$(mktemp -t contextd-schemathesis.XXXXXX)
+  cargo build --locked -q --bin contextd
+  DATABASE_URL="${CONTEXTD_TEST_DATABASE_URL%/*}/$db" CONTEXTD__SERVER__BIND="127.0.0.1:$port" \
+    CONTEXTD__VECTOR__DIMENSIONS=4 RUST_LOG=warn target/debug/contextd serve >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && break; sleep 0.1
+  done
+  local status=0
+  "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
+    --exclude-checks positive_data_acceptance --max-examples "${SCHEMATHESIS_EXAMPLES:-50}" || status=$?
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [[ $status -ne 0 ]]; then say "server log of the schemathesis run:"; tail -n 50 "$log" >&2; fi
+  rm -f "$log"
+  have psql && psql -q "$CONTEXTD_TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+  return "$status"
+}
+if [[ $# -eq 0 ]]; then
+  echo "==> schemathesis"
+  run_schemathesis
+fi

@@ -297,7 +297,7 @@ pub struct GetParams {
     #[param(value_type = Option<i64>, minimum = 1)]
     pub version: Option<String>,
     /// `embedding` adds the embedding to the response.
-    #[param(value_type = Option<String>, example = "embedding", pattern = "^embedding$")]
+    #[param(value_type = Option<String>, example = "embedding", pattern = "^(embedding)?$")]
     pub include: Option<String>,
 }
 
