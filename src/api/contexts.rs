@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Json, Path, Query, etag, if_none_match_hits, preconditions};
+use super::extract::{IfNoneMatch, Json, Path, Query, etag, if_none_match_hits, preconditions};
+use crate::cache::{CacheOutcome, CachedContext};
 use crate::domain::{
     ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Source, VersionInfo,
     VersionRecord,
@@ -365,19 +367,35 @@ fn parse_include_embedding(raw: Option<&str>) -> Result<bool, AppError> {
     }
 }
 
-/// A one-context response: the body, `ETag`, and any extra headers.
+/// The JSON body of a context, without its embedding.
+fn render(context: &Context) -> Bytes {
+    serde_json::to_vec(&ContextOut::new(context, false))
+        .expect("a context always serializes")
+        .into()
+}
+
+/// A one-context response: the body, `ETag`, and any extra headers. The usual body is
+/// rendered once per cached version and shared by every reader.
 fn context_response(
     status: StatusCode,
-    context: &Context,
+    context: &CachedContext,
     include_embedding: bool,
     extra: impl IntoIterator<Item = (header::HeaderName, HeaderValue)>,
 ) -> Response {
-    let mut response = (
-        status,
-        axum::Json(ContextOut::new(context, include_embedding)),
-    )
-        .into_response();
+    let body = if include_embedding {
+        Bytes::from(
+            serde_json::to_vec(&ContextOut::new(context, true))
+                .expect("a context always serializes"),
+        )
+    } else {
+        context.rendered(render)
+    };
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::ETAG, etag(context.version));
     headers.extend(extra);
     response
@@ -425,7 +443,7 @@ async fn get_context(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(params): Query<GetParams>,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
     let include_embedding = parse_include_embedding(params.include.as_deref())?;
@@ -440,8 +458,8 @@ async fn get_context(
             })?;
             let context = state.contexts.get_at(&id, version).await?;
             (
-                Arc::new(context),
-                crate::cache::CacheOutcome::Miss.header_value(),
+                Arc::new(CachedContext::new(context)),
+                CacheOutcome::Miss.header_value(),
             )
         }
     };
@@ -449,7 +467,7 @@ async fn get_context(
         header::HeaderName::from_static("cache-status"),
         HeaderValue::from_static(cache_status),
     );
-    if if_none_match_hits(&headers, context.version) {
+    if if_none_match_hits(if_none_match.as_ref(), context.version) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response
             .headers_mut()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lru::LruCache;
 
+use super::CachedContext;
 use crate::config::L1Settings;
 use crate::domain::{Context, ContextId};
 
@@ -46,7 +47,7 @@ impl Stamp {
 
 struct Entry {
     /// `None` is a tombstone: kept only to refuse late fills of what was deleted.
-    context: Option<Arc<Context>>,
+    context: Option<Arc<CachedContext>>,
     stamp: Stamp,
     stored_at: Instant,
     bytes: usize,
@@ -109,7 +110,7 @@ impl L1 {
     }
 
     /// The cached current version of `id`, unless absent, deleted or older than the TTL.
-    pub fn get(&self, id: &ContextId) -> Option<Arc<Context>> {
+    pub fn get(&self, id: &ContextId) -> Option<Arc<CachedContext>> {
         let found = self.shard(id).and_then(|shard| {
             let mut shard = lock(shard);
             let entry = shard.entries.get(id)?;
@@ -132,9 +133,10 @@ impl L1 {
 
     /// Caches `context` unless the entry already holds something newer (a later version, or
     /// the tombstone of a delete). Safe to call with whatever a read returned, however late.
-    pub fn put(&self, context: Arc<Context>) {
+    pub fn put(&self, context: Arc<CachedContext>) {
+        // The rendered body, once made, costs about as much again as the JSON it renders.
         let bytes = ENTRY_OVERHEAD
-            + context.size_bytes.max(0) as usize
+            + 2 * context.size_bytes.max(0) as usize
             + context
                 .content
                 .embedding
@@ -155,7 +157,13 @@ impl L1 {
         );
     }
 
-    fn insert(&self, id: ContextId, context: Option<Arc<Context>>, stamp: Stamp, bytes: usize) {
+    fn insert(
+        &self,
+        id: ContextId,
+        context: Option<Arc<CachedContext>>,
+        stamp: Stamp,
+        bytes: usize,
+    ) {
         let Some(shard) = self.shard(&id) else {
             return;
         };
@@ -216,9 +224,9 @@ mod tests {
     use crate::domain::{Content, JsonObject, Source};
     use chrono::TimeZone;
 
-    fn context(id: &str, version: i64, created_second: i64) -> Arc<Context> {
+    fn context(id: &str, version: i64, created_second: i64) -> Arc<CachedContext> {
         let created_at = Utc.timestamp_opt(created_second, 0).unwrap();
-        Arc::new(Context {
+        Arc::new(CachedContext::new(Context {
             id: ContextId::parse(id).unwrap(),
             version,
             content: Content {
@@ -231,7 +239,7 @@ mod tests {
             created_at,
             updated_at: created_at,
             size_bytes: 4,
-        })
+        }))
     }
 
     fn l1(max_entries: usize, max_bytes: usize) -> L1 {

@@ -6,7 +6,45 @@
 
 mod l1;
 
+use std::ops::Deref;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use crate::domain::Context;
+
 pub use l1::{L1, L1Stats, Stamp};
+
+/// A context as the cache holds and hands it out: the value, and its rendering (the response
+/// body) made once, on first use, then shared by every reader without copying.
+#[derive(Debug)]
+pub struct CachedContext {
+    context: Context,
+    rendered: OnceLock<Bytes>,
+}
+
+impl CachedContext {
+    pub fn new(context: Context) -> Self {
+        Self {
+            context,
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// What `render` makes of the context, made by the first caller only. The cache does not
+    /// know the format; the API layer does, and always passes the same `render`.
+    pub fn rendered(&self, render: impl FnOnce(&Context) -> Bytes) -> Bytes {
+        self.rendered.get_or_init(|| render(&self.context)).clone()
+    }
+}
+
+impl Deref for CachedContext {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.context
+    }
+}
 
 /// Which layer answered a read, for the `Cache-Status` header (RFC 9211).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::rules::{self, IfMatch, Preconditions, WriteRequest};
-use crate::cache::{CacheOutcome, L1};
+use crate::cache::{CacheOutcome, CachedContext, L1};
 use crate::config::Settings;
 use crate::domain::{
     Content, Context, ContextId, ContextSummary, Cursor, JsonObject, Refusal, VersionInfo,
@@ -25,7 +25,7 @@ pub enum WriteStatus {
 /// The context after a write.
 #[derive(Debug, Clone)]
 pub struct Written {
-    pub context: Arc<Context>,
+    pub context: Arc<CachedContext>,
     pub status: WriteStatus,
 }
 
@@ -109,7 +109,10 @@ impl ContextService {
 
     /// The current version, from L1 when it holds it.
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
-    pub async fn get(&self, id: &ContextId) -> Result<(Arc<Context>, CacheOutcome), AppError> {
+    pub async fn get(
+        &self,
+        id: &ContextId,
+    ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
         if let Some(context) = self.l1.get(id) {
             return Ok((context, CacheOutcome::L1Hit));
         }
@@ -118,7 +121,7 @@ impl ContextService {
             .get(id)
             .await?
             .ok_or_else(|| AppError::from_refusal(Refusal::NotFound, id.as_str()))?;
-        let context = Arc::new(context);
+        let context = Arc::new(CachedContext::new(context));
         self.l1.put(context.clone());
         Ok((context, CacheOutcome::Miss))
     }
@@ -261,7 +264,7 @@ impl ContextService {
                 return Err(AppError::from_refusal(refusal, id.as_str()));
             }
         };
-        let context = Arc::new(context);
+        let context = Arc::new(CachedContext::new(context));
         self.l1.put(context.clone());
         Ok(Written { context, status })
     }
