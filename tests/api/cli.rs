@@ -1,0 +1,153 @@
+//! The `contextd` binary itself: its commands, its start-up errors, its log, its signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::TestDb;
+
+fn contextd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_contextd"));
+    // Only what a test sets: no stray configuration from the environment running the suite.
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "CONTEXTD_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/context.yaml"),
+        )
+        .env("RUST_LOG", "info");
+    command
+}
+
+#[test]
+fn openapi_prints_the_committed_document() {
+    let output = contextd().arg("openapi").output().unwrap();
+    assert!(output.status.success());
+    let committed =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap();
+    assert!(
+        output.stdout == committed,
+        "`contextd openapi` differs from openapi/openapi.json"
+    );
+}
+
+#[test]
+fn an_unknown_config_key_stops_start_up_naming_it() {
+    let output = contextd()
+        .arg("serve")
+        .env("CONTEXTD__VERSIONS__RETENTON", "5")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CONTEXTD__VERSIONS__RETENTON"), "{stderr}");
+    assert!(stderr.contains("versions.retenton"), "{stderr}");
+}
+
+#[test]
+fn a_bad_value_in_the_config_file_stops_start_up_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("contextd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, "limits:\n  max_context_bytes: lots\n").unwrap();
+    let output = contextd()
+        .arg("--config")
+        .arg(&file)
+        .arg("serve")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("limits.max_context_bytes"), "{stderr}");
+}
+
+#[tokio::test]
+async fn migrate_creates_and_migrates_a_new_database_then_exits() {
+    let db = TestDb::fresh();
+    let output = contextd()
+        .arg("migrate")
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let client = db.client().await;
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM contextd_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+}
+
+#[tokio::test]
+async fn serve_logs_where_it_listens_keeps_the_password_out_of_its_log_and_stops_on_sigterm() {
+    let db = TestDb::migrated().await;
+    // Local Postgres trusts the connection, so the password is never checked: only logged, or not.
+    let url = db.url().replacen("://postgres@", "://postgres:hunter2@", 1);
+    assert!(
+        url.contains("hunter2"),
+        "the admin URL is not postgres@: {url}"
+    );
+    let mut child = contextd()
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut log = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the log ended before `listening on`")
+            .unwrap();
+        log.push(line.clone());
+        if let Some((_, addr)) = line.split_once("listening on http://") {
+            break addr.trim().to_owned();
+        }
+    };
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "contextd ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    log.extend(lines.map_while(Result::ok));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let log = log.join("\n") + &stderr;
+    assert!(
+        !log.contains("hunter2"),
+        "the password leaked into the log:\n{log}"
+    );
+    assert!(
+        log.contains("postgres:***@"),
+        "the store's URL is logged, redacted:\n{log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+}
