@@ -1,4 +1,5 @@
--- contextd's Postgres schema.
+-- contextd's Postgres schema. schema.sqlite.sql holds the same tables for the embedded store;
+-- a change to one is a change to both.
 --
 -- `contextd migrate` and `contextd serve` apply this file, under an advisory lock so that
 -- instances starting together take turns. The preamble (everything before the first
@@ -15,11 +16,12 @@ CREATE TABLE IF NOT EXISTS contextd_schema_migrations (
 -- migration: 1 initial
 -- One row per context: its current version and what lists and filters need.
 CREATE TABLE factory_context_metadata (
-    context_id    text        PRIMARY KEY
+    -- COLLATE "C": ids sort bytewise, as on SQLite, whatever the database's locale.
+    context_id    text        COLLATE "C" PRIMARY KEY
                               CHECK (context_id ~ '^[A-Za-z0-9._:-]{1,255}$'),
     version       bigint      NOT NULL CHECK (version >= 1),
     source        text        NOT NULL CHECK (source IN ('factory', 'mcp')),
-    parent_id     text,
+    parent_id     text        COLLATE "C",
     size_bytes    bigint      NOT NULL CHECK (size_bytes >= 0),
     has_embedding boolean     NOT NULL DEFAULT false,
     -- Factory's own timestamp of the current version, when it came from Factory sync.
@@ -34,7 +36,7 @@ CREATE INDEX factory_context_metadata_parent_idx
 
 -- Every kept version, the current one included (the current payload is read from here).
 CREATE TABLE factory_context_versions (
-    context_id  text        NOT NULL
+    context_id  text        COLLATE "C" NOT NULL
                             REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
     version     bigint      NOT NULL CHECK (version >= 1),
     source      text        NOT NULL CHECK (source IN ('factory', 'mcp')),

@@ -46,7 +46,8 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/dbname`; `DATABASE_URL` sets it.
+    /// `postgres://user:password@host:port/dbname`, or `sqlite:PATH` for the embedded store;
+    /// `DATABASE_URL` sets it. Unset: `sqlite:data/contextd.db`.
     pub url: Option<Secret<String>>,
     /// Most connections one instance opens.
     pub pool_size: usize,
@@ -161,6 +162,43 @@ impl Default for LogSettings {
         Self {
             level: "info".to_owned(),
         }
+    }
+}
+
+/// The SQLite file used when no `DATABASE_URL` is given, relative to the working directory.
+pub const DEFAULT_SQLITE_PATH: &str = "data/contextd.db";
+
+/// Where the contexts live, as `database.url` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A Postgres URL (a secret: it may hold a password).
+    Postgres(Secret<String>),
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseSettings {
+    /// The store named by `url`; the default SQLite file when it is unset.
+    pub fn location(&self) -> Result<StoreLocation, String> {
+        let Some(url) = &self.url else {
+            return Ok(StoreLocation::Sqlite(PathBuf::from(DEFAULT_SQLITE_PATH)));
+        };
+        let raw = url.expose();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return raw
+                .parse::<tokio_postgres::Config>()
+                .map(|_| StoreLocation::Postgres(url.clone()))
+                .map_err(|e| format!("is not a valid Postgres URL: {e}"));
+        }
+        if let Some(rest) = raw.strip_prefix("sqlite:") {
+            // `sqlite:PATH`, and the `sqlite://PATH` spelling other tools use.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() || path.contains('?') {
+                return Err("must be sqlite:PATH, a file path (no query string)".to_owned());
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        Err("must be a postgres://, postgresql:// or sqlite: URL".to_owned())
     }
 }
 
@@ -369,22 +407,8 @@ impl Settings {
                 return Err(key_error(origins, key.to_owned(), message));
             }
         }
-        if let Some(url) = &self.database.url {
-            let url = url.expose();
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(key_error(
-                    origins,
-                    "database.url".to_owned(),
-                    "must be a postgres:// or postgresql:// URL (the embedded SQLite store is not built yet)",
-                ));
-            }
-            if let Err(e) = url.parse::<tokio_postgres::Config>() {
-                return Err(key_error(
-                    origins,
-                    "database.url".to_owned(),
-                    &format!("is not a valid Postgres URL: {e}"),
-                ));
-            }
+        if let Err(message) = self.database.location() {
+            return Err(key_error(origins, "database.url".to_owned(), &message));
         }
         if let Some(url) = &self.redis.url {
             let url = url.expose();
@@ -576,6 +600,34 @@ mod tests {
             settings.redis.url.unwrap().expose(),
             "redis://localhost:6379/2"
         );
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_and_as_the_url_says() {
+        let location = |env: &[(&str, &str)]| load("", env).map(|s| s.database.location().unwrap());
+        assert_eq!(
+            location(&[]).unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("data/contextd.db"))
+        );
+        assert_eq!(
+            location(&[("DATABASE_URL", "sqlite:/var/lib/c.db")]).unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/c.db"))
+        );
+        assert_eq!(
+            location(&[("DATABASE_URL", "sqlite://rel/c.db")]).unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("rel/c.db"))
+        );
+        assert!(matches!(
+            location(&[("DATABASE_URL", "postgresql://u@h/db")]).unwrap(),
+            StoreLocation::Postgres(_)
+        ));
+        for bad in ["mysql://h/db", "sqlite:", "postgres://h:notaport/db"] {
+            let err = load("", &[("DATABASE_URL", bad)]).unwrap_err().to_string();
+            assert!(
+                err.contains("database.url") && err.contains("DATABASE_URL"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

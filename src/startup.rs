@@ -10,10 +10,10 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::config::{Settings, redact_url};
+use crate::config::{Settings, StoreLocation, redact_url};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, Ops};
-use crate::store::{PostgresStore, Store};
+use crate::store::{PostgresStore, SqliteStore, Store};
 
 /// A bound, ready-to-serve contextd.
 pub struct App {
@@ -24,15 +24,27 @@ pub struct App {
 
 /// Opens the store named by the settings and applies its migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let Some(url) = &settings.database.url else {
-        anyhow::bail!(
-            "DATABASE_URL is not set. contextd keeps contexts in Postgres (the embedded SQLite \
-             default is not built yet); for example: \
-             DATABASE_URL=postgres://postgres@127.0.0.1:5432/contextd"
-        );
-    };
-    tracing::info!(url = %redact_url(url.expose()), "opening the Postgres store");
-    Ok(Arc::new(PostgresStore::connect(&settings.database).await?))
+    let location = settings
+        .database
+        .location()
+        .map_err(|e| anyhow::anyhow!("database.url {e}"))?;
+    Ok(match location {
+        StoreLocation::Postgres(url) => {
+            tracing::info!(url = %redact_url(url.expose()), "opening the Postgres store");
+            Arc::new(PostgresStore::connect(&settings.database).await?)
+        }
+        StoreLocation::Sqlite(path) => {
+            if settings.database.url.is_none() {
+                tracing::info!(
+                    path = %path.display(),
+                    "DATABASE_URL is not set: using the embedded SQLite store"
+                );
+            } else {
+                tracing::info!(path = %path.display(), "opening the SQLite store");
+            }
+            Arc::new(SqliteStore::open(&path).await?)
+        }
+    })
 }
 
 impl App {

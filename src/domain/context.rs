@@ -146,6 +146,27 @@ pub struct VersionRecord {
     pub content: Content,
 }
 
+/// A context with all of its kept history, oldest version first: what `contextd export`
+/// writes and `contextd import` reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextHistory {
+    pub id: ContextId,
+    /// The current version; one of `versions`.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub versions: Vec<VersionRecord>,
+}
+
+impl ContextHistory {
+    /// The current version's record.
+    pub fn current(&self) -> Option<&VersionRecord> {
+        self.versions
+            .iter()
+            .find(|v| v.info.version == self.version)
+    }
+}
+
 /// Why the rules turned a write down. The store hands it back untouched; the API maps it to a
 /// status code.
 #[derive(Debug, Clone, PartialEq)]

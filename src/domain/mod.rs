@@ -10,8 +10,8 @@ mod id;
 mod merge;
 
 pub use context::{
-    ChangeType, Content, Context, ContextSummary, JsonObject, Refusal, Source, VersionInfo,
-    VersionRecord, compact_size,
+    ChangeType, Content, Context, ContextHistory, ContextSummary, JsonObject, Refusal, Source,
+    VersionInfo, VersionRecord, compact_size,
 };
 pub use cursor::{Cursor, CursorError};
 pub use id::{ContextId, InvalidId};

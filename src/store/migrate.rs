@@ -1,10 +1,13 @@
-//! Applies `schema.sql` to Postgres, once per section, however many instances start at once.
+//! Migrations: `schema.sql` (Postgres) and `schema.sqlite.sql` (SQLite) split into numbered
+//! sections, and the Postgres runner, which applies each once however many instances start at
+//! once. The SQLite runner lives with the SQLite store.
 
 use anyhow::Context as _;
 use tokio_postgres::Client;
 
-/// The schema, compiled in so the binary migrates without its source tree.
+/// The schemas, compiled in so the binary migrates without its source tree.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
+pub const SQLITE_SCHEMA: &str = include_str!("../../schema.sqlite.sql");
 
 /// Any fixed number works as long as nothing else in the database uses it.
 const MIGRATION_LOCK: i64 = 0x636f_6e74_6578_7464; // "contextd"
@@ -129,6 +132,34 @@ mod tests {
                 "{table} is missing from schema.sql"
             );
         }
+    }
+
+    #[test]
+    fn both_schemas_have_the_same_tables_and_migrations() {
+        let (_, postgres) = parse(SCHEMA).unwrap();
+        let (_, sqlite) = parse(SQLITE_SCHEMA).unwrap();
+        let names = |m: &[Migration]| {
+            m.iter()
+                .map(|m| (m.version, m.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&postgres), names(&sqlite));
+        let tables = |schema: &str| {
+            let mut tables: Vec<String> = schema
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("CREATE TABLE "))
+                .map(|rest| {
+                    rest.trim_start_matches("IF NOT EXISTS ")
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            tables.sort();
+            tables
+        };
+        assert_eq!(tables(SCHEMA), tables(SQLITE_SCHEMA));
     }
 
     #[test]

@@ -7,16 +7,18 @@
 
 mod migrate;
 pub mod postgres;
+pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    ChangeType, Content, Context, ContextId, ContextSummary, Refusal, Source, VersionInfo,
-    VersionRecord,
+    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, Refusal, Source,
+    VersionInfo, VersionRecord,
 };
 
 pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 /// A failure of the database itself, never of the request.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,15 @@ pub struct VersionLookup {
     pub record: Option<VersionRecord>,
 }
 
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Contexts written (new, or replaced by a different history).
+    pub imported: usize,
+    /// Contexts whose stored history was already the imported one.
+    pub unchanged: usize,
+}
+
 /// Sizes for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
@@ -157,4 +168,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many contexts and versions are stored.
     async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// A context with its whole kept history, for export.
+    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError>;
+
+    /// Stores each history as given (ids, versions, times kept), in one transaction: a context
+    /// whose stored history differs is replaced, one whose history is the same is left alone,
+    /// so importing twice changes nothing. Each replaced context appends its change to the
+    /// outbox.
+    async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError>;
 }

@@ -15,13 +15,13 @@ use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ListFilter, NewVersion, Store,
-    StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
+    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ImportSummary, ListFilter, NewVersion,
+    Store, StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
-    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Refusal, Source,
-    VersionInfo, VersionRecord,
+    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
+    Source, VersionInfo, VersionRecord,
 };
 
 /// Serializes every writer of one context, creators included (there is no row to lock yet).
@@ -83,6 +83,16 @@ const LIST_VERSIONS: &str = "
     WHERE context_id = $1 AND version < $2
     ORDER BY version DESC
     LIMIT $3";
+
+const SELECT_HEAD: &str = "
+    SELECT version, created_at, updated_at FROM factory_context_metadata WHERE context_id = $1";
+
+const SELECT_ALL_VERSIONS: &str = "
+    SELECT version, source, parent_id, data, metadata, embedding,
+           change_type, changed_by, changed_at, size_bytes
+    FROM factory_context_versions
+    WHERE context_id = $1
+    ORDER BY version";
 
 const COUNTS: &str = "
     SELECT (SELECT count(*) FROM factory_context_metadata),
@@ -611,4 +621,124 @@ impl Store for PostgresStore {
             versions: row.try_get(1).map_err(column_error)?,
         })
     }
+
+    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {
+        let client = self.client().await?;
+        select_history(&client, id).await
+    }
+
+    async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let lock = tx.prepare_cached(LOCK_CONTEXT).await.map_err(db_error)?;
+        let mut summary = ImportSummary::default();
+        for history in &histories {
+            let key = history.id.as_str();
+            tx.execute(&lock, &[&key]).await.map_err(db_error)?;
+            if select_history(&tx, &history.id).await?.as_ref() == Some(history) {
+                summary.unchanged += 1;
+                continue;
+            }
+            replace_history(&tx, history).await?;
+            summary.imported += 1;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(summary)
+    }
+}
+
+async fn select_history(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &ContextId,
+) -> Result<Option<ContextHistory>, StoreError> {
+    let key = id.as_str();
+    let head = client
+        .query_opt(SELECT_HEAD, &[&key])
+        .await
+        .map_err(db_error)?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    let rows = client
+        .query(SELECT_ALL_VERSIONS, &[&key])
+        .await
+        .map_err(db_error)?;
+    Ok(Some(ContextHistory {
+        id: id.clone(),
+        version: head.try_get(0).map_err(column_error)?,
+        created_at: head.try_get(1).map_err(column_error)?,
+        updated_at: head.try_get(2).map_err(column_error)?,
+        versions: rows
+            .iter()
+            .map(|row| record_from_row(id, row))
+            .collect::<Result<_, _>>()?,
+    }))
+}
+
+/// Replaces whatever is stored under the history's id with exactly that history.
+async fn replace_history(
+    tx: &deadpool_postgres::Transaction<'_>,
+    history: &ContextHistory,
+) -> Result<(), StoreError> {
+    let current = history
+        .current()
+        .ok_or_else(|| StoreError::Internal(anyhow!("a history without its current version")))?;
+    let key = history.id.as_str();
+    let content = &current.content;
+    let (delete, upsert, insert, outbox) = tokio::try_join!(
+        tx.prepare_cached(DELETE_CONTEXT),
+        tx.prepare_cached(UPSERT_METADATA),
+        tx.prepare_cached(INSERT_VERSION),
+        tx.prepare_cached(APPEND_OUTBOX),
+    )
+    .map_err(db_error)?;
+    tx.execute(&delete, &[&key]).await.map_err(db_error)?;
+    tx.execute(
+        &upsert,
+        &[
+            &key,
+            &history.version,
+            &content.source.as_str(),
+            &content.parent_id.as_ref().map(ContextId::as_str),
+            &(content.size_bytes() as i64),
+            &content.embedding.is_some(),
+            &history.created_at,
+            &history.updated_at,
+        ],
+    )
+    .await
+    .map_err(db_error)?;
+    for record in &history.versions {
+        let c = &record.content;
+        tx.execute(
+            &insert,
+            &[
+                &key,
+                &record.info.version,
+                &c.source.as_str(),
+                &c.parent_id.as_ref().map(ContextId::as_str),
+                &Json(&c.data),
+                &Json(&c.metadata),
+                &c.embedding,
+                &record.info.change_type.as_str(),
+                &record.info.changed_by,
+                &record.info.changed_at,
+                &(c.size_bytes() as i64),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.execute(
+        &outbox,
+        &[
+            &key,
+            &history.version,
+            &"upsert",
+            &current.info.change_type.as_str(),
+        ],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }

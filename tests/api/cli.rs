@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::TestDb;
+use crate::harness::{Backend, TestDb};
 
 fn contextd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_contextd"));
@@ -63,9 +63,8 @@ fn a_bad_value_in_the_config_file_stops_start_up_naming_the_key() {
     assert!(stderr.contains("limits.max_context_bytes"), "{stderr}");
 }
 
-#[tokio::test]
-async fn migrate_creates_and_migrates_a_new_database_then_exits() {
-    let db = TestDb::fresh();
+async fn migrate_creates_and_migrates_a_new_database_then_exits(store: Backend) {
+    let db = TestDb::fresh(store);
     let output = contextd()
         .arg("migrate")
         .env("DATABASE_URL", db.url())
@@ -76,15 +75,13 @@ async fn migrate_creates_and_migrates_a_new_database_then_exits() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let client = db.client().await;
-    let applied: i64 = client
-        .query_one("SELECT count(*) FROM contextd_schema_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let applied = db
+        .scalar("SELECT count(*) FROM contextd_schema_migrations")
+        .await;
     assert_eq!(applied, 1);
 }
 
+/// Postgres only: the password in question is a Postgres URL's.
 #[tokio::test]
 async fn serve_logs_where_it_listens_keeps_the_password_out_of_its_log_and_stops_on_sigterm() {
     let db = TestDb::migrated().await;
@@ -151,3 +148,38 @@ async fn serve_logs_where_it_listens_keeps_the_password_out_of_its_log_and_stops
     );
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// With no DATABASE_URL at all, `serve` makes `data/contextd.db` in its working directory.
+#[test]
+fn serve_with_no_database_url_uses_sqlite_in_data_and_says_so() {
+    let dir = std::env::temp_dir().join(format!("contextd-cli-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = contextd()
+        .arg("serve")
+        .current_dir(&dir)
+        .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let listening = line.contains("listening on http://");
+        log.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let exists = dir.join("data/contextd.db").exists();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let log = log.join("\n");
+    assert!(log.contains("DATABASE_URL is not set"), "{log}");
+    assert!(log.contains("data/contextd.db"), "{log}");
+    assert!(exists, "no data/contextd.db was made");
+}
+
+crate::on_both_stores!(migrate_creates_and_migrates_a_new_database_then_exits);

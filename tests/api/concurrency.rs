@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, problem};
+use crate::harness::{Backend, TestApp, problem};
 
 async fn put_if_match(app: &TestApp, path: &str, if_match: &str, data: Value) -> reqwest::Response {
     app.http
@@ -15,18 +15,16 @@ async fn put_if_match(app: &TestApp, path: &str, if_match: &str, data: Value) ->
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_matching_if_match_writes() {
-    let app = TestApp::spawn().await;
+async fn a_matching_if_match_writes(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let response = put_if_match(&app, "/contexts/c", "\"1\"", json!({"a": 2})).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["version"], 2);
 }
 
-#[tokio::test]
-async fn a_stale_if_match_is_rejected_with_412_and_the_current_version() {
-    let app = TestApp::spawn().await;
+async fn a_stale_if_match_is_rejected_with_412_and_the_current_version(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     for path in ["/contexts/c", "/contexts/c?on_conflict=reject"] {
@@ -41,9 +39,8 @@ async fn a_stale_if_match_is_rejected_with_412_and_the_current_version() {
     assert_eq!(current["data"], json!({"a": 2}));
 }
 
-#[tokio::test]
-async fn overwrite_writes_over_a_stale_if_match() {
-    let app = TestApp::spawn().await;
+async fn overwrite_writes_over_a_stale_if_match(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     let response = put_if_match(
@@ -59,9 +56,8 @@ async fn overwrite_writes_over_a_stale_if_match() {
     assert_eq!(body["data"], json!({"a": 3}));
 }
 
-#[tokio::test]
-async fn merge_keeps_changes_to_different_keys_from_both_sides() {
-    let app = TestApp::spawn().await;
+async fn merge_keeps_changes_to_different_keys_from_both_sides(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1, "b": 1, "gone": true}))
         .await;
     // Theirs: changes a. Ours (based on v1): changes b, removes `gone`, adds c.
@@ -80,9 +76,8 @@ async fn merge_keeps_changes_to_different_keys_from_both_sides() {
     assert_eq!(body["data"], json!({"a": 2, "b": 3, "c": 4}));
 }
 
-#[tokio::test]
-async fn merge_with_a_key_changed_on_both_sides_answers_409_listing_it() {
-    let app = TestApp::spawn().await;
+async fn merge_with_a_key_changed_on_both_sides_answers_409_listing_it(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1, "b": 1})).await;
     app.put_data("c", json!({"a": 2, "b": 1})).await;
     let body = problem(
@@ -102,9 +97,8 @@ async fn merge_with_a_key_changed_on_both_sides_answers_409_listing_it() {
     assert_eq!(current["version"], 2);
 }
 
-#[tokio::test]
-async fn if_none_match_star_creates_only() {
-    let app = TestApp::spawn().await;
+async fn if_none_match_star_creates_only(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let create = |data: Value| {
         app.http
             .put(app.url("/contexts/c"))
@@ -124,9 +118,8 @@ async fn if_none_match_star_creates_only() {
     assert_eq!(body["current_version"], 1);
 }
 
-#[tokio::test]
-async fn if_match_on_a_missing_context_answers_412() {
-    let app = TestApp::spawn().await;
+async fn if_match_on_a_missing_context_answers_412(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let body = problem(
         put_if_match(&app, "/contexts/c", "\"1\"", json!({})).await,
         StatusCode::PRECONDITION_FAILED,
@@ -136,9 +129,8 @@ async fn if_match_on_a_missing_context_answers_412() {
     problem(app.get("/contexts/c").await, StatusCode::NOT_FOUND).await;
 }
 
-#[tokio::test]
-async fn a_delete_with_a_stale_if_match_answers_412_and_deletes_nothing() {
-    let app = TestApp::spawn().await;
+async fn a_delete_with_a_stale_if_match_answers_412_and_deletes_nothing(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     let response = app
@@ -173,9 +165,8 @@ async fn assert_history_is_1_to(app: &TestApp, id: &str, last: i64) {
     assert_eq!(versions, expected);
 }
 
-#[tokio::test]
-async fn eight_concurrent_read_modify_write_loops_lose_no_update() {
-    let app = TestApp::spawn().await;
+async fn eight_concurrent_read_modify_write_loops_lose_no_update(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("shared", json!({})).await;
 
     let mut writers = tokio::task::JoinSet::new();
@@ -226,9 +217,8 @@ async fn eight_concurrent_read_modify_write_loops_lose_no_update() {
     assert_history_is_1_to(&app, "shared", last).await;
 }
 
-#[tokio::test]
-async fn eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicated() {
-    let app = TestApp::spawn().await;
+async fn eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicated(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..WRITERS {
         let (http, url) = (app.http.clone(), app.url("/contexts/hot"));
@@ -252,21 +242,15 @@ async fn eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicat
     assert_eq!(current["version"], last);
     assert_history_is_1_to(&app, "hot", last).await;
 
-    let db = app.db.client().await;
-    let outbox: i64 = db
-        .query_one(
-            "SELECT count(DISTINCT version) FROM factory_sync_outbox WHERE context_id = 'hot'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let outbox = app
+        .db
+        .scalar("SELECT count(DISTINCT version) FROM factory_sync_outbox WHERE context_id = 'hot'")
+        .await;
     assert_eq!(outbox, last);
 }
 
-#[tokio::test]
-async fn concurrent_creates_of_one_id_make_exactly_one_context() {
-    let app = TestApp::spawn().await;
+async fn concurrent_creates_of_one_id_make_exactly_one_context(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let mut creators = tokio::task::JoinSet::new();
     for w in 0..WRITERS {
         let (http, url) = (app.http.clone(), app.url("/contexts"));
@@ -299,3 +283,17 @@ async fn concurrent_creates_of_one_id_make_exactly_one_context() {
     );
     assert_history_is_1_to(&app, "once", 1).await;
 }
+
+crate::on_both_stores!(
+    a_matching_if_match_writes,
+    a_stale_if_match_is_rejected_with_412_and_the_current_version,
+    overwrite_writes_over_a_stale_if_match,
+    merge_keeps_changes_to_different_keys_from_both_sides,
+    merge_with_a_key_changed_on_both_sides_answers_409_listing_it,
+    if_none_match_star_creates_only,
+    if_match_on_a_missing_context_answers_412,
+    a_delete_with_a_stale_if_match_answers_412_and_deletes_nothing,
+    eight_concurrent_read_modify_write_loops_lose_no_update,
+    eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicated,
+    concurrent_creates_of_one_id_make_exactly_one_context,
+);

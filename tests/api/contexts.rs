@@ -3,11 +3,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, problem};
+use crate::harness::{Backend, TestApp, problem};
 
-#[tokio::test]
-async fn a_first_put_creates_version_1_with_201_location_and_etag() {
-    let app = TestApp::spawn().await;
+async fn a_first_put_creates_version_1_with_201_location_and_etag(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let response = app
         .put(
             "ctx_123",
@@ -30,9 +29,8 @@ async fn a_first_put_creates_version_1_with_201_location_and_etag() {
     assert!(body.get("embedding").is_none());
 }
 
-#[tokio::test]
-async fn a_changed_put_makes_the_next_version_with_200() {
-    let app = TestApp::spawn().await;
+async fn a_changed_put_makes_the_next_version_with_200(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let first = app.put_data("c", json!({"n": 1})).await;
     let response = app
         .put("c", json!({"data": {"n": 2}, "source": "mcp"}))
@@ -46,9 +44,8 @@ async fn a_changed_put_makes_the_next_version_with_200() {
     assert_ne!(body["updated_at"], first["updated_at"]);
 }
 
-#[tokio::test]
-async fn an_unchanged_put_answers_200_with_the_current_version_and_makes_none() {
-    let app = TestApp::spawn().await;
+async fn an_unchanged_put_answers_200_with_the_current_version_and_makes_none(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let body = json!({"data": {"a": 1}, "source": "mcp", "metadata": {"m": true}});
     assert_eq!(
         app.put("c", body.clone()).await.status(),
@@ -61,9 +58,8 @@ async fn an_unchanged_put_answers_200_with_the_current_version_and_makes_none() 
     assert_eq!(history["items"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn a_put_changing_only_metadata_or_source_or_parent_is_a_change() {
-    let app = TestApp::spawn().await;
+async fn a_put_changing_only_metadata_or_source_or_parent_is_a_change(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("p", json!({})).await;
     app.put_data("c", json!({"a": 1})).await;
     let changes = [
@@ -77,9 +73,8 @@ async fn a_put_changing_only_metadata_or_source_or_parent_is_a_change() {
     }
 }
 
-#[tokio::test]
-async fn get_returns_the_current_version_with_etag_and_names_the_cache_layer() {
-    let app = TestApp::spawn().await;
+async fn get_returns_the_current_version_with_etag_and_names_the_cache_layer(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let app = app.restart().await;
 
@@ -93,9 +88,8 @@ async fn get_returns_the_current_version_with_etag_and_names_the_cache_layer() {
     assert_eq!(warm.headers()["cache-status"], "contextd; hit; detail=l1");
 }
 
-#[tokio::test]
-async fn a_write_is_visible_to_the_next_read_even_when_cached() {
-    let app = TestApp::spawn().await;
+async fn a_write_is_visible_to_the_next_read_even_when_cached(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.get("/contexts/c").await;
     app.put_data("c", json!({"a": 2})).await;
@@ -104,9 +98,8 @@ async fn a_write_is_visible_to_the_next_read_even_when_cached() {
     assert_eq!(body["data"], json!({"a": 2}));
 }
 
-#[tokio::test]
-async fn get_with_a_version_returns_that_version() {
-    let app = TestApp::spawn().await;
+async fn get_with_a_version_returns_that_version(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     let response = app.get("/contexts/c?version=1").await;
@@ -128,16 +121,14 @@ async fn get_with_a_version_returns_that_version() {
     .await;
 }
 
-#[tokio::test]
-async fn an_unknown_context_answers_404() {
-    let app = TestApp::spawn().await;
+async fn an_unknown_context_answers_404(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let body = problem(app.get("/contexts/nope").await, StatusCode::NOT_FOUND).await;
     assert!(body["detail"].as_str().unwrap().contains("nope"));
 }
 
-#[tokio::test]
-async fn if_none_match_with_the_current_etag_answers_304() {
-    let app = TestApp::spawn().await;
+async fn if_none_match_with_the_current_etag_answers_304(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let fresh = app
         .http
@@ -161,9 +152,8 @@ async fn if_none_match_with_the_current_etag_answers_304() {
     assert_eq!(stale.status(), StatusCode::OK);
 }
 
-#[tokio::test]
-async fn post_without_an_id_generates_ctx_uuid_and_answers_201_with_location() {
-    let app = TestApp::spawn().await;
+async fn post_without_an_id_generates_ctx_uuid_and_answers_201_with_location(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let response = app
         .post("/contexts", json!({"data": {"a": 1}, "source": "mcp"}))
         .await;
@@ -176,9 +166,8 @@ async fn post_without_an_id_generates_ctx_uuid_and_answers_201_with_location() {
     assert_eq!(app.get(&location).await.status(), StatusCode::OK);
 }
 
-#[tokio::test]
-async fn post_with_an_existing_id_answers_409_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+async fn post_with_an_existing_id_answers_409_and_changes_nothing(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let body = json!({"context_id": "taken", "data": {"a": 1}, "source": "mcp"});
     assert_eq!(
         app.post("/contexts", body).await.status(),
@@ -190,9 +179,8 @@ async fn post_with_an_existing_id_answers_409_and_changes_nothing() {
     assert_eq!(current["data"], json!({"a": 1}));
 }
 
-#[tokio::test]
-async fn delete_removes_the_context_and_its_history() {
-    let app = TestApp::spawn().await;
+async fn delete_removes_the_context_and_its_history(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     app.get("/contexts/c").await;
@@ -209,22 +197,18 @@ async fn delete_removes_the_context_and_its_history() {
     .await;
     problem(app.delete("/contexts/c").await, StatusCode::NOT_FOUND).await;
 
-    let db = app.db.client().await;
-    let left: i64 = db
-        .query_one(
+    let left = app
+        .db
+        .scalar(
             "SELECT (SELECT count(*) FROM factory_context_versions WHERE context_id = 'c')
                   + (SELECT count(*) FROM factory_cache_entries WHERE context_id = 'c')",
-            &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(left, 0);
 }
 
-#[tokio::test]
-async fn a_deleted_context_can_be_created_again_from_version_1() {
-    let app = TestApp::spawn().await;
+async fn a_deleted_context_can_be_created_again_from_version_1(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     app.delete("/contexts/c").await;
@@ -237,39 +221,29 @@ async fn a_deleted_context_can_be_created_again_from_version_1() {
     assert_eq!(body["data"], json!({"b": 1}));
 }
 
-#[tokio::test]
-async fn every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone() {
-    let app = TestApp::spawn().await;
+async fn every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 1})).await; // unchanged: no change, no outbox row
     app.put_data("c", json!({"a": 2})).await;
     app.delete("/contexts/c").await;
 
-    let db = app.db.client().await;
-    let rows = db
-        .query(
-            "SELECT context_id, version, op, change_type FROM factory_sync_outbox ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap();
-    let rows: Vec<(String, i64, String, Option<String>)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+    let rows = app
+        .db
+        .query("SELECT context_id, version, op, change_type FROM factory_sync_outbox ORDER BY seq")
+        .await;
     assert_eq!(
         rows,
         vec![
-            ("c".into(), 1, "upsert".into(), Some("create".into())),
-            ("c".into(), 2, "upsert".into(), Some("update".into())),
-            ("c".into(), 2, "delete".into(), None),
+            vec![json!("c"), json!(1), json!("upsert"), json!("create")],
+            vec![json!("c"), json!(2), json!("upsert"), json!("update")],
+            vec![json!("c"), json!(2), json!("delete"), Value::Null],
         ]
     );
 }
 
-#[tokio::test]
-async fn an_embedding_is_stored_and_returned_only_when_asked_for() {
-    let app = TestApp::spawn().await;
+async fn an_embedding_is_stored_and_returned_only_when_asked_for(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let created: Value = app
         .put(
             "c",
@@ -303,9 +277,8 @@ async fn an_embedding_is_stored_and_returned_only_when_asked_for() {
     assert_eq!(changed["version"], 2);
 }
 
-#[tokio::test]
-async fn list_pages_by_cursor_in_id_order_without_data_and_without_repeats() {
-    let app = TestApp::spawn().await;
+async fn list_pages_by_cursor_in_id_order_without_data_and_without_repeats(store: Backend) {
+    let app = TestApp::spawn(store).await;
     for i in 0..7 {
         app.put_data(&format!("c{i}"), json!({"i": i})).await;
     }
@@ -334,9 +307,8 @@ async fn list_pages_by_cursor_in_id_order_without_data_and_without_repeats() {
     assert_eq!(seen, expected);
 }
 
-#[tokio::test]
-async fn list_filters_by_source_and_parent() {
-    let app = TestApp::spawn().await;
+async fn list_filters_by_source_and_parent(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put("root", json!({"data": {}, "source": "factory"}))
         .await;
     app.put(
@@ -377,9 +349,8 @@ async fn list_filters_by_source_and_parent() {
     assert_eq!(ids(both), vec!["b"]);
 }
 
-#[tokio::test]
-async fn a_cursor_not_issued_by_the_server_answers_400() {
-    let app = TestApp::spawn().await;
+async fn a_cursor_not_issued_by_the_server_answers_400(store: Backend) {
+    let app = TestApp::spawn(store).await;
     problem(
         app.get("/contexts?cursor=garbage!").await,
         StatusCode::BAD_REQUEST,
@@ -392,9 +363,8 @@ async fn a_cursor_not_issued_by_the_server_answers_400() {
     .await;
 }
 
-#[tokio::test]
-async fn extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchanged() {
-    let app = TestApp::spawn().await;
+async fn extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchanged(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let data = json!({
         "max": f64::MAX,
         "tiny": 5e-324,
@@ -412,3 +382,25 @@ async fn extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchange
     let again: Value = app.put_data("n", data).await;
     assert_eq!(again["version"], 1);
 }
+
+crate::on_both_stores!(
+    a_first_put_creates_version_1_with_201_location_and_etag,
+    a_changed_put_makes_the_next_version_with_200,
+    an_unchanged_put_answers_200_with_the_current_version_and_makes_none,
+    a_put_changing_only_metadata_or_source_or_parent_is_a_change,
+    get_returns_the_current_version_with_etag_and_names_the_cache_layer,
+    a_write_is_visible_to_the_next_read_even_when_cached,
+    get_with_a_version_returns_that_version,
+    an_unknown_context_answers_404,
+    if_none_match_with_the_current_etag_answers_304,
+    post_without_an_id_generates_ctx_uuid_and_answers_201_with_location,
+    post_with_an_existing_id_answers_409_and_changes_nothing,
+    delete_removes_the_context_and_its_history,
+    a_deleted_context_can_be_created_again_from_version_1,
+    every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone,
+    an_embedding_is_stored_and_returned_only_when_asked_for,
+    list_pages_by_cursor_in_id_order_without_data_and_without_repeats,
+    list_filters_by_source_and_parent,
+    a_cursor_not_issued_by_the_server_answers_400,
+    extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchanged,
+);

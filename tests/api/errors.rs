@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, problem};
+use crate::harness::{Backend, TestApp, problem};
 
 async fn raw_put(
     app: &TestApp,
@@ -30,9 +30,8 @@ async fn assert_not_stored(app: &TestApp, id: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn malformed_json_answers_400() {
-    let app = TestApp::spawn().await;
+async fn malformed_json_answers_400(store: Backend) {
+    let app = TestApp::spawn(store).await;
     for body in [
         "{\"data\":",
         "not json",
@@ -48,9 +47,8 @@ async fn malformed_json_answers_400() {
     assert_not_stored(&app, "c").await;
 }
 
-#[tokio::test]
-async fn a_body_that_is_not_json_answers_415() {
-    let app = TestApp::spawn().await;
+async fn a_body_that_is_not_json_answers_415(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let body = r#"{"data": {}, "source": "mcp"}"#;
     for content_type in [
         None,
@@ -66,16 +64,14 @@ async fn a_body_that_is_not_json_answers_415() {
     assert_not_stored(&app, "c").await;
 }
 
-#[tokio::test]
-async fn an_unknown_route_answers_404() {
-    let app = TestApp::spawn().await;
+async fn an_unknown_route_answers_404(store: Backend) {
+    let app = TestApp::spawn(store).await;
     problem(app.get("/nothing/here").await, StatusCode::NOT_FOUND).await;
     problem(app.get("/contexts/a/b/c/d").await, StatusCode::NOT_FOUND).await;
 }
 
-#[tokio::test]
-async fn a_wrong_method_answers_405_with_allow() {
-    let app = TestApp::spawn().await;
+async fn a_wrong_method_answers_405_with_allow(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let response = app.http.patch(app.url("/contexts/c")).send().await.unwrap();
     let allow = response.headers()["allow"].to_str().unwrap().to_owned();
     for method in ["GET", "PUT", "DELETE"] {
@@ -86,9 +82,10 @@ async fn a_wrong_method_answers_405_with_allow() {
     problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
 }
 
-#[tokio::test]
-async fn a_context_over_the_size_limit_answers_413_with_limit_and_actual_and_stores_nothing() {
-    let app = TestApp::spawn_with(|s| s.limits.max_context_bytes = 4096).await;
+async fn a_context_over_the_size_limit_answers_413_with_limit_and_actual_and_stores_nothing(
+    store: Backend,
+) {
+    let app = TestApp::spawn_with(store, |s| s.limits.max_context_bytes = 4096).await;
     let data = json!({"blob": "x".repeat(4096)});
     let actual = serde_json::to_string(&data).unwrap().len() + "{}".len();
     let body = problem(
@@ -112,9 +109,8 @@ async fn a_context_over_the_size_limit_answers_413_with_limit_and_actual_and_sto
     assert_eq!(at_limit.json::<Value>().await.unwrap()["size_bytes"], 4096);
 }
 
-#[tokio::test]
-async fn a_body_far_over_any_limit_answers_413_problem() {
-    let app = TestApp::spawn_with(|s| s.limits.max_context_bytes = 4096).await;
+async fn a_body_far_over_any_limit_answers_413_problem(store: Backend) {
+    let app = TestApp::spawn_with(store, |s| s.limits.max_context_bytes = 4096).await;
     let body = format!(
         r#"{{"data": {{"blob": "{}"}}, "source": "mcp"}}"#,
         "x".repeat(1 << 20)
@@ -127,9 +123,8 @@ async fn a_body_far_over_any_limit_answers_413_problem() {
     assert_not_stored(&app, "huge").await;
 }
 
-#[tokio::test]
-async fn well_formed_but_invalid_writes_answer_422_and_store_nothing() {
-    let app = TestApp::spawn().await;
+async fn well_formed_but_invalid_writes_answer_422_and_store_nothing(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let cases = [
         ("c", json!({"data": [1, 2], "source": "mcp"})),
         ("c", json!({"data": "text", "source": "mcp"})),
@@ -194,9 +189,8 @@ async fn well_formed_but_invalid_writes_answer_422_and_store_nothing() {
     assert_eq!(list["items"], json!([]));
 }
 
-#[tokio::test]
-async fn bad_query_values_answer_422() {
-    let app = TestApp::spawn().await;
+async fn bad_query_values_answer_422(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({})).await;
     for path in [
         "/contexts?limit=0",
@@ -221,9 +215,8 @@ async fn bad_query_values_answer_422() {
     problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
-#[tokio::test]
-async fn a_malformed_if_match_answers_400_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+async fn a_malformed_if_match_answers_400_and_writes_nothing(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let response = app
         .http
@@ -237,3 +230,15 @@ async fn a_malformed_if_match_answers_400_and_writes_nothing() {
     let current: Value = app.get("/contexts/c").await.json().await.unwrap();
     assert_eq!(current["version"], 1);
 }
+
+crate::on_both_stores!(
+    malformed_json_answers_400,
+    a_body_that_is_not_json_answers_415,
+    an_unknown_route_answers_404,
+    a_wrong_method_answers_405_with_allow,
+    a_context_over_the_size_limit_answers_413_with_limit_and_actual_and_stores_nothing,
+    a_body_far_over_any_limit_answers_413_problem,
+    well_formed_but_invalid_writes_answer_422_and_store_nothing,
+    bad_query_values_answer_422,
+    a_malformed_if_match_answers_400_and_writes_nothing,
+);

@@ -105,13 +105,52 @@ async fn ensure_template() -> String {
     name
 }
 
-/// A database of one's own, dropped at the end of the test.
+/// The store a test runs on. Most tests run on both (see `on_both_stores!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Makes each listed `async fn name(store: Backend)` two tests, `name::postgres` and
+/// `name::sqlite`: one suite, run on both stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::harness::Backend::Postgres).await
+                }
+
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::harness::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
+
+/// A database of one's own, dropped (or deleted) at the end of the test.
 pub struct TestDb {
+    pub backend: Backend,
+    /// The Postgres database's name, or the SQLite file's folder.
     pub name: String,
 }
 
 impl TestDb {
-    /// A migrated database, cloned from the template.
+    /// A migrated Postgres database cloned from the template, or a folder for a SQLite file
+    /// (which the app creates and migrates when it opens it).
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::migrated().await,
+            Backend::Sqlite => Self::fresh(Backend::Sqlite),
+        }
+    }
+
+    /// A migrated Postgres database, cloned from the template.
     pub async fn migrated() -> Self {
         let template = ensure_template().await;
         let name = format!("contextd_test_{}", uuid_simple());
@@ -123,34 +162,102 @@ impl TestDb {
             match admin.batch_execute(&sql).await {
                 Ok(()) => break,
                 // Another clone of the template is in progress: take turns.
-                Err(e) if attempts < 50 => {
-                    let _ = e;
+                Err(_) if attempts < 50 => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("cloning the template: {e}"),
             }
         }
-        Self { name }
-    }
-
-    /// A name for a database that does not exist yet (the app creates it).
-    pub fn fresh() -> Self {
         Self {
-            name: format!("contextd_test_{}", uuid_simple()),
+            backend: Backend::Postgres,
+            name,
         }
     }
 
-    pub fn url(&self) -> String {
-        url_for(&self.name)
+    /// A database that does not exist yet: the app creates it.
+    pub fn fresh(backend: Backend) -> Self {
+        let name = match backend {
+            Backend::Postgres => format!("contextd_test_{}", uuid_simple()),
+            Backend::Sqlite => std::env::temp_dir()
+                .join(format!("contextd_test_{}", uuid_simple()))
+                .to_string_lossy()
+                .into_owned(),
+        };
+        Self { backend, name }
     }
 
+    pub fn url(&self) -> String {
+        match self.backend {
+            Backend::Postgres => url_for(&self.name),
+            Backend::Sqlite => format!("sqlite:{}/contextd.db", self.name),
+        }
+    }
+
+    /// A Postgres connection to this database.
     pub async fn client(&self) -> tokio_postgres::Client {
+        assert_eq!(self.backend, Backend::Postgres);
         connect(&self.url()).await
+    }
+
+    /// Runs `sql` directly on the database; each row's columns as JSON values.
+    pub async fn query(&self, sql: &str) -> Vec<Vec<Value>> {
+        match self.backend {
+            Backend::Postgres => {
+                let rows = self.client().await.query(sql, &[]).await.unwrap();
+                rows.iter()
+                    .map(|row| {
+                        (0..row.len())
+                            .map(|i| {
+                                use tokio_postgres::types::Type;
+                                match *row.columns()[i].type_() {
+                                    Type::INT8 => json!(row.get::<_, Option<i64>>(i)),
+                                    Type::INT4 => json!(row.get::<_, Option<i32>>(i)),
+                                    Type::BOOL => json!(row.get::<_, Option<bool>>(i)),
+                                    _ => json!(row.get::<_, Option<String>>(i)),
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+            Backend::Sqlite => {
+                let path = format!("{}/contextd.db", self.name);
+                let conn = rusqlite::Connection::open(path).unwrap();
+                let mut statement = conn.prepare(sql).unwrap();
+                let columns = statement.column_count();
+                statement
+                    .query_map([], |row| {
+                        Ok((0..columns)
+                            .map(|i| match row.get_ref(i).unwrap() {
+                                rusqlite::types::ValueRef::Null => Value::Null,
+                                rusqlite::types::ValueRef::Integer(n) => json!(n),
+                                rusqlite::types::ValueRef::Real(x) => json!(x),
+                                rusqlite::types::ValueRef::Text(t) => {
+                                    json!(String::from_utf8_lossy(t))
+                                }
+                                rusqlite::types::ValueRef::Blob(_) => json!("<blob>"),
+                            })
+                            .collect())
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+        }
+    }
+
+    /// The one number `sql` selects.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        self.query(sql).await[0][0].as_i64().unwrap()
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.backend == Backend::Sqlite {
+            let _ = std::fs::remove_dir_all(&self.name);
+            return;
+        }
         let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         // Drop runs inside the test's runtime, which cannot be blocked on; use a thread of
         // its own and wait for it, so the database is gone when the test ends.
@@ -195,13 +302,13 @@ pub struct TestApp {
 
 impl TestApp {
     /// The app with default settings on a database of its own.
-    pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+    pub async fn spawn(store: Backend) -> Self {
+        Self::spawn_with(store, |_| {}).await
     }
 
     /// The app with settings changed by `configure`.
-    pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> Self {
-        let db = Arc::new(TestDb::migrated().await);
+    pub async fn spawn_with(store: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
+        let db = Arc::new(TestDb::new(store).await);
         let mut settings = Self::settings_for(&db.url());
         configure(&mut settings);
         Self::start(db, settings).await

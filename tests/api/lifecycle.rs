@@ -7,11 +7,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{TestApp, TestDb};
+use crate::harness::{Backend, TestApp, TestDb};
 
-#[tokio::test]
-async fn data_survives_a_restart() {
-    let app = TestApp::spawn().await;
+async fn data_survives_a_restart(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("durable", json!({"a": 1})).await;
     app.put_data("durable", json!({"a": 2})).await;
     let app = app.restart().await;
@@ -27,33 +26,27 @@ async fn data_survives_a_restart() {
     assert_eq!(v1["data"], json!({"a": 1}));
 }
 
-#[tokio::test]
-async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migrate_once() {
-    let db = TestDb::fresh();
+async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migrate_once(
+    store: Backend,
+) {
+    let db = TestDb::fresh(store);
     let settings = TestApp::settings_for(&db.url());
     let (a, b) = tokio::join!(App::build(&settings), App::build(&settings));
     let (a, b) = (a.expect("first instance"), b.expect("second instance"));
     drop((a, b));
 
-    let client = db.client().await;
-    let rows = client
-        .query(
-            "SELECT version FROM contextd_schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap();
-    let applied: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(applied, vec![1]);
+    let applied = db
+        .query("SELECT version FROM contextd_schema_migrations ORDER BY version")
+        .await;
+    assert_eq!(applied, vec![vec![json!(1)]]);
 
     // And a third start on the migrated database changes nothing.
     let app = TestApp::start(Arc::new(db), settings).await;
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
-#[tokio::test]
-async fn a_request_in_flight_when_shutdown_begins_still_completes() {
-    let mut app = TestApp::spawn().await;
+async fn a_request_in_flight_when_shutdown_begins_still_completes(store: Backend) {
+    let mut app = TestApp::spawn(store).await;
     let body = r#"{"data": {"finished": true}, "source": "mcp"}"#;
     let (head, tail) = body.split_at(10);
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -79,3 +72,9 @@ async fn a_request_in_flight_when_shutdown_begins_still_completes() {
     let stored: Value = app.get("/contexts/inflight").await.json().await.unwrap();
     assert_eq!(stored["data"], json!({"finished": true}));
 }
+
+crate::on_both_stores!(
+    data_survives_a_restart,
+    two_instances_starting_at_once_on_a_new_database_both_come_up_and_migrate_once,
+    a_request_in_flight_when_shutdown_begins_still_completes,
+);

@@ -6,11 +6,10 @@ use contextd::config::Secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{PgProxy, TestApp, TestDb, problem, redis_url};
+use crate::harness::{Backend, PgProxy, TestApp, TestDb, problem, redis_url};
 
-#[tokio::test]
-async fn healthz_answers_ok() {
-    let app = TestApp::spawn().await;
+async fn healthz_answers_ok(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
@@ -19,24 +18,25 @@ async fn healthz_answers_ok() {
     );
 }
 
-#[tokio::test]
-async fn readyz_reports_the_store_and_redis_disabled_when_not_configured() {
-    let app = TestApp::spawn().await;
+async fn readyz_reports_the_store_and_redis_disabled_when_not_configured(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
         json!({
             "status": "ok",
-            "store": "postgres",
+            "store": match store {
+                Backend::Postgres => "postgres",
+                Backend::Sqlite => "sqlite",
+            },
             "checks": {"store": "ok", "redis": "disabled", "vector": "disabled"}
         })
     );
 }
 
-#[tokio::test]
-async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready() {
-    let app = TestApp::spawn_with(|s| s.redis.url = Some(Secret::new(redis_url()))).await;
+async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready(store: Backend) {
+    let app = TestApp::spawn_with(store, |s| s.redis.url = Some(Secret::new(redis_url()))).await;
     let body: Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(body["checks"]["redis"], "ok", "{body}");
 
@@ -44,7 +44,7 @@ async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("redis://127.0.0.1:{}", dead.local_addr().unwrap().port());
     drop(dead);
-    let app = TestApp::spawn_with(|s| s.redis.url = Some(Secret::new(dead_url))).await;
+    let app = TestApp::spawn_with(store, |s| s.redis.url = Some(Secret::new(dead_url))).await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -127,9 +127,8 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
         .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
-#[tokio::test]
-async fn metrics_count_requests_by_route_template_never_by_raw_path() {
-    let app = TestApp::spawn().await;
+async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("secret-id-1", json!({})).await;
     app.put_data("secret-id-2", json!({})).await;
     app.get("/contexts/secret-id-1").await;
@@ -162,9 +161,8 @@ async fn metrics_count_requests_by_route_template_never_by_raw_path() {
     ));
 }
 
-#[tokio::test]
-async fn metrics_gauge_contexts_and_kept_versions() {
-    let app = TestApp::spawn_with(|s| s.versions.retention = 2).await;
+async fn metrics_gauge_contexts_and_kept_versions(store: Backend) {
+    let app = TestApp::spawn_with(store, |s| s.versions.retention = 2).await;
     for n in 0..3 {
         app.put_data("a", json!({"n": n})).await;
     }
@@ -178,9 +176,8 @@ async fn metrics_gauge_contexts_and_kept_versions() {
     );
 }
 
-#[tokio::test]
-async fn metrics_pass_promtool_check_metrics() {
-    let app = TestApp::spawn().await;
+async fn metrics_pass_promtool_check_metrics(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("a", json!({})).await;
     app.get("/contexts/a").await;
     let text = metrics_text(&app).await;
@@ -208,9 +205,8 @@ async fn metrics_pass_promtool_check_metrics() {
     );
 }
 
-#[tokio::test]
-async fn the_served_openapi_document_is_the_committed_one() {
-    let app = TestApp::spawn().await;
+async fn the_served_openapi_document_is_the_committed_one(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let served = app.get("/openapi.json").await.text().await.unwrap();
     let committed =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
@@ -235,9 +231,8 @@ async fn the_served_openapi_document_is_the_committed_one() {
     }
 }
 
-#[tokio::test]
-async fn swagger_ui_is_served_with_its_assets_and_no_internet() {
-    let app = TestApp::spawn().await;
+async fn swagger_ui_is_served_with_its_assets_and_no_internet(store: Backend) {
+    let app = TestApp::spawn(store).await;
     let page = app.get("/swagger-ui/").await;
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("swagger-ui"));
@@ -262,3 +257,14 @@ async fn swagger_ui_is_served_with_its_assets_and_no_internet() {
         .unwrap();
     assert!(initializer.contains("/openapi.json"), "{initializer}");
 }
+
+crate::on_both_stores!(
+    healthz_answers_ok,
+    readyz_reports_the_store_and_redis_disabled_when_not_configured,
+    readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready,
+    metrics_count_requests_by_route_template_never_by_raw_path,
+    metrics_gauge_contexts_and_kept_versions,
+    metrics_pass_promtool_check_metrics,
+    the_served_openapi_document_is_the_committed_one,
+    swagger_ui_is_served_with_its_assets_and_no_internet,
+);

@@ -3,11 +3,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, problem};
+use crate::harness::{Backend, TestApp, problem};
 
-#[tokio::test]
-async fn versions_are_listed_newest_first_and_page_by_cursor() {
-    let app = TestApp::spawn().await;
+async fn versions_are_listed_newest_first_and_page_by_cursor(store: Backend) {
+    let app = TestApp::spawn(store).await;
     for n in 1..=5 {
         app.put_data("c", json!({"n": n})).await;
     }
@@ -50,9 +49,8 @@ async fn versions_are_listed_newest_first_and_page_by_cursor() {
     assert_eq!(last["next_cursor"], Value::Null);
 }
 
-#[tokio::test]
-async fn one_version_is_returned_with_its_data_and_who_changed_it() {
-    let app = TestApp::spawn().await;
+async fn one_version_is_returned_with_its_data_and_who_changed_it(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put(
         "c",
         json!({"data": {"a": 1}, "metadata": {"m": 1}, "source": "mcp", "changed_by": "agent-7"}),
@@ -87,9 +85,8 @@ async fn one_version_is_returned_with_its_data_and_who_changed_it() {
     .await;
 }
 
-#[tokio::test]
-async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410() {
-    let app = TestApp::spawn_with(|s| s.versions.retention = 3).await;
+async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410(store: Backend) {
+    let app = TestApp::spawn_with(store, |s| s.versions.retention = 3).await;
     for n in 1..=5 {
         app.put_data("c", json!({"n": n})).await;
     }
@@ -102,15 +99,10 @@ async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410() {
         .collect();
     assert_eq!(kept, vec![5, 4, 3]);
 
-    let db = app.db.client().await;
-    let rows: i64 = db
-        .query_one(
-            "SELECT count(*) FROM factory_context_versions WHERE context_id = 'c'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows = app
+        .db
+        .scalar("SELECT count(*) FROM factory_context_versions WHERE context_id = 'c'")
+        .await;
     assert_eq!(rows, 3);
 
     for path in [
@@ -131,9 +123,8 @@ async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410() {
     );
 }
 
-#[tokio::test]
-async fn restore_makes_a_new_version_with_the_old_data() {
-    let app = TestApp::spawn().await;
+async fn restore_makes_a_new_version_with_the_old_data(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put(
         "c",
         json!({"data": {"a": 1}, "metadata": {"m": "old"}, "source": "mcp"}),
@@ -166,9 +157,8 @@ async fn restore_makes_a_new_version_with_the_old_data() {
     assert_eq!(v3["change_type"], "restore");
 }
 
-#[tokio::test]
-async fn restore_records_who_asked_for_it() {
-    let app = TestApp::spawn().await;
+async fn restore_records_who_asked_for_it(store: Backend) {
+    let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
     let response = app
@@ -187,9 +177,8 @@ async fn restore_records_who_asked_for_it() {
     assert_eq!(v3["changed_by"], "ops");
 }
 
-#[tokio::test]
-async fn restore_of_an_unknown_context_or_version_answers_404() {
-    let app = TestApp::spawn().await;
+async fn restore_of_an_unknown_context_or_version_answers_404(store: Backend) {
+    let app = TestApp::spawn(store).await;
     problem(
         app.post("/contexts/nope/versions/1/restore", json!({}))
             .await,
@@ -203,3 +192,12 @@ async fn restore_of_an_unknown_context_or_version_answers_404() {
     )
     .await;
 }
+
+crate::on_both_stores!(
+    versions_are_listed_newest_first_and_page_by_cursor,
+    one_version_is_returned_with_its_data_and_who_changed_it,
+    retention_prunes_in_the_write_and_a_pruned_version_answers_410,
+    restore_makes_a_new_version_with_the_old_data,
+    restore_records_who_asked_for_it,
+    restore_of_an_unknown_context_or_version_answers_404,
+);

@@ -1,0 +1,80 @@
+-- contextd's SQLite schema: the same tables as schema.sql, in SQLite's types. Times are
+-- RFC 3339 UTC text with microseconds (they sort as they compare), JSON is compact text, and an
+-- embedding is a blob of little-endian 32-bit floats.
+--
+-- Applied by `contextd migrate` and `contextd serve` exactly as schema.sql is: the preamble
+-- every time, each "-- migration: N name" section once, in its own transaction, recorded in
+-- contextd_schema_migrations. Never edit a section that has shipped: append a new one, here
+-- and in schema.sql.
+
+CREATE TABLE IF NOT EXISTS contextd_schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    applied_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+-- migration: 1 initial
+CREATE TABLE factory_context_metadata (
+    context_id    TEXT    NOT NULL PRIMARY KEY CHECK (length(context_id) BETWEEN 1 AND 255),
+    version       INTEGER NOT NULL CHECK (version >= 1),
+    source        TEXT    NOT NULL CHECK (source IN ('factory', 'mcp')),
+    parent_id     TEXT,
+    size_bytes    INTEGER NOT NULL CHECK (size_bytes >= 0),
+    has_embedding INTEGER NOT NULL DEFAULT 0 CHECK (has_embedding IN (0, 1)),
+    synced_at     TEXT,
+    created_at    TEXT    NOT NULL,
+    updated_at    TEXT    NOT NULL
+);
+CREATE INDEX factory_context_metadata_source_idx
+    ON factory_context_metadata (source, context_id);
+CREATE INDEX factory_context_metadata_parent_idx
+    ON factory_context_metadata (parent_id, context_id) WHERE parent_id IS NOT NULL;
+
+CREATE TABLE factory_context_versions (
+    context_id  TEXT    NOT NULL
+                        REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    source      TEXT    NOT NULL CHECK (source IN ('factory', 'mcp')),
+    parent_id   TEXT,
+    data        TEXT    NOT NULL CHECK (json_type(data) = 'object'),
+    metadata    TEXT    NOT NULL DEFAULT '{}' CHECK (json_type(metadata) = 'object'),
+    embedding   BLOB,
+    change_type TEXT    NOT NULL
+                        CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
+    changed_by  TEXT,
+    changed_at  TEXT    NOT NULL,
+    size_bytes  INTEGER NOT NULL CHECK (size_bytes >= 0),
+    PRIMARY KEY (context_id, version)
+) WITHOUT ROWID;
+
+-- The L3 cache is skipped on SQLite (it would live in the same file as the data it caches);
+-- the table is kept so that both stores have the same tables.
+CREATE TABLE factory_cache_entries (
+    cache_key     TEXT    NOT NULL PRIMARY KEY,
+    context_id    TEXT    NOT NULL
+                          REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version       INTEGER NOT NULL,
+    value         BLOB    NOT NULL,
+    created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    expires_at    TEXT,
+    access_count  INTEGER NOT NULL DEFAULT 0,
+    last_accessed TEXT
+);
+CREATE INDEX factory_cache_entries_context_idx ON factory_cache_entries (context_id);
+
+-- One writer at a time, so AUTOINCREMENT order is commit order.
+CREATE TABLE factory_sync_outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    context_id      TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    op              TEXT    NOT NULL CHECK (op IN ('upsert', 'delete')),
+    change_type     TEXT    CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
+    created_at      TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    delivered_at    TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    last_error      TEXT
+);
+CREATE INDEX factory_sync_outbox_pending_idx
+    ON factory_sync_outbox (seq) WHERE delivered_at IS NULL;
+CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, seq);
