@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use contextd::config::Settings;
+use contextd::service::ContextService;
 use contextd::startup::{App, open_store, shutdown_signal};
 
 #[derive(Parser)]
@@ -27,6 +28,14 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// Write every context with its history to stdout, one JSON line each.
+    Export,
+    /// Read what `export` wrote (from FILE, or stdin) into the store; ids, versions and times
+    /// are kept, and importing twice changes nothing.
+    Import {
+        /// The JSON lines to read; stdin when absent.
+        file: Option<PathBuf>,
+    },
     /// Print the OpenAPI document (the content of openapi/openapi.json).
     Openapi {
         /// Write it to this file instead of stdout.
@@ -78,6 +87,34 @@ fn main() -> ExitCode {
             Command::Migrate => open_store(&settings).await.map(|_| {
                 tracing::info!("migrations are up to date");
             }),
+            Command::Export => {
+                let contexts = ContextService::new(open_store(&settings).await?, &settings);
+                let mut out = std::io::BufWriter::new(std::io::stdout());
+                let summary = contexts.export(&mut out).await?;
+                tracing::info!(
+                    contexts = summary.contexts,
+                    versions = summary.versions,
+                    "exported"
+                );
+                Ok(())
+            }
+            Command::Import { file } => {
+                let contexts = ContextService::new(open_store(&settings).await?, &settings);
+                let summary = match file {
+                    Some(path) => {
+                        let file = std::fs::File::open(&path)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                        contexts.import(std::io::BufReader::new(file)).await
+                    }
+                    None => contexts.import(std::io::stdin().lock()).await,
+                }?;
+                tracing::info!(
+                    imported = summary.imported,
+                    unchanged = summary.unchanged,
+                    "imported"
+                );
+                Ok(())
+            }
             Command::Openapi { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -1,4 +1,5 @@
-//! Logs: one tracing subscriber for the process. `RUST_LOG` wins over `log.level`.
+//! Logs: one tracing subscriber for the process, writing to stderr (stdout carries data, as
+//! `contextd export` and `contextd openapi` write it). `RUST_LOG` wins over `log.level`.
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +11,8 @@ pub fn init(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         // Colours for a terminal only, never into a log file or a container's log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -6,7 +6,9 @@
 mod contexts;
 mod ops;
 pub mod rules;
+mod transfer;
 
 pub use contexts::{ContextService, Page, WriteStatus, Written};
 pub use ops::{Check, Ops, Readiness};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
+pub use transfer::{ExportSummary, ImportError};

@@ -4,21 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Backend, TestDb};
-
-fn contextd() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_contextd"));
-    // Only what a test sets: no stray configuration from the environment running the suite.
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "CONTEXTD_CONFIG",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/context.yaml"),
-        )
-        .env("RUST_LOG", "info");
-    command
-}
+use crate::harness::{Backend, TestDb, contextd};
 
 #[test]
 fn openapi_prints_the_committed_document() {
@@ -101,7 +87,7 @@ async fn serve_logs_where_it_listens_keeps_the_password_out_of_its_log_and_stops
         .unwrap();
 
     let mut log = Vec::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines
             .next()
@@ -135,9 +121,9 @@ async fn serve_logs_where_it_listens_keeps_the_password_out_of_its_log_and_stops
     };
     assert!(status.success(), "{status}");
     log.extend(lines.map_while(Result::ok));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    let log = log.join("\n") + &stderr;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let log = log.join("\n") + &stdout;
     assert!(
         !log.contains("hunter2"),
         "the password leaked into the log:\n{log}"
@@ -158,11 +144,11 @@ fn serve_with_no_database_url_uses_sqlite_in_data_and_says_so() {
         .arg("serve")
         .current_dir(&dir)
         .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut log = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
         let listening = line.contains("listening on http://");
         log.push(line);

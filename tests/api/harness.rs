@@ -12,6 +12,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
+/// The `contextd` binary, with only the environment a test gives it.
+pub fn contextd() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_contextd"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "CONTEXTD_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/context.yaml"),
+        )
+        .env("RUST_LOG", "info");
+    command
+}
+
 /// The Postgres server the tests use: `CONTEXTD_TEST_DATABASE_URL` (as `scripts/test.sh` sets
 /// it), else the local default. It must name a database we can connect to for admin work.
 pub fn admin_url() -> String {

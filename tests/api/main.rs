@@ -9,4 +9,5 @@ mod contexts;
 mod errors;
 mod lifecycle;
 mod ops;
+mod transfer;
 mod versions;

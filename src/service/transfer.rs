@@ -1,0 +1,244 @@
+//! `contextd export` and `contextd import`: every context with its history as JSON lines, so
+//! data moves between stores (SQLite to Postgres and back) with ids, versions and times kept.
+//!
+//! One line is one context:
+//! `{"context_id", "version", "created_at", "updated_at", "versions": [{"version", "source",
+//! "parent_id", "data", "metadata", "embedding", "change_type", "changed_by", "changed_at",
+//! "size_bytes"}, ...]}`, versions oldest first, `version` naming the current one.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ContextService;
+use crate::domain::{
+    ChangeType, Content, ContextHistory, ContextId, JsonObject, Source, VersionInfo, VersionRecord,
+};
+use crate::error::AppError;
+use crate::store::{ImportSummary, ListFilter};
+
+/// Contexts read per page while exporting.
+const EXPORT_PAGE: usize = 500;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextLine {
+    context_id: String,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    versions: Vec<VersionLine>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionLine {
+    version: i64,
+    source: Source,
+    parent_id: Option<String>,
+    data: serde_json::Value,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
+    change_type: ChangeType,
+    #[serde(default)]
+    changed_by: Option<String>,
+    changed_at: DateTime<Utc>,
+    /// Written for readers; recomputed on import.
+    #[serde(default)]
+    size_bytes: Option<i64>,
+}
+
+impl From<&ContextHistory> for ContextLine {
+    fn from(history: &ContextHistory) -> Self {
+        Self {
+            context_id: history.id.as_str().to_owned(),
+            version: history.version,
+            created_at: history.created_at,
+            updated_at: history.updated_at,
+            versions: history
+                .versions
+                .iter()
+                .map(|record| VersionLine {
+                    version: record.info.version,
+                    source: record.content.source,
+                    parent_id: record
+                        .content
+                        .parent_id
+                        .as_ref()
+                        .map(|p| p.as_str().to_owned()),
+                    data: serde_json::Value::Object(record.content.data.clone()),
+                    metadata: Some(serde_json::Value::Object(record.content.metadata.clone())),
+                    embedding: record.content.embedding.clone(),
+                    change_type: record.info.change_type,
+                    changed_by: record.info.changed_by.clone(),
+                    changed_at: record.info.changed_at,
+                    size_bytes: Some(record.info.size_bytes),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Why an import was refused. Nothing of it was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error("reading the input: {0}")]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(AppError),
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub contexts: usize,
+    pub versions: usize,
+}
+
+fn object(value: serde_json::Value, field: &str) -> Result<JsonObject, String> {
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(format!("{field} must be a JSON object")),
+    }
+}
+
+fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.trunc_subsecs(6)
+}
+
+impl ContextService {
+    /// Writes every context with its history to `out`, one JSON line each, in id order.
+    pub async fn export(&self, out: &mut impl Write) -> Result<ExportSummary, AppError> {
+        let mut summary = ExportSummary::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store()
+                .list(&ListFilter::default(), after.as_deref(), EXPORT_PAGE)
+                .await?;
+            for item in &page {
+                // A context deleted since the page was read is simply not exported.
+                let Some(history) = self.store().history(&item.id).await? else {
+                    continue;
+                };
+                let line = serde_json::to_string(&ContextLine::from(&history))
+                    .map_err(|e| AppError::Internal(e.into()))?;
+                writeln!(out, "{line}").map_err(|e| AppError::Internal(e.into()))?;
+                summary.contexts += 1;
+                summary.versions += history.versions.len();
+            }
+            match page.last() {
+                Some(last) if page.len() == EXPORT_PAGE => {
+                    after = Some(last.id.as_str().to_owned())
+                }
+                _ => break,
+            }
+        }
+        out.flush().map_err(|e| AppError::Internal(e.into()))?;
+        Ok(summary)
+    }
+
+    /// Reads what `export` wrote and stores it, keeping ids, versions and times. Every line is
+    /// checked before anything is written, and everything is written in one transaction: a bad
+    /// line (named by its number) leaves the store as it was. Importing twice changes nothing.
+    pub async fn import(&self, input: impl BufRead) -> Result<ImportSummary, ImportError> {
+        let mut histories = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, line) in input.lines().enumerate() {
+            let line_no = index + 1;
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let history = self
+                .parse_line(&line)
+                .map_err(|message| ImportError::Line {
+                    line: line_no,
+                    message,
+                })?;
+            if !seen.insert(history.id.clone()) {
+                return Err(ImportError::Line {
+                    line: line_no,
+                    message: format!("context {} appears twice", history.id),
+                });
+            }
+            histories.push(history);
+        }
+        self.store()
+            .import(histories)
+            .await
+            .map_err(|e| ImportError::Store(e.into()))
+    }
+
+    fn parse_line(&self, line: &str) -> Result<ContextHistory, String> {
+        let parsed: ContextLine =
+            serde_json::from_str(line).map_err(|e| format!("not an exported context: {e}"))?;
+        let id = ContextId::parse(&parsed.context_id).map_err(|e| format!("context_id: {e}"))?;
+        if parsed.versions.is_empty() {
+            return Err(format!("context {id} has no versions"));
+        }
+        let mut versions = Vec::with_capacity(parsed.versions.len());
+        let mut previous = 0;
+        for v in parsed.versions {
+            if v.version <= previous {
+                return Err(format!(
+                    "context {id}: versions must be listed once each, oldest first ({} after {previous})",
+                    v.version
+                ));
+            }
+            previous = v.version;
+            let parent_id = v
+                .parent_id
+                .map(|p| ContextId::parse(&p).map_err(|e| format!("parent_id: {e}")))
+                .transpose()?;
+            let content = Content {
+                source: v.source,
+                parent_id,
+                data: object(v.data, "data")?,
+                metadata: match v.metadata {
+                    None | Some(serde_json::Value::Null) => JsonObject::new(),
+                    Some(m) => object(m, "metadata")?,
+                },
+                embedding: v.embedding,
+            };
+            self.check_content(&content)
+                .map_err(|e| format!("context {id} version {}: {e}", v.version))?;
+            versions.push(VersionRecord {
+                id: id.clone(),
+                info: VersionInfo {
+                    version: v.version,
+                    change_type: v.change_type,
+                    changed_by: v.changed_by,
+                    changed_at: micros(v.changed_at),
+                    size_bytes: content.size_bytes() as i64,
+                },
+                content,
+            });
+        }
+        if !versions.iter().any(|v| v.info.version == parsed.version) {
+            return Err(format!(
+                "context {id}: its current version {} is not among its versions",
+                parsed.version
+            ));
+        }
+        if versions.last().map(|v| v.info.version) != Some(parsed.version) {
+            return Err(format!(
+                "context {id}: its current version {} is not its newest",
+                parsed.version
+            ));
+        }
+        Ok(ContextHistory {
+            id,
+            version: parsed.version,
+            created_at: micros(parsed.created_at),
+            updated_at: micros(parsed.updated_at),
+            versions,
+        })
+    }
+}
