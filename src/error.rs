@@ -188,6 +188,14 @@ impl From<StoreError> for AppError {
                 tracing::warn!(error = format!("{cause:#}"), "store unavailable");
                 AppError::Unavailable("the store is unavailable; retry shortly".to_owned())
             }
+            StoreError::Rejected(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "the store refused a value");
+                AppError::Unprocessable(
+                    "the store cannot hold a value of this request (a string with U+0000, or a \
+                     number out of range)"
+                        .to_owned(),
+                )
+            }
             StoreError::Internal(cause) => AppError::Internal(cause),
         }
     }

@@ -5,8 +5,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber; later calls (tests that start several apps) keep the first.
 pub fn init(level: &str) {
+    // tokio_postgres reports server NOTICEs (a migration's "already exists, skipping") at info.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(format!("{level},tokio_postgres=warn")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -32,9 +32,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(restore_version))
 }
 
-/// Longest `changed_by` accepted.
-const MAX_CHANGED_BY: usize = 255;
-
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
 
@@ -98,13 +95,6 @@ impl ContextIn {
             .parent_id
             .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("parent_id: {e}"))))
             .transpose()?;
-        if let Some(by) = &self.changed_by
-            && by.chars().count() > MAX_CHANGED_BY
-        {
-            return Err(invalid(format!(
-                "changed_by is at most {MAX_CHANGED_BY} characters"
-            )));
-        }
         // Parsed as f64 so that a value beyond f32 is named here (422), not a syntax error.
         let embedding = self
             .embedding

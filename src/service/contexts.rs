@@ -44,6 +44,9 @@ pub struct ContextService {
     dimensions: usize,
 }
 
+/// Longest `changed_by` accepted.
+const MAX_CHANGED_BY: usize = 255;
+
 /// Times are kept to the microsecond, as Postgres stores them, so a response and a later read
 /// of the same version agree.
 fn now() -> DateTime<Utc> {
@@ -103,6 +106,24 @@ impl ContextService {
                     "embedding must not be all zeros (it has no direction to compare)".to_owned(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `changed_by` is a short name: at most 255 characters, none of them U+0000.
+    pub fn check_changed_by(changed_by: Option<&str>) -> Result<(), AppError> {
+        let Some(by) = changed_by else {
+            return Ok(());
+        };
+        if by.chars().count() > MAX_CHANGED_BY {
+            return Err(AppError::Unprocessable(format!(
+                "changed_by is at most {MAX_CHANGED_BY} characters"
+            )));
+        }
+        if by.contains('\0') {
+            return Err(AppError::Unprocessable(
+                "changed_by holds the character U+0000".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -174,6 +195,7 @@ impl ContextService {
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
     pub async fn put(&self, id: &ContextId, request: WriteRequest) -> Result<Written, AppError> {
         self.check_content(&request.content)?;
+        Self::check_changed_by(request.changed_by.as_deref())?;
         let retention = self.retention;
         let load = request.merge_base();
         let outcome = self
@@ -224,6 +246,7 @@ impl ContextService {
         if_match: Option<IfMatch>,
         changed_by: Option<String>,
     ) -> Result<Written, AppError> {
+        Self::check_changed_by(changed_by.as_deref())?;
         let retention = self.retention;
         let outcome = self
             .store

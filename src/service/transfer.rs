@@ -208,6 +208,7 @@ impl ContextService {
                 embedding: v.embedding,
             };
             self.check_content(&content)
+                .and_then(|()| Self::check_changed_by(v.changed_by.as_deref()))
                 .map_err(|e| format!("context {id} version {}: {e}", v.version))?;
             versions.push(VersionRecord {
                 id: id.clone(),

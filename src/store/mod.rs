@@ -26,6 +26,10 @@ pub enum StoreError {
     /// The database cannot be reached (refused, timed out, connection lost): worth a retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The database refused a value of the request (Postgres's data exceptions): the request's
+    /// fault, though the rules should have caught it first.
+    #[error("the store refused a value")]
+    Rejected(#[source] anyhow::Error),
     /// Anything else: a bug, a broken invariant, data that does not map back.
     #[error("the store failed")]
     Internal(#[source] anyhow::Error),

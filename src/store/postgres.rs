@@ -241,9 +241,23 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
     };
     if transient {
         StoreError::Unavailable(e.into())
+    } else if e.code().is_some_and(|c| c.code().starts_with("22")) {
+        // A data exception: a value the rules let through that Postgres cannot hold.
+        StoreError::Rejected(e.into())
     } else {
         StoreError::Internal(e.into())
     }
+}
+
+/// The first failure of statements pipelined in one transaction, in the order they were sent:
+/// the statements after a failed one only report that the transaction was aborted.
+fn first_failure<const N: usize>(
+    results: [Result<u64, tokio_postgres::Error>; N],
+) -> Result<(), StoreError> {
+    for result in results {
+        result.map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// A row that does not map back to our types is never the network's fault.
@@ -432,7 +446,7 @@ impl Store for PostgresStore {
         // Lock, then read: pipelined, and the reads run after the lock is granted.
         let key = id.as_str();
         let by_id: Params = &[&key];
-        let (_, current, loaded) = tokio::try_join!(
+        let (locked, current, loaded) = tokio::join!(
             tx.execute(&lock, by_id),
             tx.query_opt(&current, by_id),
             async {
@@ -441,8 +455,9 @@ impl Store for PostgresStore {
                     None => Ok(None),
                 }
             },
-        )
-        .map_err(db_error)?;
+        );
+        locked.map_err(db_error)?;
+        let (current, loaded) = (current.map_err(db_error)?, loaded.map_err(db_error)?);
         let current = current.map(|row| context_from_row(id, &row)).transpose()?;
         let loaded = loaded.map(|row| record_from_row(id, &row)).transpose()?;
 
@@ -493,13 +508,13 @@ impl Store for PostgresStore {
         ];
         let prune_params: Params = &[&key, &new.keep_from];
         let outbox_params: Params = &[&key, &new.version, &"upsert", &change_type];
-        tokio::try_join!(
+        let results = tokio::join!(
             tx.execute(&upsert, upsert_params),
             tx.execute(&insert, insert_params),
             tx.execute(&prune, prune_params),
             tx.execute(&outbox, outbox_params),
-        )
-        .map_err(db_error)?;
+        );
+        first_failure([results.0, results.1, results.2, results.3])?;
         tx.commit().await.map_err(db_error)?;
 
         Ok(WriteOutcome::Written {
@@ -524,9 +539,10 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(db_error)?;
         let key = id.as_str();
         let by_id: Params = &[&key];
-        let (_, current) =
-            tokio::try_join!(tx.execute(&lock, by_id), tx.query_opt(&current, by_id))
-                .map_err(db_error)?;
+        let (locked, current) =
+            tokio::join!(tx.execute(&lock, by_id), tx.query_opt(&current, by_id));
+        locked.map_err(db_error)?;
+        let current = current.map_err(db_error)?;
         let Some(current) = current.map(|row| context_from_row(id, &row)).transpose()? else {
             return Ok(DeleteOutcome::Refused(Refusal::NotFound));
         };
@@ -535,11 +551,11 @@ impl Store for PostgresStore {
         }
         let no_change_type: Option<&str> = None;
         let outbox_params: Params = &[&key, &current.version, &"delete", &no_change_type];
-        tokio::try_join!(
+        let results = tokio::join!(
             tx.execute(&delete, by_id),
             tx.execute(&outbox, outbox_params)
-        )
-        .map_err(db_error)?;
+        );
+        first_failure([results.0, results.1])?;
         tx.commit().await.map_err(db_error)?;
         Ok(DeleteOutcome::Deleted {
             version: current.version,
