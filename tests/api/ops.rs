@@ -53,6 +53,8 @@ async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready(store:
     assert_eq!(body["checks"]["store"], "ok");
 }
 
+/// Postgres only: the store is cut off by cutting its TCP connections, and an embedded SQLite
+/// file has none.
 #[tokio::test]
 async fn with_the_store_cut_off_writes_and_readyz_answer_503_cached_reads_still_work_and_all_recovers()
  {
