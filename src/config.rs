@@ -29,6 +29,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub cache: CacheSettings,
     pub vector: VectorSettings,
+    pub sync: SyncSettings,
     pub log: LogSettings,
 }
 
@@ -76,10 +77,59 @@ pub struct LimitSettings {
     pub max_context_bytes: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
+    /// The overall hit rate to aim for, in percent (`/metrics/summary` says whether it is met).
+    pub target_hit_rate: f64,
     pub l1: L1Settings,
+    pub l2: L2Settings,
+    pub l3: L3Settings,
+    pub warm: WarmSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L2Settings {
+    /// Use Redis (`REDIS_URL`) as L2. Cross-instance invalidation runs whenever Redis is set.
+    pub enabled: bool,
+    /// Seconds a current-version entry lives in Redis.
+    pub ttl_seconds: u64,
+    /// Seconds a version-specific entry (immutable) lives in Redis.
+    pub version_ttl_seconds: u64,
+    /// Prefix of every key and channel, so instances of different clusters share a Redis.
+    pub key_prefix: String,
+    /// A Redis command slower than this counts as a miss (and towards the circuit breaker).
+    pub command_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L3Settings {
+    /// Use the Postgres table `factory_cache_entries` as L3 (never on SQLite).
+    pub enabled: bool,
+    /// Seconds an entry written by a write stays valid.
+    pub ttl_seconds: u64,
+    /// Seconds between sweeps that delete expired entries.
+    pub cleanup_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmSettings {
+    /// Periodically load the most accessed L3 entries into L1 and L2.
+    pub enabled: bool,
+    /// Seconds between warm passes (also how often access counts are written back).
+    pub interval_seconds: u64,
+    /// How many of the most accessed contexts a pass loads.
+    pub top_n: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Seconds between polls of the outbox, the fallback when no commit signal arrives.
+    pub interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +187,58 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_context_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            target_hit_rate: 85.0,
+            l1: L1Settings::default(),
+            l2: L2Settings::default(),
+            l3: L3Settings::default(),
+            warm: WarmSettings::default(),
+        }
+    }
+}
+
+impl Default for L2Settings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: 3600,
+            version_ttl_seconds: 86_400,
+            key_prefix: "contextd:".to_owned(),
+            command_timeout_ms: 100,
+        }
+    }
+}
+
+impl Default for L3Settings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: 7 * 86_400,
+            cleanup_interval_seconds: 300,
+        }
+    }
+}
+
+impl Default for WarmSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_seconds: 60,
+            top_n: 1000,
+        }
+    }
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 5,
         }
     }
 }
@@ -365,7 +467,37 @@ impl Settings {
 
     /// Range checks that the types alone do not make.
     fn validate(&self, origins: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        let checks: [(&str, bool, &str); 7] = [
+        let checks: [(&str, bool, &str); 13] = [
+            (
+                "cache.target_hit_rate",
+                (0.0..=100.0).contains(&self.cache.target_hit_rate),
+                "must be a percentage, 0 to 100",
+            ),
+            (
+                "cache.l2.ttl_seconds",
+                self.cache.l2.ttl_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "cache.l2.command_timeout_ms",
+                self.cache.l2.command_timeout_ms >= 1,
+                "must be at least 1",
+            ),
+            (
+                "cache.l3.cleanup_interval_seconds",
+                self.cache.l3.cleanup_interval_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "cache.warm.interval_seconds",
+                self.cache.warm.interval_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "sync.interval_seconds",
+                self.sync.interval_seconds >= 1,
+                "must be at least 1",
+            ),
             (
                 "versions.retention",
                 self.versions.retention >= 1,

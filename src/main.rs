@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use contextd::cache::TieredCache;
 use contextd::config::Settings;
 use contextd::service::ContextService;
 use contextd::startup::{App, open_store, shutdown_signal};
@@ -42,6 +45,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+/// The context service for a command that does not serve: the store, and no Redis (an import
+/// writes no cache entries; serving instances pick the data up as they read it).
+async fn offline_service(settings: &Settings) -> anyhow::Result<ContextService> {
+    let store = open_store(settings).await?;
+    let cache = Arc::new(TieredCache::new(&settings.cache, store.clone(), None));
+    Ok(ContextService::new(store, cache, settings))
 }
 
 fn main() -> ExitCode {
@@ -88,7 +99,7 @@ fn main() -> ExitCode {
                 tracing::info!("migrations are up to date");
             }),
             Command::Export => {
-                let contexts = ContextService::new(open_store(&settings).await?, &settings);
+                let contexts = offline_service(&settings).await?;
                 let mut out = std::io::BufWriter::new(std::io::stdout());
                 let summary = contexts.export(&mut out).await?;
                 tracing::info!(
@@ -99,7 +110,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Import { file } => {
-                let contexts = ContextService::new(open_store(&settings).await?, &settings);
+                let contexts = offline_service(&settings).await?;
                 let summary = match file {
                     Some(path) => {
                         let file = std::fs::File::open(&path)

@@ -4,10 +4,11 @@
 //! path, and requests matching no route share the label `unmatched`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
-use crate::cache::L1Stats;
+use crate::cache::CacheStats;
 use crate::store::Counts;
 
 /// Label for requests that matched no route.
@@ -22,6 +23,7 @@ pub struct Metrics {
     l1_entries: IntGauge,
     l1_bytes: IntGauge,
     cache_requests: IntCounterVec,
+    cache_hit_ratio: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,11 @@ impl Metrics {
             "Estimated bytes held in the in-process cache.",
         )
         .expect("valid metric");
+        let cache_hit_ratio = Gauge::new(
+            "contextd_cache_hit_ratio",
+            "Reads answered by some cache layer, over all cacheable reads, since start (0..1).",
+        )
+        .expect("valid metric");
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "contextd_cache_requests_total",
@@ -82,6 +89,7 @@ impl Metrics {
             Box::new(l1_entries.clone()),
             Box::new(l1_bytes.clone()),
             Box::new(cache_requests.clone()),
+            Box::new(cache_hit_ratio.clone()),
         ] {
             registry
                 .register(collector)
@@ -96,6 +104,7 @@ impl Metrics {
             l1_entries,
             l1_bytes,
             cache_requests,
+            cache_hit_ratio,
         }
     }
 
@@ -110,18 +119,33 @@ impl Metrics {
 
     /// The text exposition, with the gauges set from `counts` (when the store answered) and
     /// the cache's own counters.
-    pub fn render(&self, counts: Option<Counts>, l1: L1Stats) -> String {
+    pub fn render(&self, counts: Option<Counts>, cache: &CacheStats) -> String {
         if let Some(counts) = counts {
             self.contexts.set(counts.contexts);
             self.versions.set(counts.versions);
         }
-        self.l1_entries.set(l1.entries as i64);
-        self.l1_bytes.set(l1.bytes as i64);
-        // The cache counts on its own; copy its totals so they are never counted twice.
-        let hits = self.cache_requests.with_label_values(&["l1", "hit"]);
-        hits.inc_by(l1.hits.saturating_sub(hits.get()));
-        let misses = self.cache_requests.with_label_values(&["l1", "miss"]);
-        misses.inc_by(l1.misses.saturating_sub(misses.get()));
+        self.l1_entries.set(cache.l1.entries as i64);
+        self.l1_bytes.set(cache.l1.bytes as i64);
+        // The layers count on their own; copy their totals so nothing is counted twice.
+        let mut totals = vec![("l1", cache.l1.hits, cache.l1.misses)];
+        if let Some(l2) = cache.l2 {
+            totals.push(("l2", l2.hits, l2.misses));
+        }
+        if cache.l3_enabled {
+            totals.push(("l3", cache.l3_hits, cache.l3_misses));
+        }
+        for (layer, hits, misses) in totals {
+            for (result, total) in [("hit", hits), ("miss", misses)] {
+                let counter = self.cache_requests.with_label_values(&[layer, result]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
+        let requests = cache.requests();
+        self.cache_hit_ratio.set(if requests == 0 {
+            0.0
+        } else {
+            cache.hits() as f64 / requests as f64
+        });
 
         let mut buffer = Vec::new();
         TextEncoder::new()

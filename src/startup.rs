@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::cache::l2::{L2Settings as RedisSettings, RedisL2};
+use crate::cache::{TieredCache, maintenance};
 use crate::config::{Settings, StoreLocation, redact_url};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, Ops};
@@ -20,6 +24,32 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     grace: Duration,
+    /// Tells the background loops to stop, once the server has.
+    stop: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// How long start-up waits for the invalidation channel before serving anyway.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// Connects to Redis when `REDIS_URL` is set. Never fails because Redis is down: the client
+/// keeps reconnecting, and the cache works without it meanwhile.
+pub async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<Arc<RedisL2>>> {
+    let Some(url) = &settings.redis.url else {
+        return Ok(None);
+    };
+    tracing::info!(url = %redact_url(url.expose()), "connecting to Redis");
+    let l2 = &settings.cache.l2;
+    let redis = RedisL2::connect(RedisSettings {
+        url: url.expose().clone(),
+        key_prefix: l2.key_prefix.clone(),
+        ttl: Duration::from_secs(l2.ttl_seconds),
+        version_ttl: Duration::from_secs(l2.version_ttl_seconds),
+        command_timeout: Duration::from_millis(l2.command_timeout_ms),
+    })
+    .await
+    .context("redis.url (REDIS_URL)")?;
+    Ok(Some(Arc::new(redis)))
 }
 
 /// Opens the store named by the settings and applies its migrations.
@@ -51,9 +81,14 @@ impl App {
     /// Connects and migrates the store, builds the services, and binds `server.bind`.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let store = open_store(settings).await?;
+        let redis = connect_redis(settings).await?;
+        let cache = Arc::new(TieredCache::new(&settings.cache, store.clone(), redis));
+        cache.wait_until_subscribed(SUBSCRIBE_WAIT).await;
+        let (stop, stopped) = watch::channel(false);
+        let background = maintenance::spawn(cache.clone(), &settings.cache, stopped);
         let state = AppState {
-            contexts: Arc::new(ContextService::new(store.clone(), settings)),
-            ops: Arc::new(Ops::new(store, settings.redis.url.clone())),
+            contexts: Arc::new(ContextService::new(store.clone(), cache.clone(), settings)),
+            ops: Arc::new(Ops::new(store, cache, settings)),
             metrics: Arc::new(Metrics::new()),
         };
         let router = api::router(state, settings);
@@ -64,6 +99,8 @@ impl App {
             listener,
             router,
             grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+            stop,
+            background,
         })
     }
 
@@ -99,6 +136,10 @@ impl App {
                 let _ = stopping.wait_for(|stopping| *stopping).await;
                 tokio::time::sleep(grace).await;
             } => tracing::warn!(?grace, "requests still running after the grace period; stopping anyway"),
+        }
+        let _ = self.stop.send(true);
+        for task in self.background {
+            let _ = task.await;
         }
         tracing::info!("stopped");
         Ok(())

@@ -1,7 +1,5 @@
 //! `/contexts`: the context resource, its history, and restore.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -14,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{IfNoneMatch, Json, Path, Query, etag, if_none_match_hits, preconditions};
-use crate::cache::{CacheOutcome, CachedContext};
+use crate::cache::CachedContext;
 use crate::domain::{
     ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Source, VersionInfo,
     VersionRecord,
@@ -446,11 +444,8 @@ async fn get_context(
             let version = raw.parse::<i64>().map_err(|_| {
                 AppError::Unprocessable(format!("version must be an integer, not {raw:?}"))
             })?;
-            let context = state.contexts.get_at(&id, version).await?;
-            (
-                Arc::new(CachedContext::new(context)),
-                CacheOutcome::Miss.header_value(),
-            )
+            let (context, outcome) = state.contexts.get_at(&id, version).await?;
+            (context, outcome.header_value())
         }
     };
     let cache_status = (

@@ -4,6 +4,7 @@
 //! Every route is mounted through utoipa-axum's `routes!`, so mounting and documenting are
 //! one line and `/openapi.json` cannot drift from the router.
 
+mod cache;
 mod contexts;
 pub mod extract;
 mod ops;
@@ -49,6 +50,7 @@ pub struct AppState {
     tags(
         (name = "contexts", description = "Contexts: versioned JSON documents"),
         (name = "versions", description = "A context's history"),
+        (name = "cache", description = "The three-layer cache"),
         (name = "operations", description = "Health, readiness, metrics"),
     ),
     components(schemas(Problem))
@@ -58,6 +60,7 @@ struct ApiDoc;
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(contexts::router())
+        .merge(cache::router())
         .merge(ops::router())
 }
 

@@ -9,13 +9,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::service::Check;
+use crate::error::{AppError, Problem};
+use crate::service::{Check, Summary};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
+        .routes(routes!(metrics_summary))
 }
 
 /// The process serves.
@@ -100,6 +102,21 @@ async fn metrics(State(state): State<AppState>) -> Response {
             None
         }
     };
-    let body = state.metrics.render(counts, state.contexts.l1().stats());
+    let body = state
+        .metrics
+        .render(counts, &state.contexts.cache().stats());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// Metrics summary
+///
+/// Context counts, per-layer cache hit rates against the target, and the sync state, as JSON.
+/// Rates are percentages.
+#[utoipa::path(get, path = "/metrics/summary", tag = "operations",
+    responses(
+        (status = 200, description = "The summary", body = Summary),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn metrics_summary(State(state): State<AppState>) -> Result<axum::Json<Summary>, AppError> {
+    Ok(axum::Json(state.ops.summary().await?))
 }

@@ -10,40 +10,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lru::LruCache;
 
-use super::CachedContext;
+use super::{CachedContext, Stamp};
 use crate::config::L1Settings;
-use crate::domain::{Context, ContextId};
+use crate::domain::ContextId;
 
 const SHARDS: usize = 16;
 
 /// Bytes an entry costs beyond its JSON: the struct, the key, the map slot. An estimate.
 const ENTRY_OVERHEAD: usize = 256;
-
-/// Orders what the cache may hold for one id, across deletes and re-creations: a context's
-/// incarnation (its `created_at`), then its version. A delete leaves a tombstone that outranks
-/// every version of the incarnation it ended, and a re-created context outranks the tombstone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stamp {
-    incarnation: DateTime<Utc>,
-    version: i64,
-}
-
-impl Stamp {
-    pub fn of(context: &Context) -> Self {
-        Self {
-            incarnation: context.created_at,
-            version: context.version,
-        }
-    }
-
-    /// The stamp of the delete that ended the incarnation created at `created_at`.
-    pub fn tombstone(created_at: DateTime<Utc>) -> Self {
-        Self {
-            incarnation: created_at,
-            version: i64::MAX,
-        }
-    }
-}
 
 struct Entry {
     /// `None` is a tombstone: kept only to refuse late fills of what was deleted.
@@ -195,6 +169,29 @@ impl L1 {
         }
     }
 
+    /// Drops the entry of `id` if it is older than `stamp`: another instance wrote (or deleted)
+    /// it, and the next read should fetch what it wrote.
+    pub fn invalidate(&self, id: &ContextId, stamp: Stamp) {
+        let Some(shard) = self.shard(id) else {
+            return;
+        };
+        let mut shard = lock(shard);
+        if shard.entries.peek(id).is_some_and(|e| e.stamp < stamp)
+            && let Some(old) = shard.entries.pop(id)
+        {
+            shard.bytes -= old.bytes;
+        }
+    }
+
+    /// Drops everything: invalidations may have been missed.
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            shard.entries.clear();
+            shard.bytes = 0;
+        }
+    }
+
     pub fn stats(&self) -> L1Stats {
         let (mut entries, mut bytes) = (0, 0);
         for shard in &self.shards {
@@ -221,7 +218,7 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Content, JsonObject, Source};
+    use crate::domain::{Content, Context, JsonObject, Source};
     use chrono::TimeZone;
 
     fn context(id: &str, version: i64, created_second: i64) -> Arc<CachedContext> {
@@ -315,6 +312,20 @@ mod tests {
             cache.put(context(&format!("k{i}"), 1, 0));
         }
         assert!(cache.stats().entries <= 32);
+    }
+
+    #[test]
+    fn an_invalidation_drops_only_older_entries() {
+        let cache = l1(100, 1 << 20);
+        cache.put(context("a", 3, 0));
+        cache.invalidate(&id("a"), Stamp::of(&context("a", 3, 0)));
+        assert_eq!(cache.get(&id("a")).unwrap().version, 3);
+        cache.invalidate(&id("a"), Stamp::of(&context("a", 4, 0)));
+        assert!(cache.get(&id("a")).is_none());
+        cache.put(context("b", 1, 0));
+        cache.clear();
+        assert!(cache.get(&id("b")).is_none());
+        assert_eq!(cache.stats().bytes, 0);
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! Cache: what keeps hot contexts out of the store's way.
-//!
-//! Today that is L1, a sharded in-process LRU. Entries carry a [`Stamp`] so that a fill which
-//! raced a write can never put an older version over a newer one. The cache never decides
+//! Cache: what keeps hot contexts out of the store's way, in three layers behind
+//! [`TieredCache`]: L1, a sharded in-process LRU; L2, Redis (shared by the instances, which it
+//! also keeps coherent with an invalidation channel); L3, the Postgres `factory_cache_entries`
+//! table, written by each write's own transaction. Entries carry a [`Stamp`] so that a fill
+//! which raced a write can never put an older version over a newer one. The cache never decides
 //! anything about contexts: the service tells it what was read and what was written.
 
 mod l1;
+pub mod l2;
+pub mod maintenance;
+pub mod record;
+mod stamp;
+mod tiered;
 
 use std::ops::Deref;
 use std::sync::OnceLock;
@@ -13,7 +19,9 @@ use bytes::Bytes;
 
 use crate::domain::Context;
 
-pub use l1::{L1, L1Stats, Stamp};
+pub use l1::{L1, L1Stats};
+pub use stamp::Stamp;
+pub use tiered::{CacheStats, TieredCache};
 
 /// A context as the cache holds and hands it out: the value, and its rendering (the response
 /// body) made once, on first use, then shared by every reader without copying.
@@ -51,6 +59,10 @@ impl Deref for CachedContext {
 pub enum CacheOutcome {
     /// Served from the in-process LRU.
     L1Hit,
+    /// Served from Redis.
+    L2Hit,
+    /// Served from the Postgres cache table.
+    L3Hit,
     /// Not cached, or not cacheable: read from the store.
     Miss,
 }
@@ -60,6 +72,8 @@ impl CacheOutcome {
     pub fn header_value(self) -> &'static str {
         match self {
             CacheOutcome::L1Hit => "contextd; hit; detail=l1",
+            CacheOutcome::L2Hit => "contextd; hit; detail=l2",
+            CacheOutcome::L3Hit => "contextd; hit; detail=l3",
             CacheOutcome::Miss => "contextd; fwd=miss",
         }
     }

@@ -5,14 +5,17 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::rules::{self, IfMatch, Preconditions, WriteRequest};
-use crate::cache::{CacheOutcome, CachedContext, L1};
+use crate::cache::{CacheOutcome, CachedContext, TieredCache};
 use crate::config::Settings;
 use crate::domain::{
     Content, Context, ContextId, ContextSummary, Cursor, JsonObject, Refusal, VersionInfo,
     VersionRecord,
 };
 use crate::error::AppError;
-use crate::store::{Counts, DeleteOutcome, ListFilter, Store, VersionLookup, WriteOutcome};
+use crate::store::{
+    Counts, Decide, Decision, DeleteOutcome, ListFilter, Store, VersionLookup, WriteOutcome,
+    WriteView,
+};
 
 /// Whether a write made a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +41,7 @@ pub struct Page<T> {
 
 pub struct ContextService {
     store: Arc<dyn Store>,
-    l1: L1,
+    cache: Arc<TieredCache>,
     retention: i64,
     max_context_bytes: usize,
     dimensions: usize,
@@ -54,10 +57,10 @@ fn now() -> DateTime<Utc> {
 }
 
 impl ContextService {
-    pub fn new(store: Arc<dyn Store>, settings: &Settings) -> Self {
+    pub fn new(store: Arc<dyn Store>, cache: Arc<TieredCache>, settings: &Settings) -> Self {
         Self {
             store,
-            l1: L1::new(&settings.cache.l1),
+            cache,
             retention: i64::from(settings.versions.retention),
             max_context_bytes: settings.limits.max_context_bytes,
             dimensions: settings.vector.dimensions,
@@ -68,8 +71,26 @@ impl ContextService {
         &self.store
     }
 
-    pub fn l1(&self) -> &L1 {
-        &self.l1
+    pub fn cache(&self) -> &Arc<TieredCache> {
+        &self.cache
+    }
+
+    /// Wraps the rules of a write so that a version they decide to store carries its L3 entry,
+    /// written in the same transaction.
+    fn with_l3(
+        &self,
+        id: &ContextId,
+        rules: impl FnOnce(WriteView<'_>, DateTime<Utc>) -> Decision + Send + 'static,
+    ) -> Decide {
+        let (cache, id) = (self.cache.clone(), id.clone());
+        Box::new(move |view| {
+            let now = now();
+            let mut decision = rules(view, now);
+            if let Decision::Write(new) = &mut decision {
+                new.cache_entry = cache.l3_entry(&id, new, now);
+            }
+            decision
+        })
     }
 
     /// Checks what only configuration can tell: the size limit and the embedding length.
@@ -128,14 +149,14 @@ impl ContextService {
         Ok(())
     }
 
-    /// The current version, from L1 when it holds it.
+    /// The current version, from the first cache layer that holds it, else the store.
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
     pub async fn get(
         &self,
         id: &ContextId,
     ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
-        if let Some(context) = self.l1.get(id) {
-            return Ok((context, CacheOutcome::L1Hit));
+        if let Some(hit) = self.cache.get(id).await {
+            return Ok(hit);
         }
         let context = self
             .store
@@ -143,21 +164,41 @@ impl ContextService {
             .await?
             .ok_or_else(|| AppError::from_refusal(Refusal::NotFound, id.as_str()))?;
         let context = Arc::new(CachedContext::new(context));
-        self.l1.put(context.clone());
+        self.cache.fill(&context);
         Ok((context, CacheOutcome::Miss))
     }
 
-    /// `GET /contexts/{id}?version=N`: a past version in the shape of the current one.
-    pub async fn get_at(&self, id: &ContextId, version: i64) -> Result<Context, AppError> {
+    /// `GET /contexts/{id}?version=N`: a version in the shape of the current one. The current
+    /// version comes through the cache; a past one from L2's immutable entries, else the store.
+    pub async fn get_at(
+        &self,
+        id: &ContextId,
+        version: i64,
+    ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
+        let (current, outcome) = self.get(id).await?;
+        if version == current.version {
+            return Ok((current, outcome));
+        }
+        // Not past the current version as the cache knows it: ask the store, which knows best.
+        if (1..current.version).contains(&version)
+            && let Some(hit) = self
+                .cache
+                .get_version(id, current.created_at, version)
+                .await
+        {
+            return Ok((hit, CacheOutcome::L2Hit));
+        }
         let (record, created_at) = self.version_with_created_at(id, version).await?;
-        Ok(Context {
+        let context = Arc::new(CachedContext::new(Context {
             id: record.id,
             version: record.info.version,
             size_bytes: record.info.size_bytes,
             content: record.content,
             created_at,
             updated_at: record.info.changed_at,
-        })
+        }));
+        self.cache.fill_version(&context);
+        Ok((context, CacheOutcome::Miss))
     }
 
     /// A version of the history, or why there is none: 404 (never was), 410 (pruned).
@@ -203,10 +244,12 @@ impl ContextService {
             .write(
                 id,
                 load,
-                Box::new(move |view| rules::decide_put(view, request, retention, now())),
+                self.with_l3(id, move |view, now| {
+                    rules::decide_put(view, request, retention, now)
+                }),
             )
             .await?;
-        self.finish_write(id, outcome)
+        self.finish_write(id, outcome).await
     }
 
     /// `POST /contexts`: create only; an existing id is a conflict.
@@ -253,11 +296,11 @@ impl ContextService {
             .write(
                 id,
                 Some(version),
-                Box::new(move |view| {
+                self.with_l3(id, move |view, now| {
                     if let (Some(IfMatch::Version(v)), Some(current)) = (if_match, view.current)
                         && current.version != v
                     {
-                        return crate::store::Decision::Refuse(Refusal::PreconditionFailed {
+                        return Decision::Refuse(Refusal::PreconditionFailed {
                             current_version: Some(current.version),
                             reason: format!(
                                 "If-Match names version {v} but the current version is {}",
@@ -265,14 +308,20 @@ impl ContextService {
                             ),
                         });
                     }
-                    rules::decide_restore(view, version, changed_by, retention, now())
+                    rules::decide_restore(view, version, changed_by, retention, now)
                 }),
             )
             .await?;
-        self.finish_write(id, outcome)
+        self.finish_write(id, outcome).await
     }
 
-    fn finish_write(&self, id: &ContextId, outcome: WriteOutcome) -> Result<Written, AppError> {
+    /// Maps the outcome and, after a commit, tells the cache (and through it the other
+    /// instances).
+    async fn finish_write(
+        &self,
+        id: &ContextId,
+        outcome: WriteOutcome,
+    ) -> Result<Written, AppError> {
         let (context, status) = match outcome {
             WriteOutcome::Written { context, created } => (
                 context,
@@ -288,7 +337,11 @@ impl ContextService {
             }
         };
         let context = Arc::new(CachedContext::new(context));
-        self.l1.put(context.clone());
+        if status == WriteStatus::Unchanged {
+            self.cache.fill(&context);
+        } else {
+            self.cache.written(&context).await;
+        }
         Ok(Written { context, status })
     }
 
@@ -315,11 +368,30 @@ impl ContextService {
             .await?;
         match outcome {
             DeleteOutcome::Deleted { created_at, .. } => {
-                self.l1.delete(id, created_at);
+                self.cache.deleted(id, created_at).await;
                 Ok(())
             }
             DeleteOutcome::Refused(refusal) => Err(AppError::from_refusal(refusal, id.as_str())),
         }
+    }
+
+    /// `POST /cache/warm`: loads each context from the store into L1 and L2; how many were
+    /// loaded, and which ids do not exist.
+    pub async fn warm(&self, ids: &[ContextId]) -> Result<(usize, Vec<ContextId>), AppError> {
+        let mut warmed = 0;
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.store.get(id).await? {
+                Some(context) => {
+                    self.cache
+                        .warm(&Arc::new(CachedContext::new(context)))
+                        .await;
+                    warmed += 1;
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        Ok((warmed, missing))
     }
 
     /// `GET /contexts`: one page in id order.

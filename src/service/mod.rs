@@ -9,6 +9,6 @@ pub mod rules;
 mod transfer;
 
 pub use contexts::{ContextService, Page, WriteStatus, Written};
-pub use ops::{Check, Ops, Readiness};
+pub use ops::{Check, Ops, Readiness, Summary};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
 pub use transfer::{ExportSummary, ImportError};

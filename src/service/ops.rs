@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::Secret;
+use crate::cache::TieredCache;
+use crate::config::Settings;
 use crate::store::Store;
 
 /// How long a readiness probe waits for a dependency.
@@ -51,12 +51,151 @@ impl Readiness {
 
 pub struct Ops {
     store: Arc<dyn Store>,
-    redis_url: Option<Secret<String>>,
+    cache: Arc<TieredCache>,
+    target_hit_rate: f64,
+    sync_interval_seconds: u64,
+}
+
+/// `/metrics/summary`, as the contract shapes it. Rates are percentages.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub contexts: ContextsSummary,
+    pub cache: CacheSummary,
+    pub sync: SyncSummary,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContextsSummary {
+    pub total: i64,
+    /// Versions kept, over all contexts.
+    pub versions: i64,
+    pub avg_versions_per_context: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CacheSummary {
+    pub overall: OverallSummary,
+    pub l1: L1Summary,
+    pub l2: L2Summary,
+    pub l3: LayerSummary,
+    /// `cache.target_hit_rate`, percent.
+    pub target_hit_rate: f64,
+    /// Whether the overall hit rate reaches the target (false before any read).
+    pub meets_target: bool,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OverallSummary {
+    /// Cacheable reads (each starts at L1).
+    pub requests: u64,
+    /// Reads answered by some layer, percent.
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct L1Summary {
+    /// Entries held.
+    pub size: usize,
+    pub bytes: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct L2Summary {
+    /// Redis is configured, L2 is on, and the connection is up.
+    pub connected: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LayerSummary {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SyncSummary {
+    /// `sync.interval_seconds`: the outbox poll, the fallback when no commit signal arrives.
+    pub interval_seconds: u64,
+    /// Whether a webhook pusher is running (none until `sync.factory.webhook_url` exists).
+    pub running: bool,
+    /// Changes waiting to be pushed.
+    pub pending: u64,
+    /// Commit to acknowledged delivery of the last push, in milliseconds.
+    pub last_latency_ms: Option<f64>,
+}
+
+/// `hits` out of `hits + misses`, in percent; 0 before any request.
+fn percent(hits: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * hits as f64 / total as f64
+    }
 }
 
 impl Ops {
-    pub fn new(store: Arc<dyn Store>, redis_url: Option<Secret<String>>) -> Self {
-        Self { store, redis_url }
+    pub fn new(store: Arc<dyn Store>, cache: Arc<TieredCache>, settings: &Settings) -> Self {
+        Self {
+            store,
+            cache,
+            target_hit_rate: settings.cache.target_hit_rate,
+            sync_interval_seconds: settings.sync.interval_seconds,
+        }
+    }
+
+    /// The numbers of `/metrics/summary`; the context counts come from the store.
+    pub async fn summary(&self) -> Result<Summary, crate::store::StoreError> {
+        let counts = self.store.counts().await?;
+        let stats = self.cache.stats();
+        let l2 = stats.l2.unwrap_or_default();
+        let requests = stats.requests();
+        let hit_rate = percent(stats.hits(), requests);
+        Ok(Summary {
+            contexts: ContextsSummary {
+                total: counts.contexts,
+                versions: counts.versions,
+                avg_versions_per_context: if counts.contexts == 0 {
+                    0.0
+                } else {
+                    counts.versions as f64 / counts.contexts as f64
+                },
+            },
+            cache: CacheSummary {
+                overall: OverallSummary { requests, hit_rate },
+                l1: L1Summary {
+                    size: stats.l1.entries,
+                    bytes: stats.l1.bytes,
+                    hits: stats.l1.hits,
+                    misses: stats.l1.misses,
+                    hit_rate: percent(stats.l1.hits, stats.l1.hits + stats.l1.misses),
+                },
+                l2: L2Summary {
+                    connected: stats.l2.is_some_and(|l2| l2.connected),
+                    hits: l2.hits,
+                    misses: l2.misses,
+                    hit_rate: percent(l2.hits, l2.hits + l2.misses),
+                },
+                l3: LayerSummary {
+                    hits: stats.l3_hits,
+                    misses: stats.l3_misses,
+                    hit_rate: percent(stats.l3_hits, stats.l3_hits + stats.l3_misses),
+                },
+                target_hit_rate: self.target_hit_rate,
+                meets_target: requests > 0 && hit_rate >= self.target_hit_rate,
+            },
+            sync: SyncSummary {
+                interval_seconds: self.sync_interval_seconds,
+                running: false,
+                pending: 0,
+                last_latency_ms: None,
+            },
+        })
     }
 
     pub async fn readiness(&self) -> Readiness {
@@ -74,18 +213,10 @@ impl Ops {
             }
         };
         let redis = async {
-            match &self.redis_url {
-                None => Check::Disabled,
-                Some(url) => {
-                    match tokio::time::timeout(PROBE_TIMEOUT, ping_redis(url.expose())).await {
-                        Ok(Ok(())) => Check::Ok,
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "redis check failed");
-                            Check::Down
-                        }
-                        Err(_) => Check::Down,
-                    }
-                }
+            match tokio::time::timeout(PROBE_TIMEOUT, self.cache.redis_ready()).await {
+                Ok(None) => Check::Disabled,
+                Ok(Some(true)) => Check::Ok,
+                Ok(Some(false)) | Err(_) => Check::Down,
             }
         };
         let (store, redis) = tokio::join!(store, redis);
@@ -97,52 +228,4 @@ impl Ops {
             vector: Check::Disabled,
         }
     }
-}
-
-/// One RESP round trip: `AUTH` when the URL has credentials, then `PING`. Only for readiness;
-/// the Redis client proper arrives with the L2 cache.
-async fn ping_redis(url: &str) -> std::io::Result<()> {
-    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
-    let rest = url
-        .strip_prefix("redis://")
-        .ok_or_else(|| invalid("only redis:// URLs can be probed"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (userinfo, host) = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => (Some(userinfo), host),
-        None => (None, authority),
-    };
-    let host = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:6379")
-    };
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let mut request = Vec::new();
-    if let Some(userinfo) = userinfo {
-        let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
-        let args: Vec<&str> = if user.is_empty() {
-            vec!["AUTH", password]
-        } else {
-            vec!["AUTH", user, password]
-        };
-        request.extend(format!("*{}\r\n", args.len()).bytes());
-        for arg in args {
-            request.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
-        }
-    }
-    request.extend(b"*1\r\n$4\r\nPING\r\n");
-    stream.write_all(&request).await?;
-    let mut reply = Vec::new();
-    let mut buffer = [0u8; 256];
-    while !reply.ends_with(b"+PONG\r\n") {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            return Err(invalid("redis closed the connection"));
-        }
-        reply.extend_from_slice(&buffer[..n]);
-        if reply.starts_with(b"-") && reply.ends_with(b"\r\n") {
-            return Err(invalid("redis refused the probe"));
-        }
-    }
-    Ok(())
 }

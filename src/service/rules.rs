@@ -139,6 +139,7 @@ pub fn decide_put(
             created_at: now,
             updated_at: now,
             keep_from: 1,
+            cache_entry: None,
         }),
     }
 }
@@ -257,6 +258,7 @@ fn next_version(
         // Never before the previous version, even if the clock stepped back.
         updated_at: now.max(current.updated_at),
         keep_from: (version - retention + 1).max(1),
+        cache_entry: None,
     }
 }
 

@@ -54,6 +54,30 @@ pub struct NewVersion {
     pub updated_at: DateTime<Utc>,
     /// Versions below this one are pruned in the same transaction.
     pub keep_from: i64,
+    /// The L3 entry to write in the same transaction, when the store keeps L3.
+    pub cache_entry: Option<CacheEntry>,
+}
+
+impl NewVersion {
+    /// The context as it is once this version is stored.
+    pub fn into_context(self, id: &ContextId) -> Context {
+        Context {
+            id: id.clone(),
+            version: self.version,
+            size_bytes: self.content.size_bytes() as i64,
+            content: self.content,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// An L3 entry (`factory_cache_entries`): the encoded current version, written by the write
+/// itself so it is never stale.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    pub value: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What the rules decided about a write.
@@ -175,6 +199,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// A context with its whole kept history, for export.
     async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError>;
+
+    /// Whether this store keeps the L3 cache table. Postgres does; on SQLite it would sit in
+    /// the same file as the data it caches, so it is skipped there.
+    fn has_cache_table(&self) -> bool {
+        false
+    }
+
+    /// The unexpired L3 entry of a context's current version.
+    async fn cache_get(&self, _id: &ContextId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Adds read counts to L3 entries, in one statement for a whole batch.
+    async fn cache_touch(&self, _counts: Vec<(ContextId, i64)>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Deletes expired L3 entries; how many.
+    async fn cache_cleanup(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// The unexpired L3 entries read most, most first.
+    async fn cache_hottest(&self, _limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Stores each history as given (ids, versions, times kept), in one transaction: a context
     /// whose stored history differs is replaced, one whose history is the same is left alone,

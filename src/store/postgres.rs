@@ -15,8 +15,8 @@ use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ImportSummary, ListFilter, NewVersion,
-    Store, StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
+    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ImportSummary, ListFilter, Store,
+    StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
@@ -69,6 +69,35 @@ const APPEND_OUTBOX: &str = "
     INSERT INTO factory_sync_outbox (context_id, version, op, change_type)
     VALUES ($1, $2, $3, $4)";
 
+/// The L3 entry of the current version; `access_count` survives the write.
+const UPSERT_CACHE_ENTRY: &str = "
+    INSERT INTO factory_cache_entries (cache_key, context_id, version, value, expires_at)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (cache_key) DO UPDATE SET
+        version = EXCLUDED.version,
+        value = EXCLUDED.value,
+        created_at = now(),
+        expires_at = EXCLUDED.expires_at";
+
+const SELECT_CACHE_ENTRY: &str = "
+    SELECT value FROM factory_cache_entries
+    WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > now())";
+
+const TOUCH_CACHE_ENTRIES: &str = "
+    UPDATE factory_cache_entries e
+    SET access_count = e.access_count + t.n, last_accessed = now()
+    FROM unnest($1::text[], $2::bigint[]) AS t(cache_key, n)
+    WHERE e.cache_key = t.cache_key";
+
+const DELETE_EXPIRED_CACHE_ENTRIES: &str =
+    "DELETE FROM factory_cache_entries WHERE expires_at <= now()";
+
+const SELECT_HOTTEST_CACHE_ENTRIES: &str = "
+    SELECT value FROM factory_cache_entries
+    WHERE expires_at IS NULL OR expires_at > now()
+    ORDER BY access_count DESC
+    LIMIT $1";
+
 const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context_id = $1";
 
 const LIST_COLUMNS: &str = "
@@ -97,6 +126,11 @@ const SELECT_ALL_VERSIONS: &str = "
 const COUNTS: &str = "
     SELECT (SELECT count(*) FROM factory_context_metadata),
            (SELECT count(*) FROM factory_context_versions)";
+
+/// The L3 key of a context's current version.
+pub fn cache_key(id: &ContextId) -> String {
+    format!("context:{id}")
+}
 
 /// Statement parameters.
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
@@ -359,17 +393,6 @@ fn summary_from_row(row: &Row) -> Result<ContextSummary, StoreError> {
     })
 }
 
-fn context_from_new(id: &ContextId, new: NewVersion) -> Context {
-    Context {
-        id: id.clone(),
-        version: new.version,
-        size_bytes: new.content.size_bytes() as i64,
-        content: new.content,
-        created_at: new.created_at,
-        updated_at: new.updated_at,
-    }
-}
-
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -431,7 +454,7 @@ impl Store for PostgresStore {
         decide: Decide,
     ) -> Result<WriteOutcome, StoreError> {
         let mut client = self.client().await?;
-        let (lock, current, load, upsert, insert, prune, outbox) = tokio::try_join!(
+        let (lock, current, load, upsert, insert, prune, outbox, cache) = tokio::try_join!(
             client.prepare_cached(LOCK_CONTEXT),
             client.prepare_cached(SELECT_CURRENT),
             client.prepare_cached(SELECT_VERSION),
@@ -439,6 +462,7 @@ impl Store for PostgresStore {
             client.prepare_cached(INSERT_VERSION),
             client.prepare_cached(PRUNE_VERSIONS),
             client.prepare_cached(APPEND_OUTBOX),
+            client.prepare_cached(UPSERT_CACHE_ENTRY),
         )
         .map_err(db_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
@@ -508,18 +532,35 @@ impl Store for PostgresStore {
         ];
         let prune_params: Params = &[&key, &new.keep_from];
         let outbox_params: Params = &[&key, &new.version, &"upsert", &change_type];
+        let cache_key = cache_key(id);
+        let cache_params: Option<[&(dyn tokio_postgres::types::ToSql + Sync); 5]> =
+            new.cache_entry.as_ref().map(|entry| {
+                [
+                    &cache_key as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &key,
+                    &new.version,
+                    &entry.value,
+                    &entry.expires_at,
+                ]
+            });
         let results = tokio::join!(
             tx.execute(&upsert, upsert_params),
             tx.execute(&insert, insert_params),
             tx.execute(&prune, prune_params),
             tx.execute(&outbox, outbox_params),
+            async {
+                match &cache_params {
+                    Some(params) => tx.execute(&cache, params).await,
+                    None => Ok(0),
+                }
+            },
         );
-        first_failure([results.0, results.1, results.2, results.3])?;
+        first_failure([results.0, results.1, results.2, results.3, results.4])?;
         tx.commit().await.map_err(db_error)?;
 
         Ok(WriteOutcome::Written {
             created: current.is_none(),
-            context: context_from_new(id, new),
+            context: new.into_context(id),
         })
     }
 
@@ -636,6 +677,59 @@ impl Store for PostgresStore {
             contexts: row.try_get(0).map_err(column_error)?,
             versions: row.try_get(1).map_err(column_error)?,
         })
+    }
+
+    fn has_cache_table(&self) -> bool {
+        true
+    }
+
+    async fn cache_get(&self, id: &ContextId) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_CACHE_ENTRY)
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_opt(&statement, &[&cache_key(id)])
+            .await
+            .map_err(db_error)?;
+        row.map(|row| row.try_get(0).map_err(column_error))
+            .transpose()
+    }
+
+    async fn cache_touch(&self, counts: Vec<(ContextId, i64)>) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let (keys, ns): (Vec<String>, Vec<i64>) = counts
+            .into_iter()
+            .map(|(id, n)| (cache_key(&id), n))
+            .unzip();
+        let client = self.client().await?;
+        client
+            .execute(TOUCH_CACHE_ENTRIES, &[&keys, &ns])
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn cache_cleanup(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(DELETE_EXPIRED_CACHE_ENTRIES, &[])
+            .await
+            .map_err(db_error)
+    }
+
+    async fn cache_hottest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(SELECT_HOTTEST_CACHE_ENTRIES, &[&(limit as i64)])
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(column_error))
+            .collect()
     }
 
     async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {

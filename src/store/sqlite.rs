@@ -553,14 +553,7 @@ impl Store for SqliteStore {
             tx.commit().map_err(db_error)?;
             Ok(WriteOutcome::Written {
                 created: current.is_none(),
-                context: Context {
-                    id: id.clone(),
-                    version: new.version,
-                    size_bytes: new.content.size_bytes() as i64,
-                    content: new.content,
-                    created_at: new.created_at,
-                    updated_at: new.updated_at,
-                },
+                context: new.into_context(&id),
             })
         })
         .await

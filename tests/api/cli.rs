@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Backend, TestDb, contextd};
+use crate::harness::{Setup, TestDb, contextd};
 
 #[test]
 fn openapi_prints_the_committed_document() {
@@ -49,8 +49,8 @@ fn a_bad_value_in_the_config_file_stops_start_up_naming_the_key() {
     assert!(stderr.contains("limits.max_context_bytes"), "{stderr}");
 }
 
-async fn migrate_creates_and_migrates_a_new_database_then_exits(store: Backend) {
-    let db = TestDb::fresh(store);
+async fn migrate_creates_and_migrates_a_new_database_then_exits(store: Setup) {
+    let db = TestDb::fresh(store.backend);
     let output = contextd()
         .arg("migrate")
         .env("DATABASE_URL", db.url())

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp, problem};
+use crate::harness::{Setup, TestApp, problem};
 
 async fn put_if_match(app: &TestApp, path: &str, if_match: &str, data: Value) -> reqwest::Response {
     app.http
@@ -15,7 +15,7 @@ async fn put_if_match(app: &TestApp, path: &str, if_match: &str, data: Value) ->
         .unwrap()
 }
 
-async fn a_matching_if_match_writes(store: Backend) {
+async fn a_matching_if_match_writes(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let response = put_if_match(&app, "/contexts/c", "\"1\"", json!({"a": 2})).await;
@@ -23,7 +23,7 @@ async fn a_matching_if_match_writes(store: Backend) {
     assert_eq!(response.json::<Value>().await.unwrap()["version"], 2);
 }
 
-async fn a_stale_if_match_is_rejected_with_412_and_the_current_version(store: Backend) {
+async fn a_stale_if_match_is_rejected_with_412_and_the_current_version(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -39,7 +39,7 @@ async fn a_stale_if_match_is_rejected_with_412_and_the_current_version(store: Ba
     assert_eq!(current["data"], json!({"a": 2}));
 }
 
-async fn overwrite_writes_over_a_stale_if_match(store: Backend) {
+async fn overwrite_writes_over_a_stale_if_match(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -56,7 +56,7 @@ async fn overwrite_writes_over_a_stale_if_match(store: Backend) {
     assert_eq!(body["data"], json!({"a": 3}));
 }
 
-async fn merge_keeps_changes_to_different_keys_from_both_sides(store: Backend) {
+async fn merge_keeps_changes_to_different_keys_from_both_sides(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1, "b": 1, "gone": true}))
         .await;
@@ -76,7 +76,7 @@ async fn merge_keeps_changes_to_different_keys_from_both_sides(store: Backend) {
     assert_eq!(body["data"], json!({"a": 2, "b": 3, "c": 4}));
 }
 
-async fn merge_with_a_key_changed_on_both_sides_answers_409_listing_it(store: Backend) {
+async fn merge_with_a_key_changed_on_both_sides_answers_409_listing_it(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1, "b": 1})).await;
     app.put_data("c", json!({"a": 2, "b": 1})).await;
@@ -97,7 +97,7 @@ async fn merge_with_a_key_changed_on_both_sides_answers_409_listing_it(store: Ba
     assert_eq!(current["version"], 2);
 }
 
-async fn if_none_match_star_creates_only(store: Backend) {
+async fn if_none_match_star_creates_only(store: Setup) {
     let app = TestApp::spawn(store).await;
     let create = |data: Value| {
         app.http
@@ -118,7 +118,7 @@ async fn if_none_match_star_creates_only(store: Backend) {
     assert_eq!(body["current_version"], 1);
 }
 
-async fn if_match_on_a_missing_context_answers_412(store: Backend) {
+async fn if_match_on_a_missing_context_answers_412(store: Setup) {
     let app = TestApp::spawn(store).await;
     let body = problem(
         put_if_match(&app, "/contexts/c", "\"1\"", json!({})).await,
@@ -129,7 +129,7 @@ async fn if_match_on_a_missing_context_answers_412(store: Backend) {
     problem(app.get("/contexts/c").await, StatusCode::NOT_FOUND).await;
 }
 
-async fn a_delete_with_a_stale_if_match_answers_412_and_deletes_nothing(store: Backend) {
+async fn a_delete_with_a_stale_if_match_answers_412_and_deletes_nothing(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -165,7 +165,7 @@ async fn assert_history_is_1_to(app: &TestApp, id: &str, last: i64) {
     assert_eq!(versions, expected);
 }
 
-async fn eight_concurrent_read_modify_write_loops_lose_no_update(store: Backend) {
+async fn eight_concurrent_read_modify_write_loops_lose_no_update(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("shared", json!({})).await;
 
@@ -217,7 +217,7 @@ async fn eight_concurrent_read_modify_write_loops_lose_no_update(store: Backend)
     assert_history_is_1_to(&app, "shared", last).await;
 }
 
-async fn eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicated(store: Backend) {
+async fn eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicated(store: Setup) {
     let app = TestApp::spawn(store).await;
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..WRITERS {
@@ -249,7 +249,7 @@ async fn eight_concurrent_blind_writers_each_make_a_version_and_none_is_duplicat
     assert_eq!(outbox, last);
 }
 
-async fn concurrent_creates_of_one_id_make_exactly_one_context(store: Backend) {
+async fn concurrent_creates_of_one_id_make_exactly_one_context(store: Setup) {
     let app = TestApp::spawn(store).await;
     let mut creators = tokio::task::JoinSet::new();
     for w in 0..WRITERS {

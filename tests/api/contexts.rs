@@ -3,9 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp, problem};
+use crate::harness::{Setup, TestApp, problem};
 
-async fn a_first_put_creates_version_1_with_201_location_and_etag(store: Backend) {
+async fn a_first_put_creates_version_1_with_201_location_and_etag(store: Setup) {
     let app = TestApp::spawn(store).await;
     let response = app
         .put(
@@ -29,7 +29,7 @@ async fn a_first_put_creates_version_1_with_201_location_and_etag(store: Backend
     assert!(body.get("embedding").is_none());
 }
 
-async fn a_changed_put_makes_the_next_version_with_200(store: Backend) {
+async fn a_changed_put_makes_the_next_version_with_200(store: Setup) {
     let app = TestApp::spawn(store).await;
     let first = app.put_data("c", json!({"n": 1})).await;
     let response = app
@@ -44,7 +44,7 @@ async fn a_changed_put_makes_the_next_version_with_200(store: Backend) {
     assert_ne!(body["updated_at"], first["updated_at"]);
 }
 
-async fn an_unchanged_put_answers_200_with_the_current_version_and_makes_none(store: Backend) {
+async fn an_unchanged_put_answers_200_with_the_current_version_and_makes_none(store: Setup) {
     let app = TestApp::spawn(store).await;
     let body = json!({"data": {"a": 1}, "source": "mcp", "metadata": {"m": true}});
     assert_eq!(
@@ -58,7 +58,7 @@ async fn an_unchanged_put_answers_200_with_the_current_version_and_makes_none(st
     assert_eq!(history["items"].as_array().unwrap().len(), 1);
 }
 
-async fn a_put_changing_only_metadata_or_source_or_parent_is_a_change(store: Backend) {
+async fn a_put_changing_only_metadata_or_source_or_parent_is_a_change(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("p", json!({})).await;
     app.put_data("c", json!({"a": 1})).await;
@@ -73,22 +73,29 @@ async fn a_put_changing_only_metadata_or_source_or_parent_is_a_change(store: Bac
     }
 }
 
-async fn get_returns_the_current_version_with_etag_and_names_the_cache_layer(store: Backend) {
+async fn get_returns_the_current_version_with_etag_and_names_the_cache_layer(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let app = app.restart().await;
 
+    // A new process has an empty L1: the write left the context in L2 (Redis) and L3 (the
+    // Postgres cache table) where there are such layers.
     let cold = app.get("/contexts/c").await;
     assert_eq!(cold.status(), StatusCode::OK);
     assert_eq!(cold.headers()["etag"], "\"1\"");
-    assert_eq!(cold.headers()["cache-status"], "contextd; fwd=miss");
+    let expected = match store {
+        Setup::POSTGRES => "contextd; hit; detail=l2",
+        Setup::POSTGRES_L2_OFF => "contextd; hit; detail=l3",
+        _ => "contextd; fwd=miss",
+    };
+    assert_eq!(cold.headers()["cache-status"], expected);
     assert_eq!(cold.json::<Value>().await.unwrap()["data"], json!({"a": 1}));
 
     let warm = app.get("/contexts/c").await;
     assert_eq!(warm.headers()["cache-status"], "contextd; hit; detail=l1");
 }
 
-async fn a_write_is_visible_to_the_next_read_even_when_cached(store: Backend) {
+async fn a_write_is_visible_to_the_next_read_even_when_cached(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.get("/contexts/c").await;
@@ -98,7 +105,7 @@ async fn a_write_is_visible_to_the_next_read_even_when_cached(store: Backend) {
     assert_eq!(body["data"], json!({"a": 2}));
 }
 
-async fn get_with_a_version_returns_that_version(store: Backend) {
+async fn get_with_a_version_returns_that_version(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -121,13 +128,13 @@ async fn get_with_a_version_returns_that_version(store: Backend) {
     .await;
 }
 
-async fn an_unknown_context_answers_404(store: Backend) {
+async fn an_unknown_context_answers_404(store: Setup) {
     let app = TestApp::spawn(store).await;
     let body = problem(app.get("/contexts/nope").await, StatusCode::NOT_FOUND).await;
     assert!(body["detail"].as_str().unwrap().contains("nope"));
 }
 
-async fn if_none_match_with_the_current_etag_answers_304(store: Backend) {
+async fn if_none_match_with_the_current_etag_answers_304(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let fresh = app
@@ -152,7 +159,7 @@ async fn if_none_match_with_the_current_etag_answers_304(store: Backend) {
     assert_eq!(stale.status(), StatusCode::OK);
 }
 
-async fn post_without_an_id_generates_ctx_uuid_and_answers_201_with_location(store: Backend) {
+async fn post_without_an_id_generates_ctx_uuid_and_answers_201_with_location(store: Setup) {
     let app = TestApp::spawn(store).await;
     let response = app
         .post("/contexts", json!({"data": {"a": 1}, "source": "mcp"}))
@@ -166,7 +173,7 @@ async fn post_without_an_id_generates_ctx_uuid_and_answers_201_with_location(sto
     assert_eq!(app.get(&location).await.status(), StatusCode::OK);
 }
 
-async fn post_with_an_existing_id_answers_409_and_changes_nothing(store: Backend) {
+async fn post_with_an_existing_id_answers_409_and_changes_nothing(store: Setup) {
     let app = TestApp::spawn(store).await;
     let body = json!({"context_id": "taken", "data": {"a": 1}, "source": "mcp"});
     assert_eq!(
@@ -179,7 +186,7 @@ async fn post_with_an_existing_id_answers_409_and_changes_nothing(store: Backend
     assert_eq!(current["data"], json!({"a": 1}));
 }
 
-async fn delete_removes_the_context_and_its_history(store: Backend) {
+async fn delete_removes_the_context_and_its_history(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -207,7 +214,7 @@ async fn delete_removes_the_context_and_its_history(store: Backend) {
     assert_eq!(left, 0);
 }
 
-async fn a_deleted_context_can_be_created_again_from_version_1(store: Backend) {
+async fn a_deleted_context_can_be_created_again_from_version_1(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -221,7 +228,7 @@ async fn a_deleted_context_can_be_created_again_from_version_1(store: Backend) {
     assert_eq!(body["data"], json!({"b": 1}));
 }
 
-async fn every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone(store: Backend) {
+async fn every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 1})).await; // unchanged: no change, no outbox row
@@ -242,7 +249,7 @@ async fn every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone(s
     );
 }
 
-async fn an_embedding_is_stored_and_returned_only_when_asked_for(store: Backend) {
+async fn an_embedding_is_stored_and_returned_only_when_asked_for(store: Setup) {
     let app = TestApp::spawn(store).await;
     let created: Value = app
         .put(
@@ -277,7 +284,7 @@ async fn an_embedding_is_stored_and_returned_only_when_asked_for(store: Backend)
     assert_eq!(changed["version"], 2);
 }
 
-async fn list_pages_by_cursor_in_id_order_without_data_and_without_repeats(store: Backend) {
+async fn list_pages_by_cursor_in_id_order_without_data_and_without_repeats(store: Setup) {
     let app = TestApp::spawn(store).await;
     for i in 0..7 {
         app.put_data(&format!("c{i}"), json!({"i": i})).await;
@@ -307,7 +314,7 @@ async fn list_pages_by_cursor_in_id_order_without_data_and_without_repeats(store
     assert_eq!(seen, expected);
 }
 
-async fn list_filters_by_source_and_parent(store: Backend) {
+async fn list_filters_by_source_and_parent(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put("root", json!({"data": {}, "source": "factory"}))
         .await;
@@ -349,7 +356,7 @@ async fn list_filters_by_source_and_parent(store: Backend) {
     assert_eq!(ids(both), vec!["b"]);
 }
 
-async fn a_cursor_not_issued_by_the_server_answers_400(store: Backend) {
+async fn a_cursor_not_issued_by_the_server_answers_400(store: Setup) {
     let app = TestApp::spawn(store).await;
     problem(
         app.get("/contexts?cursor=garbage!").await,
@@ -363,7 +370,7 @@ async fn a_cursor_not_issued_by_the_server_answers_400(store: Backend) {
     .await;
 }
 
-async fn extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchanged(store: Backend) {
+async fn extreme_numbers_round_trip_exactly_and_an_identical_rewrite_is_unchanged(store: Setup) {
     let app = TestApp::spawn(store).await;
     let data = json!({
         "max": f64::MAX,

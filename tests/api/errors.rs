@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp, problem};
+use crate::harness::{Setup, TestApp, problem};
 
 async fn raw_put(
     app: &TestApp,
@@ -30,7 +30,7 @@ async fn assert_not_stored(app: &TestApp, id: &str) {
     .await;
 }
 
-async fn malformed_json_answers_400(store: Backend) {
+async fn malformed_json_answers_400(store: Setup) {
     let app = TestApp::spawn(store).await;
     for body in [
         "{\"data\":",
@@ -47,7 +47,7 @@ async fn malformed_json_answers_400(store: Backend) {
     assert_not_stored(&app, "c").await;
 }
 
-async fn a_body_that_is_not_json_answers_415(store: Backend) {
+async fn a_body_that_is_not_json_answers_415(store: Setup) {
     let app = TestApp::spawn(store).await;
     let body = r#"{"data": {}, "source": "mcp"}"#;
     for content_type in [
@@ -64,13 +64,13 @@ async fn a_body_that_is_not_json_answers_415(store: Backend) {
     assert_not_stored(&app, "c").await;
 }
 
-async fn an_unknown_route_answers_404(store: Backend) {
+async fn an_unknown_route_answers_404(store: Setup) {
     let app = TestApp::spawn(store).await;
     problem(app.get("/nothing/here").await, StatusCode::NOT_FOUND).await;
     problem(app.get("/contexts/a/b/c/d").await, StatusCode::NOT_FOUND).await;
 }
 
-async fn a_wrong_method_answers_405_with_allow(store: Backend) {
+async fn a_wrong_method_answers_405_with_allow(store: Setup) {
     let app = TestApp::spawn(store).await;
     let response = app.http.patch(app.url("/contexts/c")).send().await.unwrap();
     let allow = response.headers()["allow"].to_str().unwrap().to_owned();
@@ -83,7 +83,7 @@ async fn a_wrong_method_answers_405_with_allow(store: Backend) {
 }
 
 async fn a_context_over_the_size_limit_answers_413_with_limit_and_actual_and_stores_nothing(
-    store: Backend,
+    store: Setup,
 ) {
     let app = TestApp::spawn_with(store, |s| s.limits.max_context_bytes = 4096).await;
     let data = json!({"blob": "x".repeat(4096)});
@@ -109,7 +109,7 @@ async fn a_context_over_the_size_limit_answers_413_with_limit_and_actual_and_sto
     assert_eq!(at_limit.json::<Value>().await.unwrap()["size_bytes"], 4096);
 }
 
-async fn a_body_far_over_any_limit_answers_413_problem(store: Backend) {
+async fn a_body_far_over_any_limit_answers_413_problem(store: Setup) {
     let app = TestApp::spawn_with(store, |s| s.limits.max_context_bytes = 4096).await;
     let body = format!(
         r#"{{"data": {{"blob": "{}"}}, "source": "mcp"}}"#,
@@ -123,7 +123,7 @@ async fn a_body_far_over_any_limit_answers_413_problem(store: Backend) {
     assert_not_stored(&app, "huge").await;
 }
 
-async fn well_formed_but_invalid_writes_answer_422_and_store_nothing(store: Backend) {
+async fn well_formed_but_invalid_writes_answer_422_and_store_nothing(store: Setup) {
     let app = TestApp::spawn(store).await;
     let cases = [
         ("c", json!({"data": [1, 2], "source": "mcp"})),
@@ -189,7 +189,7 @@ async fn well_formed_but_invalid_writes_answer_422_and_store_nothing(store: Back
     assert_eq!(list["items"], json!([]));
 }
 
-async fn bad_query_values_answer_422(store: Backend) {
+async fn bad_query_values_answer_422(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({})).await;
     for path in [
@@ -215,7 +215,7 @@ async fn bad_query_values_answer_422(store: Backend) {
     problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
-async fn a_malformed_if_match_answers_400_and_writes_nothing(store: Backend) {
+async fn a_malformed_if_match_answers_400_and_writes_nothing(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     let response = app

@@ -119,15 +119,57 @@ async fn ensure_template() -> String {
     name
 }
 
-/// The store a test runs on. Most tests run on both (see `on_both_stores!`).
+/// A store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Postgres,
     Sqlite,
 }
 
-/// Makes each listed `async fn name(store: Backend)` two tests, `name::postgres` and
-/// `name::sqlite`: one suite, run on both stores.
+impl Backend {
+    /// The name `/readyz` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// What a test runs on: a store, and the cache in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    pub backend: Backend,
+    /// Redis is configured (with a key prefix of the test's own): invalidation, and L2 if on.
+    pub redis: bool,
+    /// `cache.l2.enabled`.
+    pub l2: bool,
+}
+
+impl Setup {
+    /// Postgres with every layer: L1, L2 (Redis), L3 (the cache table).
+    pub const POSTGRES: Setup = Setup {
+        backend: Backend::Postgres,
+        redis: true,
+        l2: true,
+    };
+    /// Postgres with Redis for invalidation only (`cache.l2.enabled: false`): L1 and L3.
+    pub const POSTGRES_L2_OFF: Setup = Setup {
+        backend: Backend::Postgres,
+        redis: true,
+        l2: false,
+    };
+    /// The zero-service default: SQLite, L1 only.
+    pub const SQLITE: Setup = Setup {
+        backend: Backend::Sqlite,
+        redis: false,
+        l2: false,
+    };
+}
+
+/// Makes each listed `async fn name(store: Setup)` three tests: `name::postgres` (every cache
+/// layer), `name::postgres_l2_off` (no Redis L2) and `name::sqlite` (no services at all). One
+/// suite, run on both stores, with the cache on and off.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -135,16 +177,27 @@ macro_rules! on_both_stores {
             mod $name {
                 #[tokio::test]
                 async fn postgres() {
-                    super::$name($crate::harness::Backend::Postgres).await
+                    super::$name($crate::harness::Setup::POSTGRES).await
+                }
+
+                #[tokio::test]
+                async fn postgres_l2_off() {
+                    super::$name($crate::harness::Setup::POSTGRES_L2_OFF).await
                 }
 
                 #[tokio::test]
                 async fn sqlite() {
-                    super::$name($crate::harness::Backend::Sqlite).await
+                    super::$name($crate::harness::Setup::SQLITE).await
                 }
             }
         )*
     };
+}
+
+/// Points the settings at the tests' Redis, under a key prefix of their own.
+pub fn use_redis(settings: &mut Settings, key_prefix: &str) {
+    settings.redis.url = Some(Secret::new(redis_url()));
+    settings.cache.l2.key_prefix = key_prefix.to_owned();
 }
 
 /// A database of one's own, dropped (or deleted) at the end of the test.
@@ -316,14 +369,18 @@ pub struct TestApp {
 
 impl TestApp {
     /// The app with default settings on a database of its own.
-    pub async fn spawn(store: Backend) -> Self {
-        Self::spawn_with(store, |_| {}).await
+    pub async fn spawn(setup: Setup) -> Self {
+        Self::spawn_with(setup, |_| {}).await
     }
 
     /// The app with settings changed by `configure`.
-    pub async fn spawn_with(store: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
-        let db = Arc::new(TestDb::new(store).await);
+    pub async fn spawn_with(setup: Setup, configure: impl FnOnce(&mut Settings)) -> Self {
+        let db = Arc::new(TestDb::new(setup.backend).await);
         let mut settings = Self::settings_for(&db.url());
+        if setup.redis {
+            use_redis(&mut settings, &format!("test:{}:", uuid_simple()));
+        }
+        settings.cache.l2.enabled = setup.l2;
         configure(&mut settings);
         Self::start(db, settings).await
     }

@@ -7,9 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Backend, TestApp, TestDb};
+use crate::harness::{Setup, TestApp, TestDb};
 
-async fn data_survives_a_restart(store: Backend) {
+async fn data_survives_a_restart(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("durable", json!({"a": 1})).await;
     app.put_data("durable", json!({"a": 2})).await;
@@ -27,9 +27,9 @@ async fn data_survives_a_restart(store: Backend) {
 }
 
 async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migrate_once(
-    store: Backend,
+    store: Setup,
 ) {
-    let db = TestDb::fresh(store);
+    let db = TestDb::fresh(store.backend);
     let settings = TestApp::settings_for(&db.url());
     let (a, b) = tokio::join!(App::build(&settings), App::build(&settings));
     let (a, b) = (a.expect("first instance"), b.expect("second instance"));
@@ -45,7 +45,7 @@ async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migra
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
-async fn a_request_in_flight_when_shutdown_begins_still_completes(store: Backend) {
+async fn a_request_in_flight_when_shutdown_begins_still_completes(store: Setup) {
     let mut app = TestApp::spawn(store).await;
     let body = r#"{"data": {"finished": true}, "source": "mcp"}"#;
     let (head, tail) = body.split_at(10);

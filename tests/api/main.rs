@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cache;
 mod cli;
 mod concurrency;
 mod contexts;

@@ -6,9 +6,9 @@ use contextd::config::Secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, PgProxy, TestApp, TestDb, problem, redis_url};
+use crate::harness::{PgProxy, Setup, TestApp, TestDb, problem, redis_url};
 
-async fn healthz_answers_ok(store: Backend) {
+async fn healthz_answers_ok(store: Setup) {
     let app = TestApp::spawn(store).await;
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -18,7 +18,7 @@ async fn healthz_answers_ok(store: Backend) {
     );
 }
 
-async fn readyz_reports_the_store_and_redis_disabled_when_not_configured(store: Backend) {
+async fn readyz_reports_the_store_and_redis_disabled_unless_configured(store: Setup) {
     let app = TestApp::spawn(store).await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -26,16 +26,17 @@ async fn readyz_reports_the_store_and_redis_disabled_when_not_configured(store: 
         response.json::<Value>().await.unwrap(),
         json!({
             "status": "ok",
-            "store": match store {
-                Backend::Postgres => "postgres",
-                Backend::Sqlite => "sqlite",
-            },
-            "checks": {"store": "ok", "redis": "disabled", "vector": "disabled"}
+            "store": store.backend.name(),
+            "checks": {
+                "store": "ok",
+                "redis": if store.redis { "ok" } else { "disabled" },
+                "vector": "disabled"
+            }
         })
     );
 }
 
-async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready(store: Backend) {
+async fn readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready(store: Setup) {
     let app = TestApp::spawn_with(store, |s| s.redis.url = Some(Secret::new(redis_url()))).await;
     let body: Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(body["checks"]["redis"], "ok", "{body}");
@@ -129,7 +130,7 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
         .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
-async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Backend) {
+async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("secret-id-1", json!({})).await;
     app.put_data("secret-id-2", json!({})).await;
@@ -163,7 +164,7 @@ async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Backe
     ));
 }
 
-async fn metrics_gauge_contexts_and_kept_versions(store: Backend) {
+async fn metrics_gauge_contexts_and_kept_versions(store: Setup) {
     let app = TestApp::spawn_with(store, |s| s.versions.retention = 2).await;
     for n in 0..3 {
         app.put_data("a", json!({"n": n})).await;
@@ -178,7 +179,7 @@ async fn metrics_gauge_contexts_and_kept_versions(store: Backend) {
     );
 }
 
-async fn metrics_pass_promtool_check_metrics(store: Backend) {
+async fn metrics_pass_promtool_check_metrics(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("a", json!({})).await;
     app.get("/contexts/a").await;
@@ -207,7 +208,7 @@ async fn metrics_pass_promtool_check_metrics(store: Backend) {
     );
 }
 
-async fn the_served_openapi_document_is_the_committed_one(store: Backend) {
+async fn the_served_openapi_document_is_the_committed_one(store: Setup) {
     let app = TestApp::spawn(store).await;
     let served = app.get("/openapi.json").await.text().await.unwrap();
     let committed =
@@ -228,12 +229,14 @@ async fn the_served_openapi_document_is_the_committed_one(store: Backend) {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/metrics/summary",
+        "/cache/warm",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }
 }
 
-async fn swagger_ui_is_served_with_its_assets_and_no_internet(store: Backend) {
+async fn swagger_ui_is_served_with_its_assets_and_no_internet(store: Setup) {
     let app = TestApp::spawn(store).await;
     let page = app.get("/swagger-ui/").await;
     assert_eq!(page.status(), StatusCode::OK);
@@ -262,7 +265,7 @@ async fn swagger_ui_is_served_with_its_assets_and_no_internet(store: Backend) {
 
 crate::on_both_stores!(
     healthz_answers_ok,
-    readyz_reports_the_store_and_redis_disabled_when_not_configured,
+    readyz_reports_the_store_and_redis_disabled_unless_configured,
     readyz_reports_a_live_redis_ok_and_a_dead_one_degraded_but_ready,
     metrics_count_requests_by_route_template_never_by_raw_path,
     metrics_gauge_contexts_and_kept_versions,

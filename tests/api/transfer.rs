@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp, TestDb, contextd};
+use crate::harness::{Backend, Setup, TestApp, TestDb, contextd};
 
 fn export(db: &TestDb) -> String {
     let output = contextd()
@@ -51,7 +51,7 @@ fn import_ok(db: &TestDb, lines: &str) -> String {
 
 /// A store with history worth moving: pruned versions, a restore, an embedding, a parent,
 /// metadata, who changed what, and a deleted context that must not travel.
-async fn populated(store: Backend) -> TestApp {
+async fn populated(store: Setup) -> TestApp {
     let app = TestApp::spawn_with(store, |s| s.versions.retention = 3).await;
     for n in 1..=4 {
         app.put(
@@ -80,7 +80,7 @@ async fn populated(store: Backend) -> TestApp {
 /// Across both stores by nature, so one test.
 #[tokio::test]
 async fn a_round_trip_sqlite_postgres_sqlite_loses_nothing() {
-    let origin = populated(Backend::Sqlite).await;
+    let origin = populated(Setup::SQLITE).await;
     let first = export(&origin.db);
     assert_eq!(first.lines().count(), 2, "{first}");
     assert!(!first.contains("\"gone\""));
@@ -118,8 +118,8 @@ async fn a_round_trip_sqlite_postgres_sqlite_loses_nothing() {
     );
 }
 
-async fn importing_twice_changes_nothing(store: Backend) {
-    let origin = populated(Backend::Sqlite).await;
+async fn importing_twice_changes_nothing(store: Setup) {
+    let origin = populated(Setup::SQLITE).await;
     let lines = export(&origin.db);
     let target = TestApp::spawn(store).await;
     // The target already holds a different `a`: the import replaces it.
@@ -152,11 +152,11 @@ async fn importing_twice_changes_nothing(store: Backend) {
     assert_eq!(exported, lines);
 }
 
-async fn a_bad_line_is_named_and_nothing_is_imported(store: Backend) {
-    let origin = populated(Backend::Sqlite).await;
+async fn a_bad_line_is_named_and_nothing_is_imported(store: Setup) {
+    let origin = populated(Setup::SQLITE).await;
     let good = export(&origin.db);
     let first_line = good.lines().next().unwrap();
-    let target = TestDb::new(store).await;
+    let target = TestDb::new(store.backend).await;
     // Make sure the target is migrated (a fresh SQLite file is made by the first command).
     export(&target);
 

@@ -3,9 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp, problem};
+use crate::harness::{Setup, TestApp, problem};
 
-async fn versions_are_listed_newest_first_and_page_by_cursor(store: Backend) {
+async fn versions_are_listed_newest_first_and_page_by_cursor(store: Setup) {
     let app = TestApp::spawn(store).await;
     for n in 1..=5 {
         app.put_data("c", json!({"n": n})).await;
@@ -49,7 +49,7 @@ async fn versions_are_listed_newest_first_and_page_by_cursor(store: Backend) {
     assert_eq!(last["next_cursor"], Value::Null);
 }
 
-async fn one_version_is_returned_with_its_data_and_who_changed_it(store: Backend) {
+async fn one_version_is_returned_with_its_data_and_who_changed_it(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put(
         "c",
@@ -85,7 +85,7 @@ async fn one_version_is_returned_with_its_data_and_who_changed_it(store: Backend
     .await;
 }
 
-async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410(store: Backend) {
+async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410(store: Setup) {
     let app = TestApp::spawn_with(store, |s| s.versions.retention = 3).await;
     for n in 1..=5 {
         app.put_data("c", json!({"n": n})).await;
@@ -123,7 +123,7 @@ async fn retention_prunes_in_the_write_and_a_pruned_version_answers_410(store: B
     );
 }
 
-async fn restore_makes_a_new_version_with_the_old_data(store: Backend) {
+async fn restore_makes_a_new_version_with_the_old_data(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put(
         "c",
@@ -157,7 +157,7 @@ async fn restore_makes_a_new_version_with_the_old_data(store: Backend) {
     assert_eq!(v3["change_type"], "restore");
 }
 
-async fn restore_records_who_asked_for_it(store: Backend) {
+async fn restore_records_who_asked_for_it(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("c", json!({"a": 1})).await;
     app.put_data("c", json!({"a": 2})).await;
@@ -177,7 +177,7 @@ async fn restore_records_who_asked_for_it(store: Backend) {
     assert_eq!(v3["changed_by"], "ops");
 }
 
-async fn restore_of_an_unknown_context_or_version_answers_404(store: Backend) {
+async fn restore_of_an_unknown_context_or_version_answers_404(store: Setup) {
     let app = TestApp::spawn(store).await;
     problem(
         app.post("/contexts/nope/versions/1/restore", json!({}))
