@@ -191,6 +191,12 @@ fn run_static_top(trace: &[u32], keys: usize, capacity: usize) -> u64 {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
+    // and a benchmark is not a test.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("hit_rate: a benchmark; run it with `cargo bench --bench hit_rate`");
+        return;
+    }
     let keys: usize = env_or("HIT_RATE_KEYS", 100_000);
     let requests: usize = env_or("HIT_RATE_REQUESTS", 2_000_000);
     let s: f64 = env_or("HIT_RATE_ZIPF_S", 1.0);
