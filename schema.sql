@@ -73,18 +73,30 @@ CREATE INDEX factory_cache_entries_hot_idx ON factory_cache_entries (access_coun
 -- Every committed change, appended by the write's own transaction, for the change feed,
 -- the webhook pusher and the vector indexer.
 CREATE TABLE factory_sync_outbox (
-    seq             bigserial   PRIMARY KEY,
-    context_id      text        NOT NULL,
+    -- Insertion order: ids are handed out before commit, so they are not commit order.
+    id              bigserial   PRIMARY KEY,
+    -- Commit order, the feed's and the pusher's order: numbered after commit by the
+    -- sequencer (one at a time, under an advisory lock), so a change that commits late never
+    -- gets a number below one a reader has already seen.
+    seq             bigint      UNIQUE,
+    context_id      text        COLLATE "C" NOT NULL,
     -- The version written; for a delete, the version that was deleted.
     version         bigint      NOT NULL,
+    -- The context's created_at: a re-created context reuses version numbers, and this tells
+    -- which incarnation's version a change was.
+    incarnation     timestamptz NOT NULL,
     op              text        NOT NULL CHECK (op IN ('upsert', 'delete')),
     change_type     text        CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- The clock at the insert, the write's last statement: when the change committed, near enough.
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     delivered_at    timestamptz,
     attempts        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz,
     last_error      text
 );
+CREATE INDEX factory_sync_outbox_unsequenced_idx
+    ON factory_sync_outbox (id) WHERE seq IS NULL;
 CREATE INDEX factory_sync_outbox_pending_idx
-    ON factory_sync_outbox (seq) WHERE delivered_at IS NULL;
-CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, seq);
+    ON factory_sync_outbox (seq) WHERE delivered_at IS NULL AND seq IS NOT NULL;
+CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, id);
+CREATE INDEX factory_sync_outbox_created_idx ON factory_sync_outbox (created_at);

@@ -62,11 +62,13 @@ CREATE TABLE factory_cache_entries (
 );
 CREATE INDEX factory_cache_entries_context_idx ON factory_cache_entries (context_id);
 
--- One writer at a time, so AUTOINCREMENT order is commit order.
+-- One writer at a time, so a change is numbered (seq) in its own transaction, in commit order.
 CREATE TABLE factory_sync_outbox (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq             INTEGER UNIQUE,
     context_id      TEXT    NOT NULL,
     version         INTEGER NOT NULL,
+    incarnation     TEXT    NOT NULL,
     op              TEXT    NOT NULL CHECK (op IN ('upsert', 'delete')),
     change_type     TEXT    CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
     created_at      TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
@@ -77,4 +79,5 @@ CREATE TABLE factory_sync_outbox (
 );
 CREATE INDEX factory_sync_outbox_pending_idx
     ON factory_sync_outbox (seq) WHERE delivered_at IS NULL;
-CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, seq);
+CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, id);
+CREATE INDEX factory_sync_outbox_created_idx ON factory_sync_outbox (created_at);

@@ -8,6 +8,7 @@ mod context;
 mod cursor;
 mod id;
 mod merge;
+mod strategies;
 
 pub use context::{
     ChangeType, Content, Context, ContextHistory, ContextSummary, JsonObject, Refusal, Source,
@@ -16,3 +17,4 @@ pub use context::{
 pub use cursor::{Cursor, CursorError};
 pub use id::{ContextId, InvalidId};
 pub use merge::three_way_merge;
+pub use strategies::{MergeInput, MergeStrategy, merge_data};

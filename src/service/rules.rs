@@ -140,6 +140,7 @@ pub fn decide_put(
             updated_at: now,
             keep_from: 1,
             cache_entry: None,
+            synced_at: None,
         }),
     }
 }
@@ -259,6 +260,7 @@ fn next_version(
         updated_at: now.max(current.updated_at),
         keep_from: (version - retention + 1).max(1),
         cache_entry: None,
+        synced_at: None,
     }
 }
 
@@ -324,7 +326,16 @@ mod tests {
         loaded: Option<&VersionRecord>,
         request: WriteRequest,
     ) -> Decision {
-        decide_put(WriteView { current, loaded }, request, 100, Utc::now())
+        decide_put(
+            WriteView {
+                current,
+                loaded,
+                synced_at: None,
+            },
+            request,
+            100,
+            Utc::now(),
+        )
     }
 
     #[test]
@@ -497,6 +508,7 @@ mod tests {
             WriteView {
                 current: Some(&cur),
                 loaded: None,
+                synced_at: None,
             },
             put(json!({"a": 2}), None, Default::default()),
             3,
@@ -518,6 +530,7 @@ mod tests {
         let view = || WriteView {
             current: Some(&cur),
             loaded: None,
+            synced_at: None,
         };
         assert!(matches!(
             decide_restore(view(), 2, None, 100, Utc::now()),
@@ -537,6 +550,7 @@ mod tests {
             WriteView {
                 current: Some(&cur),
                 loaded: Some(&old),
+                synced_at: None,
             },
             2,
             None,

@@ -11,10 +11,12 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio::sync::broadcast;
 
 use crate::domain::{
-    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, Refusal, Source,
-    VersionInfo, VersionRecord,
+    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
+    Source, VersionInfo, VersionRecord,
 };
 
 pub use postgres::PostgresStore;
@@ -41,6 +43,8 @@ pub struct WriteView<'a> {
     pub current: Option<&'a Context>,
     /// The version asked for with `load_version`, if it is still kept.
     pub loaded: Option<&'a VersionRecord>,
+    /// Factory's own timestamp of the current version, when it came from Factory sync.
+    pub synced_at: Option<DateTime<Utc>>,
 }
 
 /// A new version to store; every field was decided by the rules.
@@ -56,6 +60,8 @@ pub struct NewVersion {
     pub keep_from: i64,
     /// The L3 entry to write in the same transaction, when the store keeps L3.
     pub cache_entry: Option<CacheEntry>,
+    /// Factory's own timestamp of this version, when it comes from Factory sync.
+    pub synced_at: Option<DateTime<Utc>>,
 }
 
 impl NewVersion {
@@ -138,6 +144,86 @@ pub struct ImportSummary {
     pub unchanged: usize,
 }
 
+/// What the commit signal says: a change to one context was committed (by this instance or,
+/// on Postgres, any other), or the signal was interrupted and anything may have changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitNotice {
+    Changed(ContextId),
+    Unknown,
+}
+
+/// Capacity of the commit signal's channel; a receiver that lags is told `Lagged` and treats it
+/// as `CommitNotice::Unknown`.
+pub const COMMIT_SIGNAL_CAPACITY: usize = 4096;
+
+/// An outbox operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    Upsert,
+    Delete,
+}
+
+impl ChangeOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Upsert => "upsert",
+            ChangeOp::Delete => "delete",
+        }
+    }
+}
+
+/// A committed change, as the change feed and the webhook carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Commit order.
+    pub seq: i64,
+    pub id: ContextId,
+    pub version: i64,
+    pub op: ChangeOp,
+    /// When the change was written (its transaction's last statement).
+    pub committed_at: DateTime<Utc>,
+    /// Delivery attempts so far.
+    pub attempts: i32,
+    /// The version's content: for an upsert whose version is still kept.
+    pub content: Option<ChangedContent>,
+}
+
+/// The content of the version a change wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedContent {
+    pub data: JsonObject,
+    pub metadata: JsonObject,
+    /// When that version was written.
+    pub changed_at: DateTime<Utc>,
+}
+
+/// What one webhook delivery came to.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Delivered,
+    /// Try these changes again at `retry_at`; nothing after them goes first.
+    Failed {
+        retry_at: DateTime<Utc>,
+        error: String,
+    },
+}
+
+/// Delivers one batch of changes, in order; run by the store while it holds the batch.
+pub type Deliver = Box<dyn FnOnce(Vec<Change>) -> BoxFuture<'static, Delivery> + Send>;
+
+/// How a delivery round ended.
+#[derive(Debug)]
+pub enum DeliverOutcome {
+    /// Nothing is waiting.
+    Idle,
+    /// Another instance is pushing; its changes are not ours to push now.
+    Busy,
+    /// The oldest waiting change is not due before this time (a retry's backoff).
+    NotBefore(DateTime<Utc>),
+    Delivered(Vec<Change>),
+    Failed,
+}
+
 /// Sizes for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
@@ -168,6 +254,14 @@ pub trait Store: Send + Sync + 'static {
         load_version: Option<i64>,
         decide: Decide,
     ) -> Result<WriteOutcome, StoreError>;
+
+    /// Runs the rules of several writes in ONE transaction (a sync batch): every context is
+    /// locked first (in id order, so two batches never deadlock), each `decide` sees what the
+    /// ones before it in the batch wrote, and everything is stored at once or not at all.
+    async fn write_batch(
+        &self,
+        items: Vec<(ContextId, Decide)>,
+    ) -> Result<Vec<WriteOutcome>, StoreError>;
 
     /// Deletes a context with its history, after `decide` agreed, and appends a tombstone to
     /// the outbox, in one transaction.
@@ -225,6 +319,31 @@ pub trait Store: Send + Sync + 'static {
     async fn cache_hottest(&self, _limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// The commit signal: every committed change, as it commits.
+    fn commits(&self) -> broadcast::Receiver<CommitNotice>;
+
+    /// Numbers committed changes in commit order (Postgres gives numbers after commit; SQLite,
+    /// with one writer, in the write itself).
+    async fn sequence_outbox(&self) -> Result<(), StoreError>;
+
+    /// Numbered changes after `since`, in order, at most `limit`.
+    async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, StoreError>;
+
+    /// Hands the oldest undelivered changes (at most `limit`) to `deliver` and records what it
+    /// came to. One instance at a time: the rows are claimed with `FOR UPDATE SKIP LOCKED`
+    /// under a lock only one pusher holds, so a change is pushed once per attempt and in order.
+    async fn deliver_pending(
+        &self,
+        limit: usize,
+        deliver: Deliver,
+    ) -> Result<DeliverOutcome, StoreError>;
+
+    /// Changes not delivered yet.
+    async fn pending_changes(&self) -> Result<i64, StoreError>;
+
+    /// Deletes outbox rows written before `before`: delivered ones, or all when `all`.
+    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError>;
 
     /// Stores each history as given (ids, versions, times kept), in one transaction: a context
     /// whose stored history differs is replaced, one whose history is the same is left alone,

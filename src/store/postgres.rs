@@ -9,14 +9,17 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ImportSummary, ListFilter, Store,
-    StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
+    COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts, Decide,
+    DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery, ImportSummary,
+    ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
@@ -29,10 +32,24 @@ const LOCK_CONTEXT: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)
 
 const SELECT_CURRENT: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
-           v.data, v.metadata, v.embedding
+           v.data, v.metadata, v.embedding, m.synced_at
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
     WHERE m.context_id = $1";
+
+/// `SELECT_CURRENT` for many ids at once, with the id first.
+const SELECT_CURRENTS: &str = "
+    SELECT m.context_id, m.version, m.source, m.parent_id, m.size_bytes, m.created_at,
+           m.updated_at, v.data, v.metadata, v.embedding, m.synced_at
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    WHERE m.context_id = ANY($1)";
+
+/// Wakes every instance's outbox workers (and subscribers) at commit; the payload is the id.
+const NOTIFY_CHANGE: &str = "SELECT pg_notify('contextd_changes', $1)";
+
+/// The channel of `NOTIFY_CHANGE`.
+pub const CHANGES_CHANNEL: &str = "contextd_changes";
 
 const SELECT_CURRENT_VERSION: &str =
     "SELECT version, created_at FROM factory_context_metadata WHERE context_id = $1";
@@ -45,15 +62,16 @@ const SELECT_VERSION: &str = "
 
 const UPSERT_METADATA: &str = "
     INSERT INTO factory_context_metadata
-        (context_id, version, source, parent_id, size_bytes, has_embedding, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        (context_id, version, source, parent_id, size_bytes, has_embedding, created_at,
+         updated_at, synced_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (context_id) DO UPDATE SET
         version = EXCLUDED.version,
         source = EXCLUDED.source,
         parent_id = EXCLUDED.parent_id,
         size_bytes = EXCLUDED.size_bytes,
         has_embedding = EXCLUDED.has_embedding,
-        synced_at = NULL,
+        synced_at = $9,
         updated_at = EXCLUDED.updated_at";
 
 const INSERT_VERSION: &str = "
@@ -66,8 +84,54 @@ const PRUNE_VERSIONS: &str =
     "DELETE FROM factory_context_versions WHERE context_id = $1 AND version < $2";
 
 const APPEND_OUTBOX: &str = "
-    INSERT INTO factory_sync_outbox (context_id, version, op, change_type)
-    VALUES ($1, $2, $3, $4)";
+    INSERT INTO factory_sync_outbox (context_id, version, incarnation, op, change_type)
+    VALUES ($1, $2, $3, $4, $5)";
+
+/// Only one sequencer at a time, in the whole cluster.
+const SEQUENCER_LOCK: &str = "SELECT pg_advisory_xact_lock(7165263487346373001)";
+
+/// Numbers the committed changes that have no number yet, in insertion order, after the highest
+/// number given. Under the sequencer lock, and seeing only committed rows, it never gives a
+/// number below one already given: readers paging by number miss nothing.
+const SEQUENCE_OUTBOX: &str = "
+    WITH base AS (SELECT coalesce(max(seq), 0) AS n FROM factory_sync_outbox),
+         pending AS (
+             SELECT id, row_number() OVER (ORDER BY id) AS k
+             FROM factory_sync_outbox WHERE seq IS NULL
+             ORDER BY id LIMIT 10000
+         )
+    UPDATE factory_sync_outbox o SET seq = base.n + pending.k
+    FROM base, pending WHERE o.id = pending.id";
+
+/// Changes with the content of their version, when it is still kept and of the same
+/// incarnation (a re-created context reuses version numbers).
+const CHANGE_COLUMNS: &str = "
+    SELECT o.seq, o.context_id, o.version, o.op, o.created_at, o.attempts,
+           v.data, v.metadata, v.changed_at, o.next_attempt_at
+    FROM factory_sync_outbox o
+    LEFT JOIN factory_context_metadata m
+           ON o.op = 'upsert' AND m.context_id = o.context_id AND m.created_at = o.incarnation
+    LEFT JOIN factory_context_versions v
+           ON v.context_id = m.context_id AND v.version = o.version";
+
+/// Only one pusher at a time, in the whole cluster; the others skip their turn.
+const PUSHER_LOCK: &str = "SELECT pg_try_advisory_xact_lock(7165263487346373002)";
+
+const MARK_DELIVERED: &str = "
+    UPDATE factory_sync_outbox
+    SET delivered_at = clock_timestamp(), attempts = attempts + 1
+    WHERE seq = ANY($1)";
+
+const MARK_FAILED: &str = "
+    UPDATE factory_sync_outbox
+    SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
+    WHERE seq = ANY($1)";
+
+const PENDING_CHANGES: &str = "SELECT count(*) FROM factory_sync_outbox WHERE delivered_at IS NULL";
+
+const PRUNE_OUTBOX: &str = "
+    DELETE FROM factory_sync_outbox
+    WHERE created_at < $1 AND (delivered_at IS NOT NULL OR $2)";
 
 /// The L3 entry of the current version; `access_count` survives the write.
 const UPSERT_CACHE_ENTRY: &str = "
@@ -140,23 +204,23 @@ const CONNECT_ATTEMPTS: u32 = 5;
 
 pub struct PostgresStore {
     pool: Pool,
+    commits: broadcast::Sender<CommitNotice>,
+    /// Listens for every instance's commits; ends with the store.
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl PostgresStore {
     /// Connects (creating the database when it does not exist yet), applies `schema.sql`, and
     /// opens the pool.
     pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Self> {
-        let url = settings
-            .url
-            .as_ref()
-            .context("database.url (DATABASE_URL) is not set")?;
-        let mut config = tokio_postgres::Config::from_str(url.expose())
-            .with_context(|| format!("bad database URL {}", redact_url(url.expose())))?;
-        config.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
-        if config.get_application_name().is_none() {
-            config.application_name("contextd");
-        }
-
+        let config = connection_config(settings)?;
+        let url = settings.url.as_ref().expect("connection_config checked it");
         let mut client = connect_creating_database(&config, url.expose()).await?;
         migrate::run(&mut client).await?;
         drop(client);
@@ -177,11 +241,82 @@ impl PostgresStore {
             .recycle_timeout(timeout)
             .build()
             .context("building the Postgres pool")?;
-        Ok(Self { pool })
+        let (commits, _) = broadcast::channel(COMMIT_SIGNAL_CAPACITY);
+        let listener = tokio::spawn(listen_for_commits(
+            connection_config(settings)?,
+            commits.clone(),
+        ));
+        Ok(Self {
+            pool,
+            commits,
+            listener,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+}
+
+fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_postgres::Config> {
+    let url = settings
+        .url
+        .as_ref()
+        .context("database.url (DATABASE_URL) is not set")?;
+    let mut config = tokio_postgres::Config::from_str(url.expose())
+        .with_context(|| format!("bad database URL {}", redact_url(url.expose())))?;
+    config.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
+    if config.get_application_name().is_none() {
+        config.application_name("contextd");
+    }
+    Ok(config)
+}
+
+/// Forwards the commit notifications of every instance (`LISTEN`) to the commit signal, on a
+/// connection of its own, reconnecting forever. After each (re)connection it says `Unknown`:
+/// commits may have happened while it was not listening.
+async fn listen_for_commits(
+    config: tokio_postgres::Config,
+    commits: broadcast::Sender<CommitNotice>,
+) {
+    use futures_util::StreamExt;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (notices, mut received) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message
+                            && notices.send(n.payload().to_owned()).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
+                    delay = Duration::from_millis(100);
+                    let _ = commits.send(CommitNotice::Unknown);
+                    while let Some(payload) = received.recv().await {
+                        let notice = ContextId::parse(&payload)
+                            .map(CommitNotice::Changed)
+                            .unwrap_or(CommitNotice::Unknown);
+                        let _ = commits.send(notice);
+                    }
+                }
+                driver.abort();
+                tracing::warn!("the commit listener lost its connection; reconnecting");
+            }
+            Err(e) => tracing::debug!(error = %e, "the commit listener cannot connect yet"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -454,15 +589,10 @@ impl Store for PostgresStore {
         decide: Decide,
     ) -> Result<WriteOutcome, StoreError> {
         let mut client = self.client().await?;
-        let (lock, current, load, upsert, insert, prune, outbox, cache) = tokio::try_join!(
+        let (lock, current, load) = tokio::try_join!(
             client.prepare_cached(LOCK_CONTEXT),
             client.prepare_cached(SELECT_CURRENT),
             client.prepare_cached(SELECT_VERSION),
-            client.prepare_cached(UPSERT_METADATA),
-            client.prepare_cached(INSERT_VERSION),
-            client.prepare_cached(PRUNE_VERSIONS),
-            client.prepare_cached(APPEND_OUTBOX),
-            client.prepare_cached(UPSERT_CACHE_ENTRY),
         )
         .map_err(db_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
@@ -482,12 +612,19 @@ impl Store for PostgresStore {
         );
         locked.map_err(db_error)?;
         let (current, loaded) = (current.map_err(db_error)?, loaded.map_err(db_error)?);
+        let synced_at = current
+            .as_ref()
+            .map(|row| row.try_get::<_, Option<DateTime<Utc>>>(9))
+            .transpose()
+            .map_err(column_error)?
+            .flatten();
         let current = current.map(|row| context_from_row(id, &row)).transpose()?;
         let loaded = loaded.map(|row| record_from_row(id, &row)).transpose()?;
 
         let decision = decide(WriteView {
             current: current.as_ref(),
             loaded: loaded.as_ref(),
+            synced_at,
         });
         let new = match decision {
             Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
@@ -500,62 +637,7 @@ impl Store for PostgresStore {
             Decision::Write(new) => new,
         };
 
-        let content = &new.content;
-        let source = content.source.as_str();
-        let parent = content.parent_id.as_ref().map(ContextId::as_str);
-        let size = content.size_bytes() as i64;
-        let change_type = new.change_type.as_str();
-        let has_embedding = content.embedding.is_some();
-        let (data, metadata) = (Json(&content.data), Json(&content.metadata));
-        let upsert_params: Params = &[
-            &key,
-            &new.version,
-            &source,
-            &parent,
-            &size,
-            &has_embedding,
-            &new.created_at,
-            &new.updated_at,
-        ];
-        let insert_params: Params = &[
-            &key,
-            &new.version,
-            &source,
-            &parent,
-            &data,
-            &metadata,
-            &content.embedding,
-            &change_type,
-            &new.changed_by,
-            &new.updated_at,
-            &size,
-        ];
-        let prune_params: Params = &[&key, &new.keep_from];
-        let outbox_params: Params = &[&key, &new.version, &"upsert", &change_type];
-        let cache_key = cache_key(id);
-        let cache_params: Option<[&(dyn tokio_postgres::types::ToSql + Sync); 5]> =
-            new.cache_entry.as_ref().map(|entry| {
-                [
-                    &cache_key as &(dyn tokio_postgres::types::ToSql + Sync),
-                    &key,
-                    &new.version,
-                    &entry.value,
-                    &entry.expires_at,
-                ]
-            });
-        let results = tokio::join!(
-            tx.execute(&upsert, upsert_params),
-            tx.execute(&insert, insert_params),
-            tx.execute(&prune, prune_params),
-            tx.execute(&outbox, outbox_params),
-            async {
-                match &cache_params {
-                    Some(params) => tx.execute(&cache, params).await,
-                    None => Ok(0),
-                }
-            },
-        );
-        first_failure([results.0, results.1, results.2, results.3, results.4])?;
+        store_versions(&tx, &[(id, &new)]).await?;
         tx.commit().await.map_err(db_error)?;
 
         Ok(WriteOutcome::Written {
@@ -570,11 +652,12 @@ impl Store for PostgresStore {
         decide: DecideDelete,
     ) -> Result<DeleteOutcome, StoreError> {
         let mut client = self.client().await?;
-        let (lock, current, delete, outbox) = tokio::try_join!(
+        let (lock, current, delete, outbox, notify) = tokio::try_join!(
             client.prepare_cached(LOCK_CONTEXT),
             client.prepare_cached(SELECT_CURRENT),
             client.prepare_cached(DELETE_CONTEXT),
             client.prepare_cached(APPEND_OUTBOX),
+            client.prepare_cached(NOTIFY_CHANGE),
         )
         .map_err(db_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
@@ -591,12 +674,19 @@ impl Store for PostgresStore {
             return Ok(DeleteOutcome::Refused(refusal));
         }
         let no_change_type: Option<&str> = None;
-        let outbox_params: Params = &[&key, &current.version, &"delete", &no_change_type];
+        let outbox_params: Params = &[
+            &key,
+            &current.version,
+            &current.created_at,
+            &"delete",
+            &no_change_type,
+        ];
         let results = tokio::join!(
             tx.execute(&delete, by_id),
-            tx.execute(&outbox, outbox_params)
+            tx.execute(&outbox, outbox_params),
+            tx.execute(&notify, by_id),
         );
-        first_failure([results.0, results.1])?;
+        first_failure([results.0, results.1, results.2])?;
         tx.commit().await.map_err(db_error)?;
         Ok(DeleteOutcome::Deleted {
             version: current.version,
@@ -677,6 +767,187 @@ impl Store for PostgresStore {
             contexts: row.try_get(0).map_err(column_error)?,
             versions: row.try_get(1).map_err(column_error)?,
         })
+    }
+
+    async fn write_batch(
+        &self,
+        items: Vec<(ContextId, Decide)>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let (lock, currents) = tokio::try_join!(
+            client.prepare_cached(LOCK_CONTEXT),
+            client.prepare_cached(SELECT_CURRENTS),
+        )
+        .map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+
+        // Lock every context, in id order so that two batches never wait on each other in a
+        // circle, then read them all: pipelined, one round trip.
+        let mut keys: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let lock_params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+            keys.iter().map(|k| [k as _]).collect();
+        let locks = futures_util::future::join_all(
+            lock_params.iter().map(|params| tx.execute(&lock, params)),
+        );
+        let by_ids: Params = &[&keys];
+        let (locks, rows) = tokio::join!(locks, tx.query(&currents, by_ids));
+        for locked in locks {
+            locked.map_err(db_error)?;
+        }
+        let mut state: std::collections::HashMap<ContextId, (Context, Option<DateTime<Utc>>)> =
+            std::collections::HashMap::new();
+        for row in rows.map_err(db_error)? {
+            let raw: &str = row.try_get(0).map_err(column_error)?;
+            let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
+            let context = Context {
+                id: id.clone(),
+                version: row.try_get(1).map_err(column_error)?,
+                content: Content {
+                    source: source(row.try_get(2).map_err(column_error)?)?,
+                    parent_id: parent(row.try_get(3).map_err(column_error)?)?,
+                    data: object(row.try_get(7).map_err(column_error)?)?,
+                    metadata: object(row.try_get(8).map_err(column_error)?)?,
+                    embedding: row.try_get(9).map_err(column_error)?,
+                },
+                size_bytes: row.try_get(4).map_err(column_error)?,
+                created_at: row.try_get(5).map_err(column_error)?,
+                updated_at: row.try_get(6).map_err(column_error)?,
+            };
+            let synced_at = row.try_get(10).map_err(column_error)?;
+            state.insert(id, (context, synced_at));
+        }
+
+        // Decide in order; each decision sees what the ones before it wrote.
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut writes: Vec<(ContextId, NewVersion)> = Vec::new();
+        for (id, decide) in items {
+            let current = state.get(&id);
+            let decision = decide(WriteView {
+                current: current.map(|(context, _)| context),
+                loaded: None,
+                synced_at: current.and_then(|(_, synced_at)| *synced_at),
+            });
+            let outcome = match decision {
+                Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
+                Decision::Unchanged => match current {
+                    Some((context, _)) => WriteOutcome::Unchanged(context.clone()),
+                    None => {
+                        return Err(StoreError::Internal(anyhow!(
+                            "the rules called a missing context unchanged"
+                        )));
+                    }
+                },
+                Decision::Write(new) => {
+                    let created = current.is_none();
+                    let context = new.clone().into_context(&id);
+                    state.insert(id.clone(), (context.clone(), new.synced_at));
+                    writes.push((id, new));
+                    WriteOutcome::Written { context, created }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let staged: Vec<(&ContextId, &NewVersion)> =
+            writes.iter().map(|(id, new)| (id, new)).collect();
+        store_versions(&tx, &staged).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcomes)
+    }
+
+    fn commits(&self) -> broadcast::Receiver<CommitNotice> {
+        self.commits.subscribe()
+    }
+
+    async fn sequence_outbox(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let (locked, numbered) = tokio::join!(
+            tx.execute(SEQUENCER_LOCK, &[]),
+            tx.execute(SEQUENCE_OUTBOX, &[]),
+        );
+        locked.map_err(db_error)?;
+        numbered.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("{CHANGE_COLUMNS} WHERE o.seq > $1 ORDER BY o.seq LIMIT $2");
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let rows = client
+            .query(&statement, &[&since, &(limit as i64)])
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn deliver_pending(
+        &self,
+        limit: usize,
+        deliver: Deliver,
+    ) -> Result<DeliverOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let sql = format!(
+            "{CHANGE_COLUMNS} WHERE o.delivered_at IS NULL AND o.seq IS NOT NULL \
+             ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED"
+        );
+        let claim = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let limit = limit as i64;
+        let claim_params: Params = &[&limit];
+        let (ours, rows) = tokio::join!(
+            tx.query_one(PUSHER_LOCK, &[]),
+            tx.query(&claim, claim_params),
+        );
+        let ours: bool = ours.map_err(db_error)?.try_get(0).map_err(column_error)?;
+        let rows = rows.map_err(db_error)?;
+        if !ours {
+            return Ok(DeliverOutcome::Busy);
+        }
+        let Some(first) = rows.first() else {
+            return Ok(DeliverOutcome::Idle);
+        };
+        let not_before: Option<DateTime<Utc>> = first.try_get(9).map_err(column_error)?;
+        if let Some(at) = not_before.filter(|at| *at > Utc::now()) {
+            return Ok(DeliverOutcome::NotBefore(at));
+        }
+        let changes: Vec<Change> = rows.iter().map(change_from_row).collect::<Result<_, _>>()?;
+        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+        let outcome = match deliver(changes.clone()).await {
+            Delivery::Delivered => {
+                tx.execute(MARK_DELIVERED, &[&seqs])
+                    .await
+                    .map_err(db_error)?;
+                DeliverOutcome::Delivered(changes)
+            }
+            Delivery::Failed { retry_at, error } => {
+                tx.execute(MARK_FAILED, &[&seqs, &retry_at, &error])
+                    .await
+                    .map_err(db_error)?;
+                DeliverOutcome::Failed
+            }
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcome)
+    }
+
+    async fn pending_changes(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(PENDING_CHANGES, &[])
+            .await
+            .map_err(db_error)?;
+        row.try_get(0).map_err(column_error)
+    }
+
+    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(PRUNE_OUTBOX, &[&before, &all])
+            .await
+            .map_err(db_error)
     }
 
     fn has_cache_table(&self) -> bool {
@@ -814,6 +1085,7 @@ async fn replace_history(
             &content.embedding.is_some(),
             &history.created_at,
             &history.updated_at,
+            &None::<DateTime<Utc>>,
         ],
     )
     .await
@@ -844,11 +1116,160 @@ async fn replace_history(
         &[
             &key,
             &history.version,
+            &history.created_at,
             &"upsert",
             &current.info.change_type.as_str(),
         ],
     )
     .await
     .map_err(db_error)?;
+    Ok(())
+}
+
+fn change_from_row(row: &Row) -> Result<Change, StoreError> {
+    let raw: &str = row.try_get(1).map_err(column_error)?;
+    let op: &str = row.try_get(3).map_err(column_error)?;
+    let data: Option<serde_json::Value> = row.try_get(6).map_err(column_error)?;
+    let content = match data {
+        Some(data) => Some(ChangedContent {
+            data: object(data)?,
+            metadata: object(row.try_get(7).map_err(column_error)?)?,
+            changed_at: row.try_get(8).map_err(column_error)?,
+        }),
+        None => None,
+    };
+    Ok(Change {
+        seq: row.try_get(0).map_err(column_error)?,
+        id: ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?,
+        version: row.try_get(2).map_err(column_error)?,
+        op: match op {
+            "upsert" => ChangeOp::Upsert,
+            "delete" => ChangeOp::Delete,
+            other => return Err(corrupt(format!("op {other:?}"))),
+        },
+        committed_at: row.try_get(4).map_err(column_error)?,
+        attempts: row.try_get(5).map_err(column_error)?,
+        content,
+    })
+}
+
+/// One new version's statement parameters, owned or borrowed from its `NewVersion`, so that the
+/// statements of many versions can be in flight at once.
+struct Staged<'a> {
+    key: &'a str,
+    new: &'a NewVersion,
+    source: &'static str,
+    parent: Option<&'a str>,
+    size: i64,
+    has_embedding: bool,
+    data: Json<&'a JsonObject>,
+    metadata: Json<&'a JsonObject>,
+    change_type: &'static str,
+    op: &'static str,
+    cache_key: String,
+}
+
+impl<'a> Staged<'a> {
+    fn new(id: &'a ContextId, new: &'a NewVersion) -> Self {
+        let content = &new.content;
+        Self {
+            key: id.as_str(),
+            new,
+            source: content.source.as_str(),
+            parent: content.parent_id.as_ref().map(ContextId::as_str),
+            size: content.size_bytes() as i64,
+            has_embedding: content.embedding.is_some(),
+            data: Json(&content.data),
+            metadata: Json(&content.metadata),
+            change_type: new.change_type.as_str(),
+            op: "upsert",
+            cache_key: cache_key(id),
+        }
+    }
+}
+
+/// Stores new versions in the open transaction: head, version row, pruning, outbox row, L3
+/// entry and the commit notification of each, all pipelined, so that a write of one version or
+/// of a thousand costs one round trip. Statements go out in order: a context's head before
+/// its version row (the foreign key), and versions of one context in the order given.
+async fn store_versions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    writes: &[(&ContextId, &NewVersion)],
+) -> Result<(), StoreError> {
+    let (upsert, insert, prune, outbox, cache, notify) = tokio::try_join!(
+        tx.prepare_cached(UPSERT_METADATA),
+        tx.prepare_cached(INSERT_VERSION),
+        tx.prepare_cached(PRUNE_VERSIONS),
+        tx.prepare_cached(APPEND_OUTBOX),
+        tx.prepare_cached(UPSERT_CACHE_ENTRY),
+        tx.prepare_cached(NOTIFY_CHANGE),
+    )
+    .map_err(db_error)?;
+    let staged: Vec<Staged<'_>> = writes
+        .iter()
+        .map(|(id, new)| Staged::new(id, new))
+        .collect();
+    type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+    let mut statements: Vec<(&tokio_postgres::Statement, Vec<Param<'_>>)> = Vec::new();
+    for s in &staged {
+        let new = s.new;
+        statements.push((
+            &upsert,
+            vec![
+                &s.key,
+                &new.version,
+                &s.source,
+                &s.parent,
+                &s.size,
+                &s.has_embedding,
+                &new.created_at,
+                &new.updated_at,
+                &new.synced_at,
+            ],
+        ));
+        statements.push((
+            &insert,
+            vec![
+                &s.key,
+                &new.version,
+                &s.source,
+                &s.parent,
+                &s.data,
+                &s.metadata,
+                &new.content.embedding,
+                &s.change_type,
+                &new.changed_by,
+                &new.updated_at,
+                &s.size,
+            ],
+        ));
+        statements.push((&prune, vec![&s.key, &new.keep_from]));
+        statements.push((
+            &outbox,
+            vec![&s.key, &new.version, &new.created_at, &s.op, &s.change_type],
+        ));
+        if let Some(entry) = &new.cache_entry {
+            statements.push((
+                &cache,
+                vec![
+                    &s.cache_key,
+                    &s.key,
+                    &new.version,
+                    &entry.value,
+                    &entry.expires_at,
+                ],
+            ));
+        }
+        statements.push((&notify, vec![&s.key]));
+    }
+    let results = futures_util::future::join_all(
+        statements
+            .iter()
+            .map(|(statement, params)| tx.execute(*statement, params)),
+    )
+    .await;
+    for result in results {
+        result.map_err(db_error)?;
+    }
     Ok(())
 }

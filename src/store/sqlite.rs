@@ -15,10 +15,12 @@ use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::broadcast;
 
 use super::{
-    Counts, Decide, DecideDelete, Decision, DeleteOutcome, ImportSummary, ListFilter, NewVersion,
-    Store, StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
+    COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts, Decide,
+    DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery, ImportSummary,
+    ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
 };
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
@@ -27,7 +29,7 @@ use crate::domain::{
 
 const SELECT_CURRENT: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
-           v.data, v.metadata, v.embedding
+           v.data, v.metadata, v.embedding, m.synced_at
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
     WHERE m.context_id = ?1";
@@ -50,15 +52,16 @@ const SELECT_ALL_VERSIONS: &str = "
 
 const UPSERT_METADATA: &str = "
     INSERT INTO factory_context_metadata
-        (context_id, version, source, parent_id, size_bytes, has_embedding, created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        (context_id, version, source, parent_id, size_bytes, has_embedding, created_at,
+         updated_at, synced_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
     ON CONFLICT (context_id) DO UPDATE SET
         version = excluded.version,
         source = excluded.source,
         parent_id = excluded.parent_id,
         size_bytes = excluded.size_bytes,
         has_embedding = excluded.has_embedding,
-        synced_at = NULL,
+        synced_at = excluded.synced_at,
         updated_at = excluded.updated_at";
 
 const INSERT_VERSION: &str = "
@@ -70,9 +73,37 @@ const INSERT_VERSION: &str = "
 const PRUNE_VERSIONS: &str =
     "DELETE FROM factory_context_versions WHERE context_id = ?1 AND version < ?2";
 
+/// One writer at a time: the next number is commit order.
 const APPEND_OUTBOX: &str = "
-    INSERT INTO factory_sync_outbox (context_id, version, op, change_type)
-    VALUES (?1, ?2, ?3, ?4)";
+    INSERT INTO factory_sync_outbox
+        (seq, context_id, version, incarnation, op, change_type, created_at)
+    VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM factory_sync_outbox), ?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Changes with the content of their version, when it is still kept and of the same
+/// incarnation (a re-created context reuses version numbers).
+const CHANGE_COLUMNS: &str = "
+    SELECT o.seq, o.context_id, o.version, o.op, o.created_at, o.attempts,
+           v.data, v.metadata, v.changed_at, o.next_attempt_at
+    FROM factory_sync_outbox o
+    LEFT JOIN factory_context_metadata m
+           ON o.op = 'upsert' AND m.context_id = o.context_id AND m.created_at = o.incarnation
+    LEFT JOIN factory_context_versions v
+           ON v.context_id = m.context_id AND v.version = o.version";
+
+const MARK_DELIVERED: &str = "
+    UPDATE factory_sync_outbox SET delivered_at = ?2, attempts = attempts + 1
+    WHERE seq = ?1";
+
+const MARK_FAILED: &str = "
+    UPDATE factory_sync_outbox
+    SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
+    WHERE seq = ?1";
+
+const PENDING_CHANGES: &str = "SELECT count(*) FROM factory_sync_outbox WHERE delivered_at IS NULL";
+
+const PRUNE_OUTBOX: &str = "
+    DELETE FROM factory_sync_outbox
+    WHERE created_at < ?1 AND (delivered_at IS NOT NULL OR ?2)";
 
 const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context_id = ?1";
 
@@ -103,6 +134,10 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// The commit signal, in process: one instance, so its own commits are all there are.
+    commits: broadcast::Sender<CommitNotice>,
+    /// One pusher at a time.
+    pusher: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -129,6 +164,8 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
+            commits: broadcast::channel(COMMIT_SIGNAL_CAPACITY).0,
+            pusher: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -352,8 +389,26 @@ fn info_from_row(row: &Row) -> rusqlite::Result<VersionInfo> {
 }
 
 fn select_current(conn: &Connection, id: &ContextId) -> rusqlite::Result<Option<Context>> {
+    Ok(select_current_synced(conn, id)?.map(|(context, _)| context))
+}
+
+/// The current version and the Factory timestamp it was synced with, if any.
+fn select_current_synced(
+    conn: &Connection,
+    id: &ContextId,
+) -> rusqlite::Result<Option<(Context, Option<DateTime<Utc>>)>> {
     conn.prepare_cached(SELECT_CURRENT)?
-        .query_row([id.as_str()], |row| context_from_row(id, row))
+        .query_row([id.as_str()], |row| {
+            let synced_at: Option<String> = row.get(9)?;
+            let synced_at = synced_at
+                .map(|text| {
+                    DateTime::parse_from_rfc3339(&text)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|e| corrupt(format!("time {text:?}: {e}")))
+                })
+                .transpose()?;
+            Ok((context_from_row(id, row)?, synced_at))
+        })
         .optional()
 }
 
@@ -422,8 +477,8 @@ fn upsert_head(
     id: &ContextId,
     version: i64,
     content: &Content,
-    created_at: &DateTime<Utc>,
-    updated_at: &DateTime<Utc>,
+    (created_at, updated_at): (&DateTime<Utc>, &DateTime<Utc>),
+    synced_at: Option<&DateTime<Utc>>,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(UPSERT_METADATA)?
         .execute(rusqlite::params![
@@ -435,14 +490,16 @@ fn upsert_head(
             content.embedding.is_some(),
             time_text(created_at),
             time_text(updated_at),
+            synced_at.map(time_text),
         ])?;
     Ok(())
 }
 
+/// Appends a change; `incarnation` is the context's `created_at`.
 fn append_outbox(
     conn: &Connection,
     id: &ContextId,
-    version: i64,
+    (version, incarnation): (i64, &DateTime<Utc>),
     op: &str,
     change_type: Option<ChangeType>,
 ) -> rusqlite::Result<()> {
@@ -450,10 +507,38 @@ fn append_outbox(
         .execute(rusqlite::params![
             id.as_str(),
             version,
+            time_text(incarnation),
             op,
             change_type.map(ChangeType::as_str),
+            time_text(&Utc::now()),
         ])?;
     Ok(())
+}
+
+fn change_from_row(row: &Row) -> rusqlite::Result<Change> {
+    let op: String = row.get(3)?;
+    let data: Option<String> = row.get(6)?;
+    let content = match data {
+        Some(_) => Some(ChangedContent {
+            data: object(row, 6)?,
+            metadata: object(row, 7)?,
+            changed_at: time(row, 8)?,
+        }),
+        None => None,
+    };
+    Ok(Change {
+        seq: row.get(0)?,
+        id: context_id(row, 1)?.ok_or_else(|| corrupt("a null context_id"))?,
+        version: row.get(2)?,
+        op: match op.as_str() {
+            "upsert" => ChangeOp::Upsert,
+            "delete" => ChangeOp::Delete,
+            other => return Err(corrupt(format!("op {other:?}"))),
+        },
+        committed_at: time(row, 4)?,
+        attempts: row.get(5)?,
+        content,
+    })
 }
 
 fn store_new_version(conn: &Connection, id: &ContextId, new: &NewVersion) -> rusqlite::Result<()> {
@@ -462,8 +547,8 @@ fn store_new_version(conn: &Connection, id: &ContextId, new: &NewVersion) -> rus
         id,
         new.version,
         &new.content,
-        &new.created_at,
-        &new.updated_at,
+        (&new.created_at, &new.updated_at),
+        new.synced_at.as_ref(),
     )?;
     let info = VersionInfo {
         version: new.version,
@@ -475,7 +560,13 @@ fn store_new_version(conn: &Connection, id: &ContextId, new: &NewVersion) -> rus
     insert_version(conn, id, &info, &new.content)?;
     conn.prepare_cached(PRUNE_VERSIONS)?
         .execute(rusqlite::params![id.as_str(), new.keep_from])?;
-    append_outbox(conn, id, new.version, "upsert", Some(new.change_type))
+    append_outbox(
+        conn,
+        id,
+        (new.version, &new.created_at),
+        "upsert",
+        Some(new.change_type),
+    )
 }
 
 #[async_trait]
@@ -523,38 +614,160 @@ impl Store for SqliteStore {
         load_version: Option<i64>,
         decide: Decide,
     ) -> Result<WriteOutcome, StoreError> {
-        let id = id.clone();
-        self.write_with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
-            let current = select_current(&tx, &id).map_err(db_error)?;
-            let loaded = match load_version {
-                Some(v) => select_version(&tx, &id, v).map_err(db_error)?,
-                None => None,
-            };
-            let decision = decide(WriteView {
-                current: current.as_ref(),
-                loaded: loaded.as_ref(),
-            });
-            let new = match decision {
-                Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
-                Decision::Unchanged => {
-                    let current = current.ok_or_else(|| {
-                        StoreError::Internal(anyhow!(
-                            "the rules called a missing context unchanged"
-                        ))
-                    })?;
-                    return Ok(WriteOutcome::Unchanged(current));
+        let outcome = self.write_one(id, load_version, decide).await?;
+        if matches!(outcome, WriteOutcome::Written { .. }) {
+            let _ = self.commits.send(CommitNotice::Changed(id.clone()));
+        }
+        Ok(outcome)
+    }
+
+    async fn write_batch(
+        &self,
+        items: Vec<(ContextId, Decide)>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let outcomes = self
+            .write_with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (id, decide) in items {
+                    let (current, synced_at) =
+                        match select_current_synced(&tx, &id).map_err(db_error)? {
+                            Some((context, synced_at)) => (Some(context), synced_at),
+                            None => (None, None),
+                        };
+                    let decision = decide(WriteView {
+                        current: current.as_ref(),
+                        loaded: None,
+                        synced_at,
+                    });
+                    outcomes.push(match decision {
+                        Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
+                        Decision::Unchanged => {
+                            WriteOutcome::Unchanged(current.ok_or_else(|| {
+                                StoreError::Internal(anyhow!(
+                                    "the rules called a missing context unchanged"
+                                ))
+                            })?)
+                        }
+                        Decision::Write(new) => {
+                            store_new_version(&tx, &id, &new).map_err(db_error)?;
+                            WriteOutcome::Written {
+                                created: current.is_none(),
+                                context: new.into_context(&id),
+                            }
+                        }
+                    });
                 }
-                Decision::Write(new) => new,
-            };
-            store_new_version(&tx, &id, &new).map_err(db_error)?;
-            tx.commit().map_err(db_error)?;
-            Ok(WriteOutcome::Written {
-                created: current.is_none(),
-                context: new.into_context(&id),
+                tx.commit().map_err(db_error)?;
+                Ok(outcomes)
             })
+            .await?;
+        for outcome in &outcomes {
+            if let WriteOutcome::Written { context, .. } = outcome {
+                let _ = self.commits.send(CommitNotice::Changed(context.id.clone()));
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn commits(&self) -> broadcast::Receiver<CommitNotice> {
+        self.commits.subscribe()
+    }
+
+    async fn sequence_outbox(&self) -> Result<(), StoreError> {
+        // Numbered in each write's own transaction already: one writer, so commit order.
+        Ok(())
+    }
+
+    async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.read_with(move |conn| {
+            let sql = format!("{CHANGE_COLUMNS} WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2");
+            let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
+            let rows = statement
+                .query_map(rusqlite::params![since, limit as i64], change_from_row)
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn deliver_pending(
+        &self,
+        limit: usize,
+        deliver: Deliver,
+    ) -> Result<DeliverOutcome, StoreError> {
+        let Ok(_turn) = self.pusher.try_lock() else {
+            return Ok(DeliverOutcome::Busy);
+        };
+        let claimed = self
+            .read_with(move |conn| {
+                let sql = format!(
+                    "{CHANGE_COLUMNS} WHERE o.delivered_at IS NULL ORDER BY o.seq LIMIT ?1"
+                );
+                let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
+                let rows = statement
+                    .query_map([limit as i64], |row| {
+                        let not_before: Option<String> = row.get(9)?;
+                        Ok((change_from_row(row)?, not_before))
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+            })
+            .await?;
+        let Some((_, not_before)) = claimed.first() else {
+            return Ok(DeliverOutcome::Idle);
+        };
+        if let Some(at) = not_before
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .filter(|at| *at > Utc::now())
+        {
+            return Ok(DeliverOutcome::NotBefore(at));
+        }
+        let changes: Vec<Change> = claimed.into_iter().map(|(change, _)| change).collect();
+        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+        let delivery = deliver(changes.clone()).await;
+        self.write_with(move |conn| {
+            let tx = conn.transaction().map_err(db_error)?;
+            for seq in &seqs {
+                match &delivery {
+                    Delivery::Delivered => tx.prepare_cached(MARK_DELIVERED).and_then(|mut s| {
+                        s.execute(rusqlite::params![seq, time_text(&Utc::now())])
+                    }),
+                    Delivery::Failed { retry_at, error } => {
+                        tx.prepare_cached(MARK_FAILED).and_then(|mut s| {
+                            s.execute(rusqlite::params![seq, time_text(retry_at), error])
+                        })
+                    }
+                }
+                .map_err(db_error)?;
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(match delivery {
+                Delivery::Delivered => DeliverOutcome::Delivered(changes),
+                Delivery::Failed { .. } => DeliverOutcome::Failed,
+            })
+        })
+        .await
+    }
+
+    async fn pending_changes(&self) -> Result<i64, StoreError> {
+        self.read_with(|conn| {
+            conn.query_row(PENDING_CHANGES, [], |row| row.get(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
+        self.write_with(move |conn| {
+            conn.prepare_cached(PRUNE_OUTBOX)
+                .and_then(|mut s| s.execute(rusqlite::params![time_text(&before), all]))
+                .map(|n| n as u64)
+                .map_err(db_error)
         })
         .await
     }
@@ -564,28 +777,42 @@ impl Store for SqliteStore {
         id: &ContextId,
         decide: DecideDelete,
     ) -> Result<DeleteOutcome, StoreError> {
-        let id = id.clone();
-        self.write_with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
-            let Some(current) = select_current(&tx, &id).map_err(db_error)? else {
-                return Ok(DeleteOutcome::Refused(Refusal::NotFound));
-            };
-            if let Err(refusal) = decide(&current) {
-                return Ok(DeleteOutcome::Refused(refusal));
-            }
-            tx.prepare_cached(DELETE_CONTEXT)
-                .and_then(|mut s| s.execute([id.as_str()]))
-                .and_then(|_| append_outbox(&tx, &id, current.version, "delete", None))
-                .and_then(|()| tx.commit())
-                .map_err(db_error)?;
-            Ok(DeleteOutcome::Deleted {
-                version: current.version,
-                created_at: current.created_at,
+        let key = id.clone();
+        let outcome = self
+            .write_with(move |conn| {
+                let id = key;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                let Some(current) = select_current(&tx, &id).map_err(db_error)? else {
+                    return Ok(DeleteOutcome::Refused(Refusal::NotFound));
+                };
+                if let Err(refusal) = decide(&current) {
+                    return Ok(DeleteOutcome::Refused(refusal));
+                }
+                tx.prepare_cached(DELETE_CONTEXT)
+                    .and_then(|mut s| s.execute([id.as_str()]))
+                    .and_then(|_| {
+                        append_outbox(
+                            &tx,
+                            &id,
+                            (current.version, &current.created_at),
+                            "delete",
+                            None,
+                        )
+                    })
+                    .and_then(|()| tx.commit())
+                    .map_err(db_error)?;
+                Ok(DeleteOutcome::Deleted {
+                    version: current.version,
+                    created_at: current.created_at,
+                })
             })
-        })
-        .await
+            .await?;
+        if matches!(outcome, DeleteOutcome::Deleted { .. }) {
+            let _ = self.commits.send(CommitNotice::Changed(id.clone()));
+        }
+        Ok(outcome)
     }
 
     async fn list(
@@ -691,6 +918,11 @@ impl Store for SqliteStore {
             Ok(summary)
         })
         .await
+        .inspect(|summary| {
+            if summary.imported > 0 {
+                let _ = self.commits.send(CommitNotice::Unknown);
+            }
+        })
     }
 }
 
@@ -706,8 +938,8 @@ fn replace_history(conn: &Connection, history: &ContextHistory) -> rusqlite::Res
         &history.id,
         history.version,
         &current.content,
-        &history.created_at,
-        &history.updated_at,
+        (&history.created_at, &history.updated_at),
+        None,
     )?;
     for record in &history.versions {
         insert_version(conn, &history.id, &record.info, &record.content)?;
@@ -715,8 +947,56 @@ fn replace_history(conn: &Connection, history: &ContextHistory) -> rusqlite::Res
     append_outbox(
         conn,
         &history.id,
-        history.version,
+        (history.version, &history.created_at),
         "upsert",
         Some(current.info.change_type),
     )
+}
+
+impl SqliteStore {
+    async fn write_one(
+        &self,
+        id: &ContextId,
+        load_version: Option<i64>,
+        decide: Decide,
+    ) -> Result<WriteOutcome, StoreError> {
+        let id = id.clone();
+        self.write_with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let (current, synced_at) = match select_current_synced(&tx, &id).map_err(db_error)? {
+                Some((context, synced_at)) => (Some(context), synced_at),
+                None => (None, None),
+            };
+            let loaded = match load_version {
+                Some(v) => select_version(&tx, &id, v).map_err(db_error)?,
+                None => None,
+            };
+            let decision = decide(WriteView {
+                current: current.as_ref(),
+                loaded: loaded.as_ref(),
+                synced_at,
+            });
+            let new = match decision {
+                Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
+                Decision::Unchanged => {
+                    let current = current.ok_or_else(|| {
+                        StoreError::Internal(anyhow!(
+                            "the rules called a missing context unchanged"
+                        ))
+                    })?;
+                    return Ok(WriteOutcome::Unchanged(current));
+                }
+                Decision::Write(new) => new,
+            };
+            store_new_version(&tx, &id, &new).map_err(db_error)?;
+            tx.commit().map_err(db_error)?;
+            Ok(WriteOutcome::Written {
+                created: current.is_none(),
+                context: new.into_context(&id),
+            })
+        })
+        .await
+    }
 }

@@ -237,7 +237,7 @@ async fn every_write_appends_its_change_to_the_outbox_and_a_delete_a_tombstone(s
 
     let rows = app
         .db
-        .query("SELECT context_id, version, op, change_type FROM factory_sync_outbox ORDER BY seq")
+        .query("SELECT context_id, version, op, change_type FROM factory_sync_outbox ORDER BY id")
         .await;
     assert_eq!(
         rows,
