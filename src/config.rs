@@ -130,6 +130,27 @@ pub struct WarmSettings {
 pub struct SyncSettings {
     /// Seconds between polls of the outbox, the fallback when no commit signal arrives.
     pub interval_seconds: u64,
+    /// Seconds a change stays in the outbox (and the change feed) after it was delivered (or,
+    /// with no webhook, after it was written).
+    pub outbox_retention_seconds: u64,
+    pub factory: FactorySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FactorySettings {
+    /// Where every change is POSTed as `{changes: [...]}`; unset: no push.
+    pub webhook_url: Option<String>,
+    /// Signs each push: `X-Contextd-Signature: sha256=<hex HMAC of the body>`. A secret.
+    pub secret: Option<Secret<String>>,
+    /// Milliseconds a delivery may take before it counts as failed.
+    pub timeout_ms: u64,
+    /// Most changes in one push.
+    pub batch_size: usize,
+    /// First retry delay after a failed push, in milliseconds; it doubles per attempt.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,6 +260,21 @@ impl Default for SyncSettings {
     fn default() -> Self {
         Self {
             interval_seconds: 5,
+            outbox_retention_seconds: 7 * 86_400,
+            factory: FactorySettings::default(),
+        }
+    }
+}
+
+impl Default for FactorySettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            secret: None,
+            timeout_ms: 5000,
+            batch_size: 100,
+            retry_initial_ms: 100,
+            retry_max_ms: 60_000,
         }
     }
 }
@@ -542,6 +578,29 @@ impl Settings {
         if let Err(message) = self.database.location() {
             return Err(key_error(origins, "database.url".to_owned(), &message));
         }
+        if let Some(url) = &self.sync.factory.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(key_error(
+                origins,
+                "sync.factory.webhook_url".to_owned(),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if !(1..=1000).contains(&self.sync.factory.batch_size) {
+            return Err(key_error(
+                origins,
+                "sync.factory.batch_size".to_owned(),
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.sync.factory.timeout_ms == 0 || self.sync.factory.retry_initial_ms == 0 {
+            return Err(key_error(
+                origins,
+                "sync.factory".to_owned(),
+                "timeout_ms and retry_initial_ms must be at least 1",
+            ));
+        }
         if let Some(url) = &self.redis.url {
             let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -716,12 +775,14 @@ mod tests {
             &[
                 ("DATABASE_URL", "postgres://u:hunter2@localhost/db"),
                 ("REDIS_URL", "redis://:hunter3@localhost:6379"),
+                ("CONTEXTD__SYNC__FACTORY__SECRET", "hunter4"),
             ],
         )
         .unwrap();
         let debug = format!("{settings:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(!debug.contains("hunter3"), "{debug}");
+        assert!(!debug.contains("hunter4"), "{debug}");
         assert!(debug.contains("[redacted]"), "{debug}");
     }
 

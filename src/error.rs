@@ -173,6 +173,10 @@ impl AppError {
                 current_version,
                 conflicts,
             },
+            Refusal::Stale { current_version } => AppError::PreconditionFailed {
+                detail: format!("the update of context {id} is older than its current version"),
+                current_version: Some(current_version),
+            },
             Refusal::AlreadyExists { current_version } => AppError::AlreadyExists {
                 detail: format!("context {id} already exists"),
                 current_version,

@@ -5,6 +5,7 @@
 //! `service` (the context manager: versions, retention, preconditions, merges) ->
 //! `cache` (L1, an in-process LRU) and `store` (the `Store` trait; Postgres today).
 //! `domain` holds the pure types and rules every layer shares and imports nothing of theirs.
+//! `sync` runs the outbox's readers (the Factory webhook pusher) beside the server.
 //! `startup` wires it all from `config` and serves; `main` only parses the command line.
 
 pub mod api;
@@ -16,4 +17,5 @@ pub mod metrics;
 pub mod service;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -24,6 +24,9 @@ pub struct Metrics {
     l1_bytes: IntGauge,
     cache_requests: IntCounterVec,
     cache_hit_ratio: Gauge,
+    sync_latency: prometheus::Histogram,
+    sync_pending: IntGauge,
+    sync_failures: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -73,6 +76,27 @@ impl Metrics {
             "Reads answered by some cache layer, over all cacheable reads, since start (0..1).",
         )
         .expect("valid metric");
+        let sync_latency = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "contextd_sync_latency_seconds",
+                "From a change's commit to the webhook receiver's 2xx, in seconds.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+        )
+        .expect("valid metric");
+        let sync_pending = IntGauge::new(
+            "contextd_sync_pending",
+            "Changes waiting to be pushed to the webhook.",
+        )
+        .expect("valid metric");
+        let sync_failures = prometheus::IntCounter::new(
+            "contextd_sync_delivery_failures_total",
+            "Webhook pushes that failed (each is retried).",
+        )
+        .expect("valid metric");
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "contextd_cache_requests_total",
@@ -90,6 +114,9 @@ impl Metrics {
             Box::new(l1_bytes.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_hit_ratio.clone()),
+            Box::new(sync_latency.clone()),
+            Box::new(sync_pending.clone()),
+            Box::new(sync_failures.clone()),
         ] {
             registry
                 .register(collector)
@@ -105,7 +132,23 @@ impl Metrics {
             l1_bytes,
             cache_requests,
             cache_hit_ratio,
+            sync_latency,
+            sync_pending,
+            sync_failures,
         }
+    }
+
+    /// One change delivered, `latency` after its commit.
+    pub fn observe_sync_delivery(&self, latency: std::time::Duration) {
+        self.sync_latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn observe_sync_failure(&self) {
+        self.sync_failures.inc();
+    }
+
+    pub fn set_sync_pending(&self, pending: i64) {
+        self.sync_pending.set(pending);
     }
 
     pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {

@@ -18,6 +18,7 @@ use crate::config::{Settings, StoreLocation, redact_url};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, Ops};
 use crate::store::{PostgresStore, SqliteStore, Store};
+use crate::sync::{self, Pusher, SyncState};
 
 /// A bound, ready-to-serve contextd.
 pub struct App {
@@ -85,11 +86,23 @@ impl App {
         let cache = Arc::new(TieredCache::new(&settings.cache, store.clone(), redis));
         cache.wait_until_subscribed(SUBSCRIBE_WAIT).await;
         let (stop, stopped) = watch::channel(false);
-        let background = maintenance::spawn(cache.clone(), &settings.cache, stopped);
+        let metrics = Arc::new(Metrics::new());
+        let mut background = maintenance::spawn(cache.clone(), &settings.cache, stopped.clone());
+        let sync_state = Arc::new(SyncState::new(settings.sync.factory.webhook_url.is_some()));
+        if let Some(pusher) = Pusher::new(
+            store.clone(),
+            &settings.sync.factory,
+            Duration::from_secs(settings.sync.interval_seconds),
+            metrics.clone(),
+            sync_state.clone(),
+        )? {
+            background.push(pusher.spawn(stopped.clone()));
+        }
+        background.push(sync::spawn_pruner(store.clone(), &settings.sync, stopped));
         let state = AppState {
             contexts: Arc::new(ContextService::new(store.clone(), cache.clone(), settings)),
-            ops: Arc::new(Ops::new(store, cache, settings)),
-            metrics: Arc::new(Metrics::new()),
+            ops: Arc::new(Ops::new(store, cache, sync_state, settings)),
+            metrics,
         };
         let router = api::router(state, settings);
         let listener = TcpListener::bind(settings.server.bind)

@@ -123,7 +123,7 @@ impl ContextIn {
     }
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
+pub(super) fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
@@ -329,11 +329,11 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
-fn parse_id(raw: &str) -> Result<ContextId, AppError> {
+pub(super) fn parse_id(raw: &str) -> Result<ContextId, AppError> {
     ContextId::parse(raw).map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<usize, AppError> {
+pub(super) fn parse_limit(raw: Option<&str>) -> Result<usize, AppError> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LIMIT);
     };
@@ -394,7 +394,7 @@ fn location(id: &ContextId) -> (header::HeaderName, HeaderValue) {
     (header::LOCATION, value)
 }
 
-fn written_response(written: &Written) -> Response {
+pub(super) fn written_response(written: &Written) -> Response {
     match written.status {
         WriteStatus::Created => context_response(
             StatusCode::CREATED,

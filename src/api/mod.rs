@@ -7,7 +7,9 @@
 mod cache;
 mod contexts;
 pub mod extract;
+mod merge;
 mod ops;
+mod sync;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +52,7 @@ pub struct AppState {
     tags(
         (name = "contexts", description = "Contexts: versioned JSON documents"),
         (name = "versions", description = "A context's history"),
+        (name = "sync", description = "Sync with Factory AI: ingest, Factory-format read, change feed"),
         (name = "cache", description = "The three-layer cache"),
         (name = "operations", description = "Health, readiness, metrics"),
     ),
@@ -59,7 +62,9 @@ struct ApiDoc;
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(merge::router())
         .merge(contexts::router())
+        .merge(sync::router())
         .merge(cache::router())
         .merge(ops::router())
 }

@@ -102,6 +102,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
             None
         }
     };
+    match state.ops.pending_pushes().await {
+        Ok(pending) => state.metrics.set_sync_pending(pending),
+        Err(e) => tracing::warn!(error = %e, "metrics: the store did not count pending pushes"),
+    }
     let body = state
         .metrics
         .render(counts, &state.contexts.cache().stats());

@@ -187,6 +187,8 @@ pub enum Refusal {
     },
     /// A create-only write met an existing context.
     AlreadyExists { current_version: i64 },
+    /// A Factory item older than the current version (sync answers `skipped_stale`).
+    Stale { current_version: i64 },
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use super::rules::{self, IfMatch, Preconditions, WriteRequest};
 use crate::cache::{CacheOutcome, CachedContext, TieredCache};
 use crate::config::Settings;
 use crate::domain::{
-    Content, Context, ContextId, ContextSummary, Cursor, JsonObject, Refusal, VersionInfo,
-    VersionRecord,
+    Content, Context, ContextId, ContextSummary, Cursor, JsonObject, MergeInput, MergeStrategy,
+    Refusal, Source, VersionInfo, VersionRecord, merge_data,
 };
 use crate::error::AppError;
 use crate::store::{
@@ -40,12 +40,15 @@ pub struct Page<T> {
 }
 
 pub struct ContextService {
-    store: Arc<dyn Store>,
-    cache: Arc<TieredCache>,
-    retention: i64,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) cache: Arc<TieredCache>,
+    pub(super) retention: i64,
     max_context_bytes: usize,
     dimensions: usize,
 }
+
+/// Most contexts one merge combines.
+const MAX_MERGE: usize = 100;
 
 /// Longest `changed_by` accepted.
 const MAX_CHANGED_BY: usize = 255;
@@ -77,7 +80,7 @@ impl ContextService {
 
     /// Wraps the rules of a write so that a version they decide to store carries its L3 entry,
     /// written in the same transaction.
-    fn with_l3(
+    pub(super) fn with_l3(
         &self,
         id: &ContextId,
         rules: impl FnOnce(WriteView<'_>, DateTime<Utc>) -> Decision + Send + 'static,
@@ -317,7 +320,7 @@ impl ContextService {
 
     /// Maps the outcome and, after a commit, tells the cache (and through it the other
     /// instances).
-    async fn finish_write(
+    pub(super) async fn finish_write(
         &self,
         id: &ContextId,
         outcome: WriteOutcome,
@@ -373,6 +376,77 @@ impl ContextService {
             }
             DeleteOutcome::Refused(refusal) => Err(AppError::from_refusal(refusal, id.as_str())),
         }
+    }
+
+    /// `POST /contexts/merge`: the data of `ids` (2..=100, all existing) combined by `strategy`
+    /// into `target` (or a new `merged_<8 hex>`), with `parent_id` the first id and the lineage
+    /// in `metadata.merged_from`. Created, or a new version of an existing target.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    pub async fn merge(
+        &self,
+        ids: &[ContextId],
+        strategy: MergeStrategy,
+        target: Option<ContextId>,
+        source: Source,
+    ) -> Result<Written, AppError> {
+        if !(2..=MAX_MERGE).contains(&ids.len()) {
+            return Err(AppError::Unprocessable(format!(
+                "context_ids must name 2 to {MAX_MERGE} contexts, not {}",
+                ids.len()
+            )));
+        }
+        let mut contexts = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.store.get(id).await? {
+                Some(context) => contexts.push(context),
+                None => missing.push(id.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(AppError::NotFound(format!(
+                "no such contexts: {}",
+                missing.join(", ")
+            )));
+        }
+        let inputs: Vec<MergeInput<'_>> = contexts
+            .iter()
+            .map(|c| MergeInput {
+                data: &c.content.data,
+                updated_at: c.updated_at,
+            })
+            .collect();
+        let data = merge_data(strategy, &inputs);
+        let lineage: Vec<serde_json::Value> = contexts
+            .iter()
+            .map(|c| serde_json::json!({"context_id": c.id.as_str(), "version": c.version}))
+            .collect();
+        let mut metadata = JsonObject::new();
+        metadata.insert("merged_from".to_owned(), serde_json::Value::Array(lineage));
+        let content = Content {
+            source,
+            parent_id: Some(ids[0].clone()),
+            data,
+            metadata,
+            embedding: None,
+        };
+        self.check_content(&content)?;
+        let id = target.unwrap_or_else(|| {
+            let hex = uuid::Uuid::new_v4().simple().to_string();
+            ContextId::parse(&format!("merged_{}", &hex[..8])).expect("a valid id")
+        });
+        let retention = self.retention;
+        let outcome = self
+            .store
+            .write(
+                &id,
+                None,
+                self.with_l3(&id, move |view, now| {
+                    rules::decide_merge(view, content, retention, now)
+                }),
+            )
+            .await?;
+        self.finish_write(&id, outcome).await
     }
 
     /// `POST /cache/warm`: loads each context from the store into L1 and L2; how many were

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::cache::TieredCache;
 use crate::config::Settings;
 use crate::store::Store;
+use crate::sync::SyncState;
 
 /// How long a readiness probe waits for a dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +53,7 @@ impl Readiness {
 pub struct Ops {
     store: Arc<dyn Store>,
     cache: Arc<TieredCache>,
+    sync: Arc<SyncState>,
     target_hit_rate: f64,
     sync_interval_seconds: u64,
 }
@@ -122,7 +124,7 @@ pub struct LayerSummary {
 pub struct SyncSummary {
     /// `sync.interval_seconds`: the outbox poll, the fallback when no commit signal arrives.
     pub interval_seconds: u64,
-    /// Whether a webhook pusher is running (none until `sync.factory.webhook_url` exists).
+    /// Whether the webhook pusher runs (it does when `sync.factory.webhook_url` is set).
     pub running: bool,
     /// Changes waiting to be pushed.
     pub pending: u64,
@@ -140,12 +142,27 @@ fn percent(hits: u64, total: u64) -> f64 {
 }
 
 impl Ops {
-    pub fn new(store: Arc<dyn Store>, cache: Arc<TieredCache>, settings: &Settings) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<TieredCache>,
+        sync: Arc<SyncState>,
+        settings: &Settings,
+    ) -> Self {
         Self {
             store,
             cache,
+            sync,
             target_hit_rate: settings.cache.target_hit_rate,
             sync_interval_seconds: settings.sync.interval_seconds,
+        }
+    }
+
+    /// Changes waiting for the webhook; 0 when there is none to push to.
+    pub async fn pending_pushes(&self) -> Result<i64, crate::store::StoreError> {
+        if self.sync.configured {
+            self.store.pending_changes().await
+        } else {
+            Ok(0)
         }
     }
 
@@ -191,9 +208,9 @@ impl Ops {
             },
             sync: SyncSummary {
                 interval_seconds: self.sync_interval_seconds,
-                running: false,
-                pending: 0,
-                last_latency_ms: None,
+                running: self.sync.running(),
+                pending: self.pending_pushes().await?.max(0) as u64,
+                last_latency_ms: self.sync.last_latency_ms(),
             },
         })
     }

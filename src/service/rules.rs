@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ChangeType, Content, Context, Refusal, three_way_merge};
+use crate::domain::{ChangeType, Content, Context, JsonObject, Refusal, Source, three_way_merge};
 use crate::store::{Decision, NewVersion, WriteView};
 
 /// `If-Match` as a write carries it.
@@ -131,17 +131,12 @@ pub fn decide_put(
             retention,
             now,
         )),
-        None => Decision::Write(NewVersion {
-            version: 1,
+        None => Decision::Write(first_version(
             content,
-            change_type: ChangeType::Create,
-            changed_by: request.changed_by,
-            created_at: now,
-            updated_at: now,
-            keep_from: 1,
-            cache_entry: None,
-            synced_at: None,
-        }),
+            ChangeType::Create,
+            request.changed_by,
+            now,
+        )),
     }
 }
 
@@ -239,6 +234,99 @@ pub fn decide_restore(
         retention,
         now,
     ))
+}
+
+/// Decides the write of a merge's result (`POST /contexts/merge`) into its target.
+pub fn decide_merge(
+    view: WriteView<'_>,
+    content: Content,
+    retention: i64,
+    now: DateTime<Utc>,
+) -> Decision {
+    match view.current {
+        Some(current) if current.content == content => Decision::Unchanged,
+        Some(current) => Decision::Write(next_version(
+            current,
+            content,
+            ChangeType::Merge,
+            None,
+            retention,
+            now,
+        )),
+        None => Decision::Write(first_version(content, ChangeType::Merge, None, now)),
+    }
+}
+
+/// One Factory context as `POST /sync/factory` takes it.
+#[derive(Debug, Clone)]
+pub struct SyncItem {
+    pub data: JsonObject,
+    pub metadata: JsonObject,
+    pub embedding: Option<Vec<f32>>,
+    /// Factory's own time of this state; `None`: never stale.
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// Decides one Factory item: unchanged first (same data, metadata and embedding), then stale
+/// (older than the current version's own time: the timestamp it was synced with if it came
+/// from Factory, else its `updated_at`), else a new version with `change_type` `sync`.
+pub fn decide_sync(
+    view: WriteView<'_>,
+    item: SyncItem,
+    retention: i64,
+    now: DateTime<Utc>,
+) -> Decision {
+    let Some(current) = view.current else {
+        let content = Content {
+            source: Source::Factory,
+            parent_id: None,
+            data: item.data,
+            metadata: item.metadata,
+            embedding: item.embedding,
+        };
+        let mut new = first_version(content, ChangeType::Sync, None, now);
+        new.synced_at = item.timestamp;
+        return Decision::Write(new);
+    };
+    let c = &current.content;
+    if c.data == item.data && c.metadata == item.metadata && c.embedding == item.embedding {
+        return Decision::Unchanged;
+    }
+    let own_time = view.synced_at.unwrap_or(current.updated_at);
+    if item.timestamp.is_some_and(|t| t < own_time) {
+        return Decision::Refuse(Refusal::Stale {
+            current_version: current.version,
+        });
+    }
+    let content = Content {
+        source: Source::Factory,
+        parent_id: c.parent_id.clone(),
+        data: item.data,
+        metadata: item.metadata,
+        embedding: item.embedding,
+    };
+    let mut new = next_version(current, content, ChangeType::Sync, None, retention, now);
+    new.synced_at = item.timestamp;
+    Decision::Write(new)
+}
+
+fn first_version(
+    content: Content,
+    change_type: ChangeType,
+    changed_by: Option<String>,
+    now: DateTime<Utc>,
+) -> NewVersion {
+    NewVersion {
+        version: 1,
+        content,
+        change_type,
+        changed_by,
+        created_at: now,
+        updated_at: now,
+        keep_from: 1,
+        cache_entry: None,
+        synced_at: None,
+    }
 }
 
 fn next_version(
@@ -539,6 +627,79 @@ mod tests {
         assert!(matches!(
             decide_restore(view(), 11, None, 100, Utc::now()),
             Decision::Refuse(Refusal::NotFound)
+        ));
+    }
+
+    fn item(data: Value, timestamp: Option<i64>) -> SyncItem {
+        use chrono::TimeZone;
+        SyncItem {
+            data: object(data),
+            metadata: JsonObject::new(),
+            embedding: None,
+            timestamp: timestamp.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+        }
+    }
+
+    fn sync(current: Option<&Context>, synced_at: Option<i64>, item: SyncItem) -> Decision {
+        use chrono::TimeZone;
+        decide_sync(
+            WriteView {
+                current,
+                loaded: None,
+                synced_at: synced_at.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+            },
+            item,
+            100,
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_sync_item_for_a_new_id_creates_it_from_factory_with_its_timestamp() {
+        match sync(None, None, item(json!({"a": 1}), Some(100))) {
+            Decision::Write(new) => {
+                assert_eq!(new.version, 1);
+                assert_eq!(new.change_type, ChangeType::Sync);
+                assert_eq!(new.content.source, Source::Factory);
+                assert_eq!(new.synced_at.unwrap().timestamp(), 100);
+            }
+            _ => panic!("expected a write"),
+        }
+    }
+
+    #[test]
+    fn an_identical_sync_item_is_unchanged_even_when_stale() {
+        let cur = current(3, json!({"a": 1}));
+        assert!(matches!(
+            sync(Some(&cur), Some(500), item(json!({"a": 1}), Some(1))),
+            Decision::Unchanged
+        ));
+    }
+
+    #[test]
+    fn a_sync_item_older_than_the_synced_timestamp_is_stale() {
+        let cur = current(3, json!({"a": 1}));
+        assert!(matches!(
+            sync(Some(&cur), Some(500), item(json!({"a": 2}), Some(499))),
+            Decision::Refuse(Refusal::Stale { current_version: 3 })
+        ));
+        assert!(matches!(
+            sync(Some(&cur), Some(500), item(json!({"a": 2}), Some(500))),
+            Decision::Write(NewVersion { version: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn without_a_synced_timestamp_the_current_updated_at_decides_staleness() {
+        let cur = current(3, json!({"a": 1}));
+        let updated = cur.updated_at.timestamp();
+        assert!(matches!(
+            sync(Some(&cur), None, item(json!({"a": 2}), Some(updated - 10))),
+            Decision::Refuse(Refusal::Stale { .. })
+        ));
+        assert!(matches!(
+            sync(Some(&cur), None, item(json!({"a": 2}), None)),
+            Decision::Write(_)
         ));
     }
 

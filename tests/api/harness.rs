@@ -581,3 +581,113 @@ impl Drop for PgProxy {
         self.task.abort();
     }
 }
+
+/// A webhook receiver on port 0 that records every request and can be told to fail (500) its
+/// next N requests.
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: std::sync::Mutex<Vec<Received>>,
+    fail_next: std::sync::atomic::AtomicUsize,
+}
+
+/// One request the receiver got, and whether it answered 2xx.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub body: Vec<u8>,
+    pub signature: Option<String>,
+    pub accepted: bool,
+}
+
+impl Received {
+    /// The `changes` of the body.
+    pub fn changes(&self) -> Vec<Value> {
+        let body: Value = serde_json::from_slice(&self.body).unwrap();
+        body["changes"].as_array().unwrap().clone()
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState::default());
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post({
+                let state = state.clone();
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let fail = state
+                            .fail_next
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        state.requests.lock().unwrap().push(Received {
+                            body: body.to_vec(),
+                            signature: headers
+                                .get("x-contextd-signature")
+                                .map(|v| v.to_str().unwrap().to_owned()),
+                            accepted: !fail,
+                        });
+                        if fail {
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            axum::http::StatusCode::NO_CONTENT
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self { url, state, task }
+    }
+
+    /// Answer the next `n` requests with 500.
+    pub fn fail_next(&self, n: usize) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The changes of the accepted requests, in the order they arrived.
+    pub fn accepted_changes(&self) -> Vec<Value> {
+        self.received()
+            .iter()
+            .filter(|r| r.accepted)
+            .flat_map(Received::changes)
+            .collect()
+    }
+
+    /// Waits until at least `n` changes were accepted.
+    pub async fn wait_for(&self, n: usize, limit: std::time::Duration) -> Vec<Value> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let changes = self.accepted_changes();
+            if changes.len() >= n {
+                return changes;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "only {} of {n} changes arrived within {limit:?}",
+                changes.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -9,6 +9,8 @@ mod concurrency;
 mod contexts;
 mod errors;
 mod lifecycle;
+mod merge;
 mod ops;
+mod sync;
 mod transfer;
 mod versions;

@@ -231,6 +231,10 @@ async fn the_served_openapi_document_is_the_committed_one(store: Setup) {
         "/metrics",
         "/metrics/summary",
         "/cache/warm",
+        "/contexts/merge",
+        "/sync/factory",
+        "/sync/factory/{id}",
+        "/sync/factory/changes",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }

@@ -1,0 +1,203 @@
+//! Sync with Factory AI: ingest of Factory contexts, the Factory-format read, and the change
+//! feed. The push to Factory's webhook lives in `crate::sync`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ContextService;
+use super::rules::{self, SyncItem};
+use crate::cache::CachedContext;
+use crate::domain::{Content, ContextId, JsonObject, Refusal, Source};
+use crate::error::AppError;
+use crate::store::{Change, ChangeOp, WriteOutcome};
+
+/// A context in Factory AI's format: what the Factory-format read, the change feed and the
+/// webhook carry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FactoryContextOut {
+    pub id: String,
+    #[schema(value_type = Object)]
+    pub data: JsonObject,
+    #[schema(value_type = Object)]
+    pub metadata: JsonObject,
+    pub version: i64,
+    /// When this version was written.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// One committed change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangeOut {
+    /// Commit order.
+    pub seq: i64,
+    pub id: String,
+    pub version: i64,
+    /// `upsert` or `delete`.
+    #[schema(example = "upsert")]
+    pub op: &'static str,
+    /// For an upsert whose version is still kept: that version, in Factory format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<FactoryContextOut>,
+}
+
+impl From<Change> for ChangeOut {
+    fn from(change: Change) -> Self {
+        let id = change.id.as_str().to_owned();
+        Self {
+            seq: change.seq,
+            context: match (change.op, change.content) {
+                (ChangeOp::Upsert, Some(content)) => Some(FactoryContextOut {
+                    id: id.clone(),
+                    data: content.data,
+                    metadata: content.metadata,
+                    version: change.version,
+                    timestamp: content.changed_at,
+                }),
+                _ => None,
+            },
+            id,
+            version: change.version,
+            op: change.op.as_str(),
+        }
+    }
+}
+
+/// Most items one `POST /sync/factory` takes.
+pub const MAX_SYNC_ITEMS: usize = 1000;
+
+/// One Factory context, as ingest takes it, parsed.
+#[derive(Debug, Clone)]
+pub struct FactoryItem {
+    /// `None`: a new context, `ctx_<uuid>`.
+    pub id: Option<ContextId>,
+    pub data: JsonObject,
+    pub metadata: JsonObject,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// What ingest did with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStatus {
+    Created,
+    Updated,
+    Unchanged,
+    SkippedStale,
+}
+
+impl SyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Created => "created",
+            SyncStatus::Updated => "updated",
+            SyncStatus::Unchanged => "unchanged",
+            SyncStatus::SkippedStale => "skipped_stale",
+        }
+    }
+}
+
+/// The result of one item: its id, the version it now has, and what happened.
+#[derive(Debug, Clone)]
+pub struct SyncResult {
+    pub id: ContextId,
+    pub version: i64,
+    pub status: SyncStatus,
+}
+
+impl ContextService {
+    /// `POST /sync/factory`: every item checked first (one bad item refuses the request, naming
+    /// its index), then all written in one transaction, each with `source` `factory` and
+    /// `change_type` `sync`.
+    pub async fn ingest(&self, items: Vec<FactoryItem>) -> Result<Vec<SyncResult>, AppError> {
+        if !(1..=MAX_SYNC_ITEMS).contains(&items.len()) {
+            return Err(AppError::Unprocessable(format!(
+                "a batch holds 1 to {MAX_SYNC_ITEMS} contexts, not {}",
+                items.len()
+            )));
+        }
+        for (index, item) in items.iter().enumerate() {
+            let content = Content {
+                source: Source::Factory,
+                parent_id: None,
+                data: item.data.clone(),
+                metadata: item.metadata.clone(),
+                embedding: item.embedding.clone(),
+            };
+            self.check_content(&content)
+                .map_err(|e| at_index(index, e))?;
+        }
+        let retention = self.retention;
+        let writes: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let id = item.id.unwrap_or_else(ContextId::generate);
+                let sync = SyncItem {
+                    data: item.data,
+                    metadata: item.metadata,
+                    embedding: item.embedding,
+                    timestamp: item.timestamp,
+                };
+                let decide = self.with_l3(&id, move |view, now| {
+                    rules::decide_sync(view, sync, retention, now)
+                });
+                (id, decide)
+            })
+            .collect();
+        let ids: Vec<ContextId> = writes.iter().map(|(id, _)| id.clone()).collect();
+        let outcomes = self.store.write_batch(writes).await?;
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            let result = match outcome {
+                WriteOutcome::Written { context, created } => {
+                    let context = Arc::new(CachedContext::new(context));
+                    self.cache.written(&context).await;
+                    SyncResult {
+                        id: context.id.clone(),
+                        version: context.version,
+                        status: if created {
+                            SyncStatus::Created
+                        } else {
+                            SyncStatus::Updated
+                        },
+                    }
+                }
+                WriteOutcome::Unchanged(context) => SyncResult {
+                    id: context.id.clone(),
+                    version: context.version,
+                    status: SyncStatus::Unchanged,
+                },
+                WriteOutcome::Refused(Refusal::Stale { current_version }) => SyncResult {
+                    id,
+                    version: current_version,
+                    status: SyncStatus::SkippedStale,
+                },
+                WriteOutcome::Refused(refusal) => {
+                    return Err(AppError::Internal(anyhow::anyhow!(
+                        "sync refused an item: {refusal:?}"
+                    )));
+                }
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// `GET /sync/factory/changes`: committed changes after `since`, in commit order.
+    pub async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, AppError> {
+        self.store.sequence_outbox().await?;
+        Ok(self.store.changes(since, limit).await?)
+    }
+}
+
+fn at_index(index: usize, e: AppError) -> AppError {
+    match e {
+        AppError::Unprocessable(detail) => {
+            AppError::Unprocessable(format!("contexts[{index}]: {detail}"))
+        }
+        AppError::TooLarge { limit, actual } => AppError::TooLarge { limit, actual },
+        other => other,
+    }
+}
