@@ -46,7 +46,8 @@ pub struct AppState {
     info(
         title = "contextd",
         description = "Versioned JSON contexts for AI agent platforms: history, retention, \
-                       optimistic concurrency, and the operations endpoints.",
+                       optimistic concurrency, merging, sync with Factory AI, a three-layer \
+                       cache, and the operations endpoints.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
