@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -140,7 +141,13 @@ impl App {
             tracing::info!("shutting down; letting requests in flight finish");
             let _ = stopping_tx.send(true);
         };
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        // Small responses go out at once rather than waiting on Nagle's algorithm.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let serve = axum::serve(listener, self.router).with_graceful_shutdown(signal);
         tracing::info!("listening on http://{addr}");
         let grace = self.grace;
         tokio::select! {
