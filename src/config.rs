@@ -169,6 +169,45 @@ pub struct L1Settings {
 pub struct VectorSettings {
     /// Length every `embedding` must have.
     pub dimensions: usize,
+    /// `embedded` (in process, rebuilt from the store at start) or `weaviate`.
+    pub backend: VectorBackend,
+    pub embedded: EmbeddedSettings,
+    pub weaviate: WeaviateSettings,
+}
+
+/// Which vector index serves search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorBackend {
+    Embedded,
+    Weaviate,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSettings {
+    /// Below this many vectors a search scans them all (exact, and faster when few); at or
+    /// above it, the approximate (HNSW) graph answers.
+    pub exact_below: usize,
+    /// HNSW: links per node.
+    pub max_connections: usize,
+    /// HNSW: candidates kept while building.
+    pub ef_construction: usize,
+    /// HNSW: candidates kept while searching (recall against speed).
+    pub ef_search: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeaviateSettings {
+    /// `http://HOST:8080`; required with `vector.backend: weaviate`.
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer <key>`. A secret.
+    pub api_key: Option<Secret<String>>,
+    /// The class contexts are stored in.
+    pub class_name: String,
+    /// Milliseconds one request may take.
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,7 +330,34 @@ impl Default for L1Settings {
 
 impl Default for VectorSettings {
     fn default() -> Self {
-        Self { dimensions: 1536 }
+        Self {
+            dimensions: 1536,
+            backend: VectorBackend::Embedded,
+            embedded: EmbeddedSettings::default(),
+            weaviate: WeaviateSettings::default(),
+        }
+    }
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        Self {
+            exact_below: 10_000,
+            max_connections: 16,
+            ef_construction: 200,
+            ef_search: 64,
+        }
+    }
+}
+
+impl Default for WeaviateSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            api_key: None,
+            class_name: "FactoryContext".to_owned(),
+            timeout_ms: 5000,
+        }
     }
 }
 
@@ -577,6 +643,25 @@ impl Settings {
         }
         if let Err(message) = self.database.location() {
             return Err(key_error(origins, "database.url".to_owned(), &message));
+        }
+        if self.vector.backend == VectorBackend::Weaviate {
+            match &self.vector.weaviate.url {
+                None => {
+                    return Err(key_error(
+                        origins,
+                        "vector.weaviate.url".to_owned(),
+                        "must be set when vector.backend is weaviate",
+                    ));
+                }
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(key_error(
+                        origins,
+                        "vector.weaviate.url".to_owned(),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         if let Some(url) = &self.sync.factory.webhook_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

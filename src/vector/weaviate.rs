@@ -1,0 +1,1 @@
+//! The Weaviate backend (placeholder while it is being written).
