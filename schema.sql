@@ -100,3 +100,10 @@ CREATE INDEX factory_sync_outbox_pending_idx
     ON factory_sync_outbox (seq) WHERE delivered_at IS NULL AND seq IS NOT NULL;
 CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, id);
 CREATE INDEX factory_sync_outbox_created_idx ON factory_sync_outbox (created_at);
+
+-- How far each derived index (the vector indexer) has applied the outbox.
+CREATE TABLE contextd_indexer_state (
+    name        text        PRIMARY KEY,
+    seq         bigint      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);

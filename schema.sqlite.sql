@@ -81,3 +81,10 @@ CREATE INDEX factory_sync_outbox_pending_idx
     ON factory_sync_outbox (seq) WHERE delivered_at IS NULL;
 CREATE INDEX factory_sync_outbox_context_idx ON factory_sync_outbox (context_id, id);
 CREATE INDEX factory_sync_outbox_created_idx ON factory_sync_outbox (created_at);
+
+-- How far each derived index (the vector indexer) has applied the outbox.
+CREATE TABLE contextd_indexer_state (
+    name        TEXT    NOT NULL PRIMARY KEY,
+    seq         INTEGER NOT NULL,
+    updated_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);

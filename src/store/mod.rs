@@ -339,6 +339,23 @@ pub trait Store: Send + Sync + 'static {
         deliver: Deliver,
     ) -> Result<DeliverOutcome, StoreError>;
 
+    /// The highest change number given so far (0 before any).
+    async fn latest_seq(&self) -> Result<i64, StoreError>;
+
+    /// Contexts whose current version has an embedding, in id order after `after`, at most
+    /// `limit`: what a vector index is rebuilt from.
+    async fn with_embeddings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Context>, StoreError>;
+
+    /// How far the indexer `name` has applied the outbox (0 before it ever did).
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError>;
+
+    /// Records that the indexer `name` has applied the outbox up to `seq` (never moving back).
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError>;
+
     /// Changes not delivered yet.
     async fn pending_changes(&self) -> Result<i64, StoreError>;
 

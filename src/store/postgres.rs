@@ -127,6 +127,25 @@ const MARK_FAILED: &str = "
     SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
     WHERE seq = ANY($1)";
 
+const LATEST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM factory_sync_outbox";
+
+const WITH_EMBEDDINGS: &str = "
+    SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
+           v.data, v.metadata, v.embedding, m.synced_at, m.context_id
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    WHERE m.has_embedding AND m.context_id > $1
+    ORDER BY m.context_id
+    LIMIT $2";
+
+const INDEXER_CURSOR: &str = "SELECT seq FROM contextd_indexer_state WHERE name = $1";
+
+const SET_INDEXER_CURSOR: &str = "
+    INSERT INTO contextd_indexer_state (name, seq) VALUES ($1, $2)
+    ON CONFLICT (name) DO UPDATE SET
+        seq = greatest(contextd_indexer_state.seq, EXCLUDED.seq),
+        updated_at = now()";
+
 const PENDING_CHANGES: &str = "SELECT count(*) FROM factory_sync_outbox WHERE delivered_at IS NULL";
 
 const PRUNE_OUTBOX: &str = "
@@ -931,6 +950,49 @@ impl Store for PostgresStore {
         };
         tx.commit().await.map_err(db_error)?;
         Ok(outcome)
+    }
+
+    async fn latest_seq(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one(LATEST_SEQ, &[]).await.map_err(db_error)?;
+        row.try_get(0).map_err(column_error)
+    }
+
+    async fn with_embeddings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Context>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(WITH_EMBEDDINGS, &[&after.unwrap_or(""), &(limit as i64)])
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let raw: &str = row.try_get(10).map_err(column_error)?;
+                let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
+                context_from_row(&id, row)
+            })
+            .collect()
+    }
+
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(INDEXER_CURSOR, &[&name])
+            .await
+            .map_err(db_error)?;
+        row.map_or(Ok(0), |row| row.try_get(0).map_err(column_error))
+    }
+
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(SET_INDEXER_CURSOR, &[&name, &seq])
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     async fn pending_changes(&self) -> Result<i64, StoreError> {

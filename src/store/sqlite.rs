@@ -99,6 +99,25 @@ const MARK_FAILED: &str = "
     SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
     WHERE seq = ?1";
 
+const LATEST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM factory_sync_outbox";
+
+const WITH_EMBEDDINGS: &str = "
+    SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
+           v.data, v.metadata, v.embedding, m.synced_at, m.context_id
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    WHERE m.has_embedding AND m.context_id > ?1
+    ORDER BY m.context_id
+    LIMIT ?2";
+
+const INDEXER_CURSOR: &str = "SELECT seq FROM contextd_indexer_state WHERE name = ?1";
+
+const SET_INDEXER_CURSOR: &str = "
+    INSERT INTO contextd_indexer_state (name, seq) VALUES (?1, ?2)
+    ON CONFLICT (name) DO UPDATE SET
+        seq = max(seq, excluded.seq),
+        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
 const PENDING_CHANGES: &str = "SELECT count(*) FROM factory_sync_outbox WHERE delivered_at IS NULL";
 
 const PRUNE_OUTBOX: &str = "
@@ -750,6 +769,55 @@ impl Store for SqliteStore {
                 Delivery::Delivered => DeliverOutcome::Delivered(changes),
                 Delivery::Failed { .. } => DeliverOutcome::Failed,
             })
+        })
+        .await
+    }
+
+    async fn latest_seq(&self) -> Result<i64, StoreError> {
+        self.read_with(|conn| {
+            conn.query_row(LATEST_SEQ, [], |row| row.get(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn with_embeddings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Context>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        self.read_with(move |conn| {
+            let mut statement = conn.prepare_cached(WITH_EMBEDDINGS).map_err(db_error)?;
+            let rows = statement
+                .query_map(rusqlite::params![after, limit as i64], |row| {
+                    let id = context_id(row, 10)?.ok_or_else(|| corrupt("a null context_id"))?;
+                    context_from_row(&id, row)
+                })
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let name = name.to_owned();
+        self.read_with(move |conn| {
+            conn.query_row(INDEXER_CURSOR, [name], |row| row.get(0))
+                .optional()
+                .map(|seq| seq.unwrap_or(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write_with(move |conn| {
+            conn.prepare_cached(SET_INDEXER_CURSOR)
+                .and_then(|mut s| s.execute(rusqlite::params![name, seq]))
+                .map(|_| ())
+                .map_err(db_error)
         })
         .await
     }
