@@ -9,6 +9,7 @@
 //! `startup` wires it all from `config` and serves; `main` only parses the command line.
 
 pub mod api;
+pub mod background;
 pub mod cache;
 pub mod config;
 pub mod domain;

@@ -70,25 +70,8 @@ impl ContextIn {
             .context_id
             .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("context_id: {e}"))))
             .transpose()?;
-        let data = match self.data {
-            serde_json::Value::Object(map) => map,
-            other => {
-                return Err(invalid(format!(
-                    "data must be a JSON object, not {}",
-                    json_kind(&other)
-                )));
-            }
-        };
-        let metadata = match self.metadata {
-            None | Some(serde_json::Value::Null) => JsonObject::new(),
-            Some(serde_json::Value::Object(map)) => map,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "metadata must be a JSON object, not {}",
-                    json_kind(&other)
-                )));
-            }
-        };
+        let data = json_object("data", self.data).map_err(invalid)?;
+        let metadata = optional_json_object("metadata", self.metadata).map_err(invalid)?;
         let parent_id = self
             .parent_id
             .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("parent_id: {e}"))))
@@ -120,6 +103,28 @@ impl ContextIn {
             embedding,
         };
         Ok((id, content, self.changed_by))
+    }
+}
+
+/// `value` as a JSON object; else a message naming `field` and what it was instead.
+pub(super) fn json_object(field: &str, value: serde_json::Value) -> Result<JsonObject, String> {
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(format!(
+            "{field} must be a JSON object, not {}",
+            json_kind(&other)
+        )),
+    }
+}
+
+/// Like [`json_object`], with absent or null meaning `{}`.
+pub(super) fn optional_json_object(
+    field: &str,
+    value: Option<serde_json::Value>,
+) -> Result<JsonObject, String> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(JsonObject::new()),
+        Some(value) => json_object(field, value),
     }
 }
 

@@ -9,9 +9,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::contexts::{json_kind, parse_id, parse_limit};
+use super::contexts::{json_kind, json_object, optional_json_object, parse_id, parse_limit};
 use super::extract::{Json, Path, Query};
-use crate::domain::{ContextId, JsonObject};
+use crate::domain::ContextId;
 use crate::error::{AppError, Problem};
 use crate::service::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS};
 
@@ -88,25 +88,8 @@ fn parse_item(index: Option<usize>, value: serde_json::Value) -> Result<FactoryI
         .as_deref()
         .map(|raw| ContextId::parse(raw).map_err(|e| place(format!("id: {e}"))))
         .transpose()?;
-    let data = match item.data {
-        serde_json::Value::Object(map) => map,
-        other => {
-            return Err(place(format!(
-                "data must be a JSON object, not {}",
-                json_kind(&other)
-            )));
-        }
-    };
-    let metadata = match item.metadata {
-        None | Some(serde_json::Value::Null) => JsonObject::new(),
-        Some(serde_json::Value::Object(map)) => map,
-        Some(other) => {
-            return Err(place(format!(
-                "metadata must be a JSON object, not {}",
-                json_kind(&other)
-            )));
-        }
-    };
+    let data = json_object("data", item.data).map_err(place)?;
+    let metadata = optional_json_object("metadata", item.metadata).map_err(place)?;
     Ok(FactoryItem {
         id,
         data,

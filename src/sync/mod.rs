@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 pub use pusher::{Pusher, signature};
 
+use crate::background::every;
 use crate::config::SyncSettings;
 use crate::store::Store;
 
@@ -64,20 +65,13 @@ impl SyncState {
 pub fn spawn_pruner(
     store: Arc<dyn Store>,
     settings: &SyncSettings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let retention = chrono::Duration::seconds(settings.outbox_retention_seconds as i64);
     let all = settings.factory.webhook_url.is_none();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            let stopping = tokio::select! {
-                _ = ticks.tick() => false,
-                _ = stop.wait_for(|stop| *stop) => true,
-            };
-            if stopping {
-                break;
-            }
+    every(Duration::from_secs(3600), stop, move || {
+        let store = store.clone();
+        async move {
             match store.prune_outbox(Utc::now() - retention, all).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::debug!(pruned, "outbox rows pruned"),
