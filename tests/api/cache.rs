@@ -40,19 +40,26 @@ fn cache_status(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// How long the other instance may take to drop what a write replaced. The target is 50 ms (its
+/// figure comes from a benchmark, not from here); this only proves it happens, with room for a
+/// loaded machine, and long before L1's 300 s TTL could explain it.
+const COHERENCE_DEADLINE: Duration = Duration::from_secs(2);
+
 #[tokio::test]
-async fn a_write_on_one_instance_is_served_by_the_other_50_ms_later() {
+async fn a_write_on_one_instance_is_served_by_the_other_without_waiting_for_the_ttl() {
     let (a, b) = two_instances(|_| {}).await;
     a.put_data("shared", json!({"n": 0})).await;
     for n in 1..=10 {
         // B holds the current version in its L1...
         let before: Value = b.get("/contexts/shared").await.json().await.unwrap();
         assert_eq!(before["data"]["n"], n - 1);
-        // ...A writes, and 50 ms after A acknowledged, B serves the new version.
+        // ...A writes, and soon B serves the new version.
         a.put_data("shared", json!({"n": n})).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let after: Value = b.get("/contexts/shared").await.json().await.unwrap();
-        assert_eq!(after["data"]["n"], n, "round {n}: B served {after}");
+        wait_until("B serving A's write", COHERENCE_DEADLINE, async || {
+            let after: Value = b.get("/contexts/shared").await.json().await.unwrap();
+            after["data"]["n"] == n
+        })
+        .await;
     }
 }
 
