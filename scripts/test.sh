@@ -142,6 +142,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
+# The integration tests mostly wait on sockets (servers, Postgres, Redis), not on the CPU:
+# more of them at once than there are cores keeps the run short.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}
 cargo test --all-targets --locked "$@"
 
 # schemathesis fuzzes the running server against its own OpenAPI document: no 500s, only

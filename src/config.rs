@@ -342,7 +342,7 @@ impl Default for VectorSettings {
 impl Default for EmbeddedSettings {
     fn default() -> Self {
         Self {
-            exact_below: 10_000,
+            exact_below: 15_000,
             max_connections: 16,
             ef_construction: 200,
             ef_search: 64,
@@ -643,6 +643,20 @@ impl Settings {
         }
         if let Err(message) = self.database.location() {
             return Err(key_error(origins, "database.url".to_owned(), &message));
+        }
+        if !(2..=255).contains(&self.vector.embedded.max_connections) {
+            return Err(key_error(
+                origins,
+                "vector.embedded.max_connections".to_owned(),
+                "must be between 2 and 255",
+            ));
+        }
+        if self.vector.embedded.ef_search == 0 || self.vector.embedded.ef_construction == 0 {
+            return Err(key_error(
+                origins,
+                "vector.embedded".to_owned(),
+                "ef_search and ef_construction must be at least 1",
+            ));
         }
         if self.vector.backend == VectorBackend::Weaviate {
             match &self.vector.weaviate.url {

@@ -15,11 +15,15 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::cache::l2::{L2Settings as RedisSettings, RedisL2};
 use crate::cache::{TieredCache, maintenance};
+use crate::config::VectorBackend;
 use crate::config::{Settings, StoreLocation, redact_url};
 use crate::metrics::Metrics;
-use crate::service::{ContextService, Ops};
+use crate::service::{ContextService, Ops, SearchService};
 use crate::store::{PostgresStore, SqliteStore, Store};
-use crate::sync::{self, Pusher, SyncState};
+use crate::sync::{self, Indexer, IndexerState, Pusher, SyncState};
+use crate::vector::VectorIndex;
+use crate::vector::embedded::EmbeddedIndex;
+use crate::vector::weaviate::WeaviateIndex;
 
 /// A bound, ready-to-serve contextd.
 pub struct App {
@@ -29,6 +33,24 @@ pub struct App {
     /// Tells the background loops to stop, once the server has.
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// The vector index the settings name, and whether it keeps its data across restarts.
+fn open_vector_index(settings: &Settings) -> anyhow::Result<(Arc<dyn VectorIndex>, bool)> {
+    let dimensions = settings.vector.dimensions;
+    Ok(match settings.vector.backend {
+        VectorBackend::Embedded => (
+            Arc::new(EmbeddedIndex::new(dimensions, &settings.vector.embedded)),
+            false,
+        ),
+        VectorBackend::Weaviate => (
+            Arc::new(
+                WeaviateIndex::new(&settings.vector.weaviate, dimensions)
+                    .context("vector.weaviate")?,
+            ),
+            true,
+        ),
+    })
 }
 
 /// How long start-up waits for the invalidation channel before serving anyway.
@@ -99,10 +121,43 @@ impl App {
         )? {
             background.push(pusher.spawn(stopped.clone()));
         }
-        background.push(sync::spawn_pruner(store.clone(), &settings.sync, stopped));
+        background.push(sync::spawn_pruner(
+            store.clone(),
+            &settings.sync,
+            stopped.clone(),
+        ));
+        let (index, persistent) = open_vector_index(settings)?;
+        let indexer_state = Arc::new(IndexerState::default());
+        let indexer = Indexer::new(
+            store.clone(),
+            index.clone(),
+            indexer_state.clone(),
+            Duration::from_secs(settings.sync.interval_seconds),
+            persistent,
+        );
+        // The embedded index starts empty: load it before serving, so that a search right after
+        // start finds what is stored. Weaviate keeps its data; its indexer resumes on its own.
+        let start = if persistent {
+            None
+        } else {
+            Some(indexer.rebuild().await?)
+        };
+        background.push(indexer.spawn(start, stopped));
+        let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
         let state = AppState {
-            contexts: Arc::new(ContextService::new(store.clone(), cache.clone(), settings)),
-            ops: Arc::new(Ops::new(store, cache, sync_state, settings)),
+            search: Arc::new(SearchService::new(
+                contexts.clone(),
+                index.clone(),
+                settings.vector.dimensions,
+            )),
+            contexts,
+            ops: Arc::new(Ops::new(
+                store,
+                cache,
+                sync_state,
+                (index, indexer_state),
+                settings,
+            )),
             metrics,
         };
         let router = api::router(state, settings);

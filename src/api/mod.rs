@@ -9,6 +9,7 @@ mod contexts;
 pub mod extract;
 mod merge;
 mod ops;
+mod search;
 mod sync;
 
 use std::sync::Arc;
@@ -31,12 +32,13 @@ use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 use crate::config::Settings;
 use crate::error::{AppError, Problem};
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
-use crate::service::{ContextService, Ops};
+use crate::service::{ContextService, Ops, SearchService};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub contexts: Arc<ContextService>,
+    pub search: Arc<SearchService>,
     pub ops: Arc<Ops>,
     pub metrics: Arc<Metrics>,
 }
@@ -64,6 +66,7 @@ struct ApiDoc;
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(merge::router())
+        .merge(search::router())
         .merge(contexts::router())
         .merge(sync::router())
         .merge(cache::router())

@@ -52,6 +52,17 @@ pub struct Ready {
     #[schema(example = "postgres")]
     pub store: &'static str,
     pub checks: Checks,
+    pub vector: VectorReady,
+}
+
+/// The vector index behind search.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VectorReady {
+    /// `embedded` or `weaviate`.
+    #[schema(example = "embedded")]
+    pub backend: &'static str,
+    /// Changes committed but not yet applied to the index (it grows while the backend is down).
+    pub backlog: i64,
 }
 
 /// Readiness
@@ -76,6 +87,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
             store: readiness.store,
             redis: readiness.redis,
             vector: readiness.vector,
+        },
+        vector: VectorReady {
+            backend: readiness.vector_backend,
+            backlog: readiness.vector_backlog,
         },
     };
     let mut response = (status, axum::Json(body)).into_response();

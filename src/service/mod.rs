@@ -6,11 +6,13 @@
 mod contexts;
 mod ops;
 pub mod rules;
+mod search;
 mod sync;
 mod transfer;
 
 pub use contexts::{ContextService, Page, WriteStatus, Written};
 pub use ops::{Check, Ops, Readiness, Summary};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
+pub use search::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest, SearchService};
 pub use sync::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS, SyncResult, SyncStatus};
 pub use transfer::{ExportSummary, ImportError};

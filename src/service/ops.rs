@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::cache::TieredCache;
 use crate::config::Settings;
 use crate::store::Store;
-use crate::sync::SyncState;
+use crate::sync::{IndexerState, SyncState};
+use crate::vector::VectorIndex;
 
 /// How long a readiness probe waits for a dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +31,10 @@ pub struct Readiness {
     pub store: Check,
     pub redis: Check,
     pub vector: Check,
+    /// `embedded` or `weaviate`.
+    pub vector_backend: &'static str,
+    /// Changes committed but not yet applied to the vector index.
+    pub vector_backlog: i64,
 }
 
 impl Readiness {
@@ -54,6 +59,8 @@ pub struct Ops {
     store: Arc<dyn Store>,
     cache: Arc<TieredCache>,
     sync: Arc<SyncState>,
+    index: Arc<dyn VectorIndex>,
+    indexer: Arc<IndexerState>,
     target_hit_rate: f64,
     sync_interval_seconds: u64,
 }
@@ -146,12 +153,15 @@ impl Ops {
         store: Arc<dyn Store>,
         cache: Arc<TieredCache>,
         sync: Arc<SyncState>,
+        (index, indexer): (Arc<dyn VectorIndex>, Arc<IndexerState>),
         settings: &Settings,
     ) -> Self {
         Self {
             store,
             cache,
             sync,
+            index,
+            indexer,
             target_hit_rate: settings.cache.target_hit_rate,
             sync_interval_seconds: settings.sync.interval_seconds,
         }
@@ -236,13 +246,22 @@ impl Ops {
                 Ok(Some(false)) | Err(_) => Check::Down,
             }
         };
-        let (store, redis) = tokio::join!(store, redis);
+        let vector = async {
+            match tokio::time::timeout(PROBE_TIMEOUT, self.index.ping()).await {
+                Ok(Ok(())) if self.indexer.healthy() => Check::Ok,
+                // Reachable, but changes are not being applied (yet): searchable, behind.
+                Ok(Ok(())) => Check::Degraded,
+                Ok(Err(_)) | Err(_) => Check::Down,
+            }
+        };
+        let (store, redis, vector) = tokio::join!(store, redis, vector);
         Readiness {
             store_backend: self.store.backend(),
             store,
             redis,
-            // The vector index arrives with search; until then there is none to check.
-            vector: Check::Disabled,
+            vector,
+            vector_backend: self.index.backend(),
+            vector_backlog: self.indexer.backlog(),
         }
     }
 }

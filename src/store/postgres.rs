@@ -915,16 +915,19 @@ impl Store for PostgresStore {
         let claim = client.prepare_cached(&sql).await.map_err(db_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
         let limit = limit as i64;
-        let claim_params: Params = &[&limit];
-        let (ours, rows) = tokio::join!(
-            tx.query_one(PUSHER_LOCK, &[]),
-            tx.query(&claim, claim_params),
-        );
-        let ours: bool = ours.map_err(db_error)?.try_get(0).map_err(column_error)?;
-        let rows = rows.map_err(db_error)?;
+        // The lock first, and only then the claim: a claim made without the lock would hold
+        // rows for a moment, and the pusher that does hold it would skip them and push later
+        // changes first.
+        let ours: bool = tx
+            .query_one(PUSHER_LOCK, &[])
+            .await
+            .map_err(db_error)?
+            .try_get(0)
+            .map_err(column_error)?;
         if !ours {
             return Ok(DeliverOutcome::Busy);
         }
+        let rows = tx.query(&claim, &[&limit]).await.map_err(db_error)?;
         let Some(first) = rows.first() else {
             return Ok(DeliverOutcome::Idle);
         };

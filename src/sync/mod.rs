@@ -4,6 +4,7 @@
 //! commit; the `sync.interval_seconds` poll is only the fallback. They never touch a write's
 //! path: a failing receiver only makes changes wait in the outbox.
 
+mod indexer;
 mod pusher;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use indexer::{Indexer, IndexerState, entry_of};
 pub use pusher::{Pusher, signature};
 
 use crate::background::every;

@@ -1,1 +1,1339 @@
-//! The Weaviate backend (placeholder while it is being written).
+//! The Weaviate backend of [`VectorIndex`]: REST for the schema, writes and deletes, GraphQL
+//! `nearVector` for search, over one `reqwest::Client` (server 1.39; what is used and why is in
+//! `shared/weaviate/CONTRACT.md`, whose section numbers the comments below cite).
+//!
+//! This layer stores and searches vectors: one Weaviate object per context, its id the UUIDv5 of
+//! the context id (§3), the vector supplied by contextd (`vectorizer: none`). It decides nothing
+//! about contexts, and it never deletes or alters the class: a class with the wrong settings is
+//! reported, for an operator to fix.
+//!
+//! Failures are split the way callers need them: 5xx, 429 and connection errors are retried with
+//! a short backoff and end as [`VectorError::Unavailable`]; any other 4xx (and a per-object
+//! refusal that a retry cannot fix) is [`VectorError::Rejected`]. The API key goes out only in the
+//! `Authorization` header, marked sensitive, and is never logged.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::SecondsFormat;
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Hit, SearchQuery, VectorEntry, VectorError, VectorIndex};
+use crate::config::WeaviateSettings;
+use crate::domain::ContextId;
+
+/// Objects per `POST /v1/batch/objects`: large enough to amortise the round trip, small enough
+/// that one request stays well inside the timeout with 1536-dimension vectors (~20 KB each).
+const UPSERT_CHUNK: usize = 100;
+
+/// Context ids per batch delete: the `ContainsAny` list goes into the request body.
+const DELETE_CHUNK: usize = 100;
+
+/// Rounds of "send the objects that failed again" (the first send included).
+const ITEM_ATTEMPTS: u32 = 3;
+
+/// Rounds of `GET` / `POST` in the class bootstrap; more than two means someone keeps deleting it.
+const PREPARE_ROUNDS: u32 = 3;
+
+/// The ready path is answered before authentication and matched on the exact URL (§1).
+const READY_PATH: &str = "/.well-known/ready";
+
+/// How requests are retried on 5xx, 429 and connection errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries per request, the first one included (at least 1).
+    pub attempts: u32,
+    /// The delay before the second try; it doubles per try.
+    pub initial_backoff: Duration,
+    /// The longest delay, also the cap on a server's `Retry-After`.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Short on purpose: the indexer retries on its own schedule and a search caller is waiting,
+    /// so this only rides out a blip (a restart, a leader election), about a second in all.
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The Weaviate-backed vector index. Cheap to share behind an `Arc`; the client pools connections.
+pub struct WeaviateIndex {
+    http: reqwest::Client,
+    /// `{url}/v1`, no trailing slash.
+    base_url: String,
+    class: String,
+    dimensions: usize,
+    /// `Bearer <key>`, marked sensitive so that reqwest's `Debug` hides it.
+    bearer: Option<HeaderValue>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for WeaviateIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By hand, so the bearer never shows up even if someone logs the index.
+        f.debug_struct("WeaviateIndex")
+            .field("base_url", &self.base_url)
+            .field("class", &self.class)
+            .field("dimensions", &self.dimensions)
+            .field("api_key", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeaviateIndex {
+    /// A client for the server at `settings.url` (`http://HOST:PORT`; a trailing `/v1` is
+    /// tolerated), storing vectors of `dimensions` (0: not checked here) in `settings.class_name`.
+    /// Nothing is sent until the first call; [`VectorIndex::prepare`] creates the class.
+    pub fn new(settings: &WeaviateSettings, dimensions: usize) -> anyhow::Result<Self> {
+        let url = settings
+            .url
+            .as_deref()
+            .context("vector.weaviate.url must be set to use the Weaviate backend")?;
+        let parsed = reqwest::Url::parse(url)
+            .with_context(|| format!("vector.weaviate.url {url:?} is not a URL"))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "vector.weaviate.url {url:?} must start with http:// or https://"
+        );
+        let root = url.trim_end_matches('/');
+        let root = root.strip_suffix("/v1").unwrap_or(root);
+        check_class_name(&settings.class_name)?;
+
+        let bearer = match &settings.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    // Not the reqwest error: it could quote the value.
+                    .map_err(|_| {
+                        anyhow!("vector.weaviate.api_key holds characters a header cannot carry")
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .context("building the Weaviate HTTP client")?;
+        Ok(Self {
+            http,
+            base_url: format!("{root}/v1"),
+            class: settings.class_name.clone(),
+            dimensions,
+            bearer,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The same index with another retry policy (tests use a faster one). `attempts: 0` is
+    /// taken as 1.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The class the contexts are stored in.
+    pub fn class_name(&self) -> &str {
+        &self.class
+    }
+
+    /// `{url}/v1`, what every path is appended to.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The server's version string from `GET /v1/meta` (§1), for logs and compatibility checks.
+    pub async fn server_version(&self) -> Result<String, VectorError> {
+        let reply = self.send(Method::GET, "/meta", None, Retry::Yes).await?;
+        if reply.status != StatusCode::OK {
+            return Err(reply.rejected("reading the server's meta"));
+        }
+        let meta = reply.json("reading the server's meta")?;
+        meta.get("version")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| VectorError::Rejected("GET /v1/meta answered without a version".into()))
+    }
+
+    fn check_vector(&self, vector: &[f32], what: &str) -> Result<(), VectorError> {
+        if self.dimensions > 0 && vector.len() != self.dimensions {
+            return Err(VectorError::Rejected(format!(
+                "{what}: the vector has {} dimensions, the index {}",
+                vector.len(),
+                self.dimensions
+            )));
+        }
+        check_finite(vector).map_err(|e| VectorError::Rejected(format!("{what}: {e}")))
+    }
+
+    /// One request, retried on 5xx, 429 and transport errors; any other answer is returned for
+    /// the caller to read. The body is serialised once (see [`json_body`]) and shared by the
+    /// retries.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Option<Bytes>,
+        retry: Retry,
+    ) -> Result<Reply, VectorError> {
+        let url = format!("{}{path}", self.base_url);
+        let attempts = match retry {
+            Retry::Yes => self.retry.attempts.max(1),
+            Retry::No => 1,
+        };
+        let mut last_error = anyhow!("no attempt made");
+        let mut retry_after = None;
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                let delay = self.backoff(attempt - 1, retry_after.take());
+                tracing::warn!(%method, path, attempt, retry_in = ?delay, error = %last_error, "retrying a Weaviate request");
+                tokio::time::sleep(delay).await;
+            }
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .header(header::ACCEPT, "application/json");
+            // Ready is answered before authentication (§1): it needs no key, so it gets none.
+            if let Some(bearer) = self.bearer.as_ref().filter(|_| path != READY_PATH) {
+                request = request.header(header::AUTHORIZATION, bearer.clone());
+            }
+            if let Some(payload) = &payload {
+                request = request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(payload.clone());
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    last_error = anyhow!(e.without_url()).context(format!("{method} /v1{path}"));
+                    continue;
+                }
+            };
+            let status = response.status();
+            retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                Err(e) => {
+                    last_error = anyhow!(e.without_url())
+                        .context(format!("{method} /v1{path}: reading the answer"));
+                    continue;
+                }
+            };
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                last_error = anyhow!(
+                    "{method} /v1{path} answered {status}: {}",
+                    error_message(&body)
+                );
+                continue;
+            }
+            tracing::debug!(%method, path, %status, "Weaviate answered");
+            return Ok(Reply {
+                method,
+                path: path.to_owned(),
+                status,
+                body,
+            });
+        }
+        Err(VectorError::Unavailable(last_error.context(format!(
+            "Weaviate did not answer after {attempts} attempt(s)"
+        ))))
+    }
+
+    /// The delay before retry number `retry` (1-based): doubled per retry, capped, jittered into
+    /// its upper half so instances retrying together spread out; a server's `Retry-After` is
+    /// honoured up to the cap.
+    fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let RetryPolicy {
+            initial_backoff,
+            max_backoff,
+            ..
+        } = self.retry;
+        let exponent = retry.saturating_sub(1).min(20);
+        let capped = initial_backoff
+            .saturating_mul(1 << exponent)
+            .min(max_backoff);
+        let jittered = capped.mul_f64(0.5 + fastrand::f64() * 0.5);
+        retry_after.map_or(jittered, |after| after.min(max_backoff).max(jittered))
+    }
+
+    /// One chunk of the upsert: sent, then only the objects that failed are sent again.
+    async fn upsert_chunk(&self, chunk: &[Prepared]) -> Result<(), VectorError> {
+        let mut pending: Vec<&Prepared> = chunk.iter().collect();
+        let mut refused: Vec<String> = Vec::new();
+        let mut transient: Vec<String> = Vec::new();
+        for round in 1..=ITEM_ATTEMPTS {
+            if round > 1 {
+                tokio::time::sleep(self.backoff(round - 1, None)).await;
+            }
+            let objects: Vec<&ObjectOut> = pending.iter().map(|p| &p.object).collect();
+            let body = json_body(&BatchOut { objects });
+            let reply = self
+                .send(Method::POST, "/batch/objects", Some(body), Retry::Yes)
+                .await?;
+            if !reply.status.is_success() {
+                return Err(reply.rejected("writing a batch of objects"));
+            }
+            let results = reply.json("writing a batch of objects")?;
+            let failures = batch_failures(&results, &pending)
+                .map_err(|e| VectorError::Rejected(format!("writing a batch of objects: {e}")))?;
+            transient.clear();
+            let mut again = Vec::new();
+            for (item, message) in failures {
+                let line = format!("{} (object {}): {message}", item.id, item.uuid);
+                if is_permanent_item_error(&message) {
+                    refused.push(line);
+                } else {
+                    transient.push(line);
+                    again.push(item);
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            tracing::warn!(
+                failed = again.len(),
+                round,
+                first = %transient[0],
+                "Weaviate failed some objects of a batch; sending them again"
+            );
+            pending = again;
+        }
+        if !refused.is_empty() {
+            return Err(VectorError::Rejected(format!(
+                "Weaviate refused {} object(s): {}",
+                refused.len(),
+                refused.join("; ")
+            )));
+        }
+        if !transient.is_empty() {
+            return Err(VectorError::Unavailable(anyhow!(
+                "{} object(s) still failed after {ITEM_ATTEMPTS} rounds: {}",
+                transient.len(),
+                transient.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// `DELETE /v1/objects/{class}/{uuid}`: one round trip for the common case of one context.
+    async fn delete_one(&self, id: &ContextId) -> Result<(), VectorError> {
+        let path = format!("/objects/{}/{}", self.class, object_id(id));
+        let reply = self.send(Method::DELETE, &path, None, Retry::Yes).await?;
+        match reply.status {
+            // 404 is "gone" too: on one node a missing id answers 204, on others 404 (§6).
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(reply.rejected(&format!("deleting context {id}"))),
+        }
+    }
+
+    /// `DELETE /v1/batch/objects` with `contextId ContainsAny [...]` (§6). Repeated while
+    /// something failed or the server's per-call cap was reached: the filter is idempotent.
+    async fn delete_by_filter(&self, ids: &[ContextId]) -> Result<(), VectorError> {
+        let body = json_body(&batch_delete_body(&self.class, ids));
+        let mut last_failure = String::new();
+        for round in 1..=ITEM_ATTEMPTS {
+            if round > 1 {
+                tokio::time::sleep(self.backoff(round - 1, None)).await;
+            }
+            let reply = self
+                .send(
+                    Method::DELETE,
+                    "/batch/objects",
+                    Some(body.clone()),
+                    Retry::Yes,
+                )
+                .await?;
+            if !reply.status.is_success() {
+                return Err(reply.rejected("deleting a batch of contexts"));
+            }
+            let answer = reply.json("deleting a batch of contexts")?;
+            let results = &answer["results"];
+            let count = |key: &str| results[key].as_f64().unwrap_or(0.0);
+            let (matches, limit, failed) = (count("matches"), count("limit"), count("failed"));
+            let capped = limit > 0.0 && matches >= limit;
+            if failed == 0.0 && !capped {
+                return Ok(());
+            }
+            last_failure = if failed > 0.0 {
+                let first = results["objects"]
+                    .as_array()
+                    .and_then(|objects| {
+                        objects
+                            .iter()
+                            .find_map(|o| first_error(&o["errors"]).map(|m| (o["id"].clone(), m)))
+                    })
+                    .map(|(id, m)| format!(" (first: object {id}: {m})"))
+                    .unwrap_or_default();
+                format!("{failed} object(s) failed to delete{first}")
+            } else {
+                format!("the server deleted its maximum of {limit} objects in one call")
+            };
+            tracing::warn!(round, problem = %last_failure, "a batch delete is not finished; repeating it");
+        }
+        Err(VectorError::Unavailable(anyhow!(
+            "deleting a batch of contexts: still not done after {ITEM_ATTEMPTS} rounds: {last_failure}"
+        )))
+    }
+
+    /// Checks an existing class against what contextd needs (§2.3).
+    fn verify(&self, class: &Value) -> Result<(), VectorError> {
+        let problems = class_mismatches(class);
+        if problems.is_empty() {
+            for name in ["contextId", "source", "parentId"] {
+                let tokenization =
+                    find_property(class, name).and_then(|p| p["tokenization"].as_str());
+                if tokenization.is_some_and(|t| t != "field") {
+                    // Usable, but an Equal filter on it also matches look-alike ids (§2.1).
+                    tracing::warn!(class = %self.class, property = name, ?tokenization, "a filter property is not tokenized as `field`: filters on it may match too much");
+                }
+            }
+            return Ok(());
+        }
+        Err(VectorError::Rejected(format!(
+            "the Weaviate class {} exists but cannot hold contextd's vectors: {}. contextd never \
+             alters or deletes a class: fix or remove it by hand, or set vector.weaviate.class_name \
+             to another class",
+            self.class,
+            problems.join("; ")
+        )))
+    }
+}
+
+#[async_trait]
+impl VectorIndex for WeaviateIndex {
+    fn backend(&self) -> &'static str {
+        "weaviate"
+    }
+
+    /// The class bootstrap of §2.4: read; create when absent; when another instance created it
+    /// in the meantime (422 `already exists`), read again. Whatever is found is verified.
+    async fn prepare(&self) -> Result<(), VectorError> {
+        let path = format!("/schema/{}", self.class);
+        for _ in 0..PREPARE_ROUNDS {
+            let reply = self.send(Method::GET, &path, None, Retry::Yes).await?;
+            match reply.status {
+                StatusCode::OK => return self.verify(&reply.json("reading the class")?),
+                StatusCode::NOT_FOUND => {}
+                _ => return Err(reply.rejected("reading the class")),
+            }
+            let definition = json_body(&class_definition(&self.class));
+            let created = self
+                .send(Method::POST, "/schema", Some(definition), Retry::Yes)
+                .await?;
+            if created.status.is_success() {
+                tracing::info!(class = %self.class, "created the Weaviate class");
+                return self.verify(&created.json("creating the class")?);
+            }
+            let message = error_message(&created.body);
+            if created.status == StatusCode::UNPROCESSABLE_ENTITY
+                && message.contains("already exists")
+            {
+                if message.contains("found similar class") {
+                    return Err(VectorError::Rejected(format!(
+                        "cannot create the Weaviate class {}: a class whose name differs only in \
+                         case exists ({message}); set vector.weaviate.class_name to that name or \
+                         another one",
+                        self.class
+                    )));
+                }
+                // Another instance won the race: read what it created.
+                tracing::info!(class = %self.class, "the Weaviate class was created concurrently; reading it");
+                continue;
+            }
+            return Err(created.rejected("creating the class"));
+        }
+        Err(VectorError::Unavailable(anyhow!(
+            "the Weaviate class {} is reported as existing but cannot be read",
+            self.class
+        )))
+    }
+
+    async fn upsert(&self, entries: Vec<VectorEntry>) -> Result<(), VectorError> {
+        // One object per id, the last entry winning as it would in sequence: a batch that holds
+        // an id twice leaves the outcome to the server's parallel shards.
+        let mut seen = HashSet::new();
+        let mut latest: Vec<VectorEntry> = entries
+            .into_iter()
+            .rev()
+            .filter(|e| seen.insert(e.id.clone()))
+            .collect();
+        latest.reverse();
+        let mut prepared = Vec::with_capacity(latest.len());
+        for entry in &latest {
+            self.check_vector(&entry.vector, &format!("context {}", entry.id))?;
+            prepared.push(Prepared {
+                id: entry.id.clone(),
+                uuid: object_id(&entry.id),
+                object: object_body(&self.class, entry),
+            });
+        }
+        // An empty batch is a 422 (§5): nothing to send is simply nothing to do.
+        for chunk in prepared.chunks(UPSERT_CHUNK) {
+            self.upsert_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, ids: Vec<ContextId>) -> Result<(), VectorError> {
+        let mut seen = HashSet::new();
+        let ids: Vec<ContextId> = ids
+            .into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        match ids.as_slice() {
+            [] => Ok(()),
+            [one] => self.delete_one(one).await,
+            many => {
+                for chunk in many.chunks(DELETE_CHUNK) {
+                    self.delete_by_filter(chunk).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<Hit>, VectorError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.check_vector(&query.vector, "the search vector")?;
+        let text = search_query(&self.class, query).map_err(VectorError::Rejected)?;
+        let reply = self
+            .send(
+                Method::POST,
+                "/graphql",
+                Some(json_body(&json!({ "query": text }))),
+                Retry::Yes,
+            )
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(reply.rejected("searching"));
+        }
+        let mut hits = parse_search_response(&self.class, &reply.json("searching")?)?;
+        hits.truncate(query.limit);
+        Ok(hits)
+    }
+
+    async fn ping(&self) -> Result<(), VectorError> {
+        // No retry: /readyz wants the state now, and a retry loop would only slow it down.
+        let reply = self.send(Method::GET, READY_PATH, None, Retry::No).await?;
+        if reply.status.is_success() {
+            Ok(())
+        } else {
+            Err(reply.rejected("checking readiness"))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    Yes,
+    No,
+}
+
+/// An answer that is neither 5xx nor 429.
+struct Reply {
+    method: Method,
+    path: String,
+    status: StatusCode,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self, doing: &str) -> Result<Value, VectorError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            // A 2xx that is not JSON is not Weaviate (a proxy page, a wrong URL): configuration.
+            VectorError::Rejected(format!(
+                "{doing}: {} /v1{} answered {} with a body that is not JSON ({e}): {}",
+                self.method,
+                self.path,
+                self.status,
+                truncate(&String::from_utf8_lossy(&self.body), 200)
+            ))
+        })
+    }
+
+    fn rejected(&self, doing: &str) -> VectorError {
+        let hint = match self.status {
+            StatusCode::UNAUTHORIZED => " (check vector.weaviate.api_key)",
+            StatusCode::FORBIDDEN => " (the API key lacks a permission)",
+            _ => "",
+        };
+        VectorError::Rejected(format!(
+            "{doing}: {} /v1{} answered {}{hint}: {}",
+            self.method,
+            self.path,
+            self.status,
+            error_message(&self.body)
+        ))
+    }
+}
+
+/// One object of an upsert, ready to send.
+struct Prepared {
+    id: ContextId,
+    uuid: Uuid,
+    object: ObjectOut,
+}
+
+/// `definitions.Object` as contextd writes it (§4). Typed rather than a `Value` so that the
+/// vector is written by serde_json's `f32` printer (`0.7`, not `0.699999988079071`): the same
+/// number for Weaviate's float32, in half the bytes.
+#[derive(Debug, Serialize)]
+struct ObjectOut {
+    class: String,
+    /// Lowercase hyphenated, the form the server stores and returns (§3).
+    id: String,
+    properties: PropertiesOut,
+    vector: Vec<f32>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PropertiesOut {
+    context_id: String,
+    /// `data` as compact JSON text.
+    content: String,
+    /// `metadata` as compact JSON text (§2.1).
+    metadata: String,
+    /// RFC 3339, what a `date` property requires (§2.2).
+    timestamp: String,
+    source: &'static str,
+    /// `""` for none: a filter on it then matches only top-level contexts by `""`.
+    parent_id: String,
+}
+
+/// The body of `POST /v1/batch/objects`.
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    objects: Vec<&'a ObjectOut>,
+}
+
+fn json_body<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("request bodies always serialise"))
+}
+
+/// The Weaviate object id of a context: `uuid5(NAMESPACE_DNS, id)`, as the Weaviate Python
+/// client's `generate_uuid5(id)` computes it (§3), so other tools find the same object.
+pub fn object_id(id: &ContextId) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_DNS, id.as_str().as_bytes())
+}
+
+/// The class contextd creates (§2.2). `metadata` is JSON text, not an `object` property: object
+/// properties need fixed nested fields (§2.1). Filterable identifiers use `field` tokenization so
+/// that `Equal` compares whole values.
+pub fn class_definition(class: &str) -> Value {
+    json!({
+        "class": class,
+        "description": "contextd: one object per context, vector supplied by contextd",
+        "vectorizer": "none",
+        "vectorIndexType": "hnsw",
+        "vectorIndexConfig": {"distance": "cosine"},
+        "properties": [
+            {"name": "contextId", "dataType": ["text"], "tokenization": "field", "indexFilterable": true, "indexSearchable": false},
+            {"name": "content", "dataType": ["text"]},
+            {"name": "metadata", "dataType": ["text"], "indexFilterable": false, "indexSearchable": false},
+            {"name": "timestamp", "dataType": ["date"]},
+            {"name": "source", "dataType": ["text"], "tokenization": "field", "indexSearchable": false},
+            {"name": "parentId", "dataType": ["text"], "tokenization": "field", "indexSearchable": false},
+        ]
+    })
+}
+
+/// What in an existing class differs from [`class_definition`], checking only what §2.3 says
+/// matters: `vectorizer`, `vectorIndexConfig.distance`, and each property's name and data type.
+fn class_mismatches(class: &Value) -> Vec<String> {
+    let wanted = class_definition("");
+    let mut problems = Vec::new();
+    let vectorizer = &class["vectorizer"];
+    if vectorizer.as_str() != Some("none") {
+        problems.push(format!("vectorizer is {vectorizer}, expected \"none\""));
+    }
+    let distance = &class["vectorIndexConfig"]["distance"];
+    if distance.as_str() != Some("cosine") {
+        problems.push(format!(
+            "vectorIndexConfig.distance is {distance}, expected \"cosine\""
+        ));
+    }
+    for property in wanted["properties"].as_array().into_iter().flatten() {
+        let name = property["name"].as_str().unwrap_or_default();
+        match find_property(class, name) {
+            None => problems.push(format!("property {name:?} is missing")),
+            Some(found) if found["dataType"] != property["dataType"] => problems.push(format!(
+                "property {name:?} has dataType {}, expected {}",
+                found["dataType"], property["dataType"]
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+fn find_property<'a>(class: &'a Value, name: &str) -> Option<&'a Value> {
+    class["properties"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+}
+
+/// A class name the server keeps as given, and that is a GraphQL name: the server capitalises a
+/// lowercase first letter (§2.2), after which `GET /schema/{name}` would never find it.
+fn check_class_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_uppercase());
+    anyhow::ensure!(
+        first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && name.len() <= 255,
+        "vector.weaviate.class_name {name:?} must start with an uppercase letter and hold only \
+         A-Z, a-z, 0-9 and '_'"
+    );
+    Ok(())
+}
+
+/// The object of one context in a batch (§4, §5).
+fn object_body(class: &str, entry: &VectorEntry) -> ObjectOut {
+    ObjectOut {
+        class: class.to_owned(),
+        id: object_id(&entry.id).to_string(),
+        properties: PropertiesOut {
+            context_id: entry.id.as_str().to_owned(),
+            content: Value::Object(entry.data.clone()).to_string(),
+            metadata: Value::Object(entry.metadata.clone()).to_string(),
+            timestamp: entry
+                .updated_at
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            source: entry.source.as_str(),
+            parent_id: entry
+                .parent_id
+                .as_ref()
+                .map_or_else(String::new, |p| p.as_str().to_owned()),
+        },
+        vector: entry.vector.clone(),
+    }
+}
+
+/// `DELETE /v1/batch/objects` body: every object whose `contextId` is one of `ids` (§6).
+/// `minimal` output lists only failures, which is all this client reads.
+fn batch_delete_body(class: &str, ids: &[ContextId]) -> Value {
+    let ids: Vec<&str> = ids.iter().map(ContextId::as_str).collect();
+    json!({
+        "match": {
+            "class": class,
+            "where": {"path": ["contextId"], "operator": "ContainsAny", "valueTextArray": ids},
+        },
+        "output": "minimal",
+        "dryRun": false,
+    })
+}
+
+/// The objects of `pending` that failed, with the server's message, from a batch answer (§5):
+/// an item failed when `result.status` is `FAILED` or `result.errors.error` is non-empty. Items
+/// are matched by id (the answer is in request order, but the id says it for sure); an object
+/// the answer does not mention counts as failed, so it is sent again.
+fn batch_failures<'a>(
+    results: &Value,
+    pending: &[&'a Prepared],
+) -> Result<Vec<(&'a Prepared, String)>, String> {
+    let items = results.as_array().ok_or_else(|| {
+        format!(
+            "the answer is not an array: {}",
+            truncate(&results.to_string(), 200)
+        )
+    })?;
+    let mut outcome: std::collections::HashMap<Uuid, Option<String>> = Default::default();
+    for (index, item) in items.iter().enumerate() {
+        let uuid = item["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .or_else(|| pending.get(index).map(|p| p.uuid));
+        let Some(uuid) = uuid else { continue };
+        let result = &item["result"];
+        let error = first_error(&result["errors"]);
+        let failed = result["status"].as_str() == Some("FAILED") || error.is_some();
+        outcome.insert(
+            uuid,
+            failed.then(|| error.unwrap_or_else(|| "FAILED without a message".to_owned())),
+        );
+    }
+    Ok(pending
+        .iter()
+        .filter_map(|p| match outcome.get(&p.uuid) {
+            Some(None) => None,
+            Some(Some(message)) => Some((*p, message.clone())),
+            None => Some((*p, "the answer has no result for this object".to_owned())),
+        })
+        .collect())
+}
+
+/// All messages of an `ErrorResponse` (`{"error":[{"message":..}]}`), joined; `None` when empty.
+fn first_error(errors: &Value) -> Option<String> {
+    let messages: Vec<&str> = errors["error"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    (!messages.is_empty()).then(|| messages.join("; "))
+}
+
+/// Whether a per-object batch failure is the object's fault, so sending it again cannot help:
+/// a value of the wrong type or format, an unknown property, a vector of the wrong length
+/// (§4, §5). Anything else (a replica not reachable, a timeout, a shard busy) is worth a retry.
+fn is_permanent_item_error(message: &str) -> bool {
+    const PERMANENT: [&str; 9] = [
+        "invalid ",
+        "RFC3339",
+        "no such prop",
+        "vector with length",
+        "vector lengths",
+        "is not a valid",
+        "not allowed",
+        "multi-tenancy",
+        "could not find class",
+    ];
+    PERMANENT.iter().any(|marker| message.contains(marker))
+}
+
+/// Whether a GraphQL error (they come with HTTP 200) is the server's momentary state rather than
+/// the query's fault; most are validation errors, which a retry cannot fix.
+fn is_transient_query_error(message: &str) -> bool {
+    const TRANSIENT: [&str; 7] = [
+        "deadline exceeded",
+        "timeout",
+        "timed out",
+        "not ready",
+        "unavailable",
+        "connection refused",
+        "cannot reach enough replicas",
+    ];
+    let lower = message.to_ascii_lowercase();
+    TRANSIENT.iter().any(|marker| lower.contains(marker))
+}
+
+/// The readable message of an error body, whichever of the four shapes of §0 it has:
+/// `{"error":[{"message":..}]}`, then `{"code":..,"message":..}` (also 429's and 422's
+/// `errorCode` shapes, which carry `message` too), else the raw text; an empty body says so.
+pub(crate) fn error_message(body: &[u8]) -> String {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return "(empty body)".to_owned();
+    }
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        if let Some(messages) = first_error(&value) {
+            return messages;
+        }
+        if let Some(message) = value.get("message").and_then(Value::as_str) {
+            return match value.get("errorCode").and_then(Value::as_str) {
+                Some(code) => format!("{code}: {message}"),
+                None => message.to_owned(),
+            };
+        }
+    }
+    truncate(String::from_utf8_lossy(body).trim(), 500)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn check_finite(vector: &[f32]) -> Result<(), String> {
+    match vector.iter().position(|x| !x.is_finite()) {
+        // serde_json would write NaN as `null`, and GraphQL has no literal for it.
+        Some(at) => Err(format!("the vector holds {} at index {at}", vector[at])),
+        None => Ok(()),
+    }
+}
+
+/// The GraphQL text of a search (§7): the vector as a literal list (a variable cannot carry it,
+/// §7), `certainty` only when there is a threshold, the filters as `Equal`s joined by `And`.
+fn search_query(class: &str, query: &SearchQuery) -> Result<String, String> {
+    check_finite(&query.vector)?;
+    if !query.min_certainty.is_finite() {
+        return Err(format!(
+            "min_certainty {} is not a number",
+            query.min_certainty
+        ));
+    }
+    let mut text = String::with_capacity(64 + query.vector.len() * 12);
+    let _ = write!(text, "{{ Get {{ {class}(nearVector: {{vector: ");
+    write_vector(&mut text, &query.vector);
+    if query.min_certainty > 0.0 {
+        // Above 1 nothing can match; Weaviate only knows certainties in 0..=1.
+        let _ = write!(text, ", certainty: {}", query.min_certainty.min(1.0));
+    }
+    text.push('}');
+    let mut conditions = Vec::new();
+    if let Some(source) = query.source {
+        conditions.push(equal("source", source.as_str()));
+    }
+    if let Some(parent) = &query.parent_id {
+        conditions.push(equal("parentId", parent.as_str()));
+    }
+    match conditions.as_slice() {
+        [] => {}
+        [one] => {
+            let _ = write!(text, ", where: {one}");
+        }
+        many => {
+            let _ = write!(
+                text,
+                ", where: {{operator: And, operands: [{}]}}",
+                many.join(", ")
+            );
+        }
+    }
+    let _ = write!(
+        text,
+        ", limit: {}) {{ contextId _additional {{ certainty distance }} }} }} }}",
+        query.limit
+    );
+    Ok(text)
+}
+
+/// `{path: ["p"], operator: Equal, valueText: "v"}`; `operator` is an enum, so unquoted (§7.3).
+fn equal(property: &str, value: &str) -> String {
+    format!(
+        "{{path: [{}], operator: Equal, valueText: {}}}",
+        graphql_string(property),
+        graphql_string(value)
+    )
+}
+
+/// `[0.7, 0.3]`: Rust's shortest round-trip form of each `f32`, never in exponent notation, so
+/// every element is a valid GraphQL Int or Float literal.
+fn write_vector(out: &mut String, vector: &[f32]) {
+    out.push('[');
+    for (i, x) in vector.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{x}");
+    }
+    out.push(']');
+}
+
+/// A GraphQL string literal: quoted, with `"`, `\` and control characters escaped.
+fn graphql_string(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 2);
+    out.push('"');
+    for c in raw.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The hits of a GraphQL answer (§7). `errors` is read first: they come with HTTP 200 and may
+/// sit beside a `data` whose class field is null. A null or absent result means no hits.
+fn parse_search_response(class: &str, answer: &Value) -> Result<Vec<Hit>, VectorError> {
+    if let Some(errors) = answer
+        .get("errors")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty())
+    {
+        let messages: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                e["message"]
+                    .as_str()
+                    .map_or_else(|| e.to_string(), str::to_owned)
+            })
+            .collect();
+        let text = format!("the search query failed: {}", messages.join("; "));
+        return Err(if messages.iter().any(|m| is_transient_query_error(m)) {
+            VectorError::Unavailable(anyhow!(text))
+        } else {
+            VectorError::Rejected(text)
+        });
+    }
+    let Some(items) = answer["data"]["Get"][class].as_array() else {
+        return Ok(Vec::new());
+    };
+    let mut hits = Vec::with_capacity(items.len());
+    for item in items {
+        let raw = item["contextId"].as_str().unwrap_or_default();
+        let Ok(id) = ContextId::parse(raw) else {
+            // Not written by contextd (or not by this version): not a context, so not a hit.
+            tracing::warn!(
+                class,
+                context_id = raw,
+                "skipping a search result whose contextId is not a context id"
+            );
+            continue;
+        };
+        let additional = &item["_additional"];
+        let distance = additional["distance"].as_f64();
+        let certainty = additional["certainty"].as_f64();
+        let (certainty, distance) = match (certainty, distance) {
+            (Some(c), Some(d)) => (c, d),
+            (Some(c), None) => (c, 2.0 * (1.0 - c)),
+            (None, Some(d)) => (1.0 - d / 2.0, d),
+            (None, None) => {
+                return Err(VectorError::Rejected(format!(
+                    "a search result for {id} has neither certainty nor distance"
+                )));
+            }
+        };
+        hits.push(Hit {
+            id,
+            certainty,
+            distance,
+        });
+    }
+    Ok(hits)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::domain::Source;
+
+    fn id(raw: &str) -> ContextId {
+        ContextId::parse(raw).unwrap()
+    }
+
+    fn query(vector: Vec<f32>) -> SearchQuery {
+        SearchQuery {
+            vector,
+            limit: 5,
+            min_certainty: 0.0,
+            source: None,
+            parent_id: None,
+        }
+    }
+
+    #[test]
+    fn object_ids_are_the_uuid5_test_vectors_of_the_contract() {
+        assert_eq!(
+            object_id(&id("ctx_123")).to_string(),
+            "65f31481-1306-5c03-9aaf-fd7694153e8f"
+        );
+        assert_eq!(
+            object_id(&id("ctx_456")).to_string(),
+            "b5ba7548-25a2-5874-a14b-fdc9641c659d"
+        );
+    }
+
+    #[test]
+    fn a_query_without_threshold_or_filters_has_only_the_vector_and_limit() {
+        assert_eq!(
+            search_query("FactoryContext", &query(vec![0.7, 0.3])).unwrap(),
+            "{ Get { FactoryContext(nearVector: {vector: [0.7, 0.3]}, limit: 5) \
+             { contextId _additional { certainty distance } } } }"
+        );
+    }
+
+    #[test]
+    fn a_certainty_threshold_goes_into_near_vector() {
+        let mut q = query(vec![1.0, -2.0, 0.25]);
+        q.min_certainty = 0.8;
+        q.limit = 10;
+        assert_eq!(
+            search_query("FactoryContext", &q).unwrap(),
+            "{ Get { FactoryContext(nearVector: {vector: [1, -2, 0.25], certainty: 0.8}, limit: 10) \
+             { contextId _additional { certainty distance } } } }"
+        );
+    }
+
+    #[test]
+    fn one_filter_is_a_single_equal_and_two_are_joined_by_and() {
+        let mut q = query(vec![0.7, 0.3]);
+        q.source = Some(Source::Mcp);
+        assert!(search_query("C", &q).unwrap().contains(
+            ", where: {path: [\"source\"], operator: Equal, valueText: \"mcp\"}, limit: 5)"
+        ));
+        q.source = Some(Source::Factory);
+        q.parent_id = Some(id("ctx_1"));
+        assert!(search_query("C", &q).unwrap().contains(
+            ", where: {operator: And, operands: [\
+             {path: [\"source\"], operator: Equal, valueText: \"factory\"}, \
+             {path: [\"parentId\"], operator: Equal, valueText: \"ctx_1\"}]}, limit: 5)"
+        ));
+    }
+
+    #[test]
+    fn graphql_strings_escape_quotes_backslashes_and_control_characters() {
+        assert_eq!(graphql_string("plain"), "\"plain\"");
+        assert_eq!(
+            graphql_string("a\"b\\c\nd\te\u{1}"),
+            "\"a\\\"b\\\\c\\nd\\te\\u0001\""
+        );
+        // The query then goes into JSON through serde_json, which escapes it once more.
+        let body = json!({"query": graphql_string("x\"y")}).to_string();
+        assert_eq!(body, r#"{"query":"\"x\\\"y\""}"#);
+    }
+
+    #[test]
+    fn vectors_are_written_as_plain_decimal_literals() {
+        let mut out = String::new();
+        write_vector(&mut out, &[1.0, 0.1, -3.5, 1e-7, 123_456_790.0]);
+        assert_eq!(out, "[1, 0.1, -3.5, 0.0000001, 123456790]");
+    }
+
+    #[test]
+    fn a_vector_with_nan_or_infinity_is_refused_before_any_request() {
+        assert!(search_query("C", &query(vec![0.1, f32::NAN])).is_err());
+        assert!(search_query("C", &query(vec![f32::INFINITY])).is_err());
+        let mut q = query(vec![0.1]);
+        q.min_certainty = f64::NAN;
+        assert!(search_query("C", &q).is_err());
+    }
+
+    #[test]
+    fn error_bodies_are_decoded_in_all_four_shapes() {
+        assert_eq!(
+            error_message(br#"{"error":[{"message":"class name FactoryContext already exists"}]}"#),
+            "class name FactoryContext already exists"
+        );
+        assert_eq!(
+            error_message(br#"{"code":401,"message":"unauthorized: invalid api key"}"#),
+            "unauthorized: invalid api key"
+        );
+        assert_eq!(error_message(b""), "(empty body)");
+        assert_eq!(
+            error_message(
+                br#"{"errorCode":"USAGE_LIMIT_EXCEEDED","limit":"objects","value":5,"message":"too many"}"#
+            ),
+            "USAGE_LIMIT_EXCEEDED: too many"
+        );
+        assert_eq!(
+            error_message(b"<html>bad gateway</html>\n"),
+            "<html>bad gateway</html>"
+        );
+        assert_eq!(
+            error_message(br#"{"error":[{"message":"a"},{"message":"b"}]}"#),
+            "a; b"
+        );
+    }
+
+    #[test]
+    fn the_contracts_class_echo_passes_verification_and_extra_keys_are_ignored() {
+        let mut echo = class_definition("FactoryContext");
+        echo["vectorIndexConfig"] = json!({"distance":"cosine","ef":-1,"efConstruction":128});
+        echo["replicationConfig"] = json!({"factor": 1});
+        echo["properties"][0]["indexRangeFilters"] = json!(false);
+        assert!(class_mismatches(&echo).is_empty());
+    }
+
+    #[test]
+    fn a_class_with_another_distance_vectorizer_or_property_type_is_a_mismatch() {
+        let mut class = class_definition("FactoryContext");
+        class["vectorizer"] = json!("text2vec-openai");
+        class["vectorIndexConfig"]["distance"] = json!("dot");
+        class["properties"][3]["dataType"] = json!(["text"]);
+        class["properties"].as_array_mut().unwrap().remove(5);
+        let problems = class_mismatches(&class);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("vectorizer"));
+        assert!(problems[1].contains("\"dot\""));
+        assert!(problems[2].contains("timestamp"));
+        assert!(problems[3].contains("parentId"));
+    }
+
+    #[test]
+    fn search_errors_are_read_before_data_and_null_data_means_no_hits() {
+        let failed = json!({
+            "data": {"Get": {"FactoryContext": null}},
+            "errors": [{"message": "failed to extract nearVector params: cannot provide distance and certainty", "path": ["Get","FactoryContext"]}]
+        });
+        match parse_search_response("FactoryContext", &failed) {
+            Err(VectorError::Rejected(m)) => assert!(m.contains("cannot provide distance")),
+            other => panic!("{other:?}"),
+        }
+        let slow = json!({"errors": [{"message": "context deadline exceeded"}]});
+        assert!(matches!(
+            parse_search_response("FactoryContext", &slow),
+            Err(VectorError::Unavailable(_))
+        ));
+        for empty in [
+            json!({"data": {"Get": {"FactoryContext": null}}}),
+            json!({"data": null}),
+            json!({}),
+        ] {
+            assert!(
+                parse_search_response("FactoryContext", &empty)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn search_results_become_hits_in_the_servers_order() {
+        let answer = json!({"data":{"Get":{"FactoryContext":[
+            {"_additional":{"certainty":1,"distance":0},"contextId":"ctx_123"},
+            {"_additional":{"certainty":0.9642383,"distance":0.07152331},"contextId":"ctx_456"},
+            {"_additional":{"certainty":0.5,"distance":1},"contextId":"not an id"}
+        ]}}});
+        let hits = parse_search_response("FactoryContext", &answer).unwrap();
+        assert_eq!(
+            hits,
+            vec![
+                Hit {
+                    id: id("ctx_123"),
+                    certainty: 1.0,
+                    distance: 0.0
+                },
+                Hit {
+                    id: id("ctx_456"),
+                    certainty: 0.9642383,
+                    distance: 0.07152331
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_object_body_carries_compact_json_text_and_an_rfc3339_timestamp() {
+        let mut data = serde_json::Map::new();
+        data.insert("user".into(), json!("john"));
+        let entry = VectorEntry {
+            id: id("ctx_123"),
+            version: 3,
+            vector: vec![0.7, 0.3],
+            source: Source::Factory,
+            parent_id: None,
+            data,
+            metadata: serde_json::Map::new(),
+            updated_at: Utc.with_ymd_and_hms(2026, 8, 20, 10, 0, 0).unwrap(),
+        };
+        let body = serde_json::to_string(&object_body("FactoryContext", &entry)).unwrap();
+        // Byte for byte the object of the contract's §4.
+        assert_eq!(
+            body,
+            r#"{"class":"FactoryContext","id":"65f31481-1306-5c03-9aaf-fd7694153e8f","properties":{"contextId":"ctx_123","content":"{\"user\":\"john\"}","metadata":"{}","timestamp":"2026-08-20T10:00:00Z","source":"factory","parentId":""},"vector":[0.7,0.3]}"#
+        );
+    }
+
+    #[test]
+    fn batch_failures_are_matched_by_id_and_missing_items_count_as_failed() {
+        let items: Vec<Prepared> = ["a", "b", "c"]
+            .iter()
+            .map(|raw| Prepared {
+                id: id(raw),
+                uuid: object_id(&id(raw)),
+                object: ObjectOut {
+                    class: "C".into(),
+                    id: object_id(&id(raw)).to_string(),
+                    properties: PropertiesOut {
+                        context_id: (*raw).into(),
+                        content: "{}".into(),
+                        metadata: "{}".into(),
+                        timestamp: "2026-08-20T10:00:00Z".into(),
+                        source: "mcp",
+                        parent_id: String::new(),
+                    },
+                    vector: vec![1.0],
+                },
+            })
+            .collect();
+        let pending: Vec<&Prepared> = items.iter().collect();
+        let answer = json!([
+            {"id": items[1].uuid.to_string(), "result": {"status": "FAILED", "errors": {"error": [{"message": "boom"}]}}},
+            {"id": items[0].uuid.to_string(), "result": {"status": "SUCCESS"}},
+        ]);
+        let failures = batch_failures(&answer, &pending).unwrap();
+        let summary: Vec<(&str, &str)> = failures
+            .iter()
+            .map(|(p, m)| (p.id.as_str(), m.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("b", "boom"),
+                ("c", "the answer has no result for this object")
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_values_are_permanent_item_errors_and_replica_trouble_is_not() {
+        assert!(is_permanent_item_error(
+            "invalid date property 'timestamp' on class 'FactoryContext': requires a string with a RFC3339 formatted date, but the given value is 'yesterday'"
+        ));
+        assert!(is_permanent_item_error(
+            "new node has a vector with length 3. Existing nodes have vectors with length 2"
+        ));
+        assert!(!is_permanent_item_error("cannot reach enough replicas"));
+        assert!(!is_permanent_item_error("context deadline exceeded"));
+    }
+
+    #[test]
+    fn settings_need_a_url_and_a_class_name_the_server_keeps() {
+        let mut settings = WeaviateSettings::default();
+        assert!(WeaviateIndex::new(&settings, 2).is_err());
+        settings.url = Some("http://127.0.0.1:8080/v1/".into());
+        let index = WeaviateIndex::new(&settings, 2).unwrap();
+        assert_eq!(index.base_url(), "http://127.0.0.1:8080/v1");
+        settings.class_name = "factoryContext".into();
+        assert!(WeaviateIndex::new(&settings, 2).is_err());
+        settings.class_name = "Factory Context".into();
+        assert!(WeaviateIndex::new(&settings, 2).is_err());
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let settings = WeaviateSettings {
+            url: Some("http://127.0.0.1:8080".into()),
+            api_key: Some(crate::config::Secret::new("s3cret-key".into())),
+            ..WeaviateSettings::default()
+        };
+        let index = WeaviateIndex::new(&settings, 2).unwrap();
+        let shown = format!("{index:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn backoff_doubles_and_honours_retry_after_up_to_the_cap() {
+        let settings = WeaviateSettings {
+            url: Some("http://127.0.0.1:8080".into()),
+            ..WeaviateSettings::default()
+        };
+        let index = WeaviateIndex::new(&settings, 2).unwrap();
+        for _ in 0..50 {
+            let first = index.backoff(1, None);
+            assert!(first >= Duration::from_millis(25) && first <= Duration::from_millis(50));
+            let third = index.backoff(3, None);
+            assert!(third >= Duration::from_millis(100) && third <= Duration::from_millis(200));
+            assert_eq!(
+                index.backoff(1, Some(Duration::from_secs(30))),
+                Duration::from_secs(1)
+            );
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! (cloned from a template migrated once), so the suite runs in parallel.
 
 mod harness;
+#[path = "../common/weaviate_fake.rs"]
+mod weaviate_fake;
 
 mod cache;
 mod cli;
@@ -11,6 +13,7 @@ mod errors;
 mod lifecycle;
 mod merge;
 mod ops;
+mod search;
 mod sync;
 mod transfer;
 mod versions;

@@ -30,8 +30,9 @@ async fn readyz_reports_the_store_and_redis_disabled_unless_configured(store: Se
             "checks": {
                 "store": "ok",
                 "redis": if store.redis { "ok" } else { "disabled" },
-                "vector": "disabled"
-            }
+                "vector": "ok"
+            },
+            "vector": {"backend": "embedded", "backlog": 0}
         })
     );
 }
@@ -235,6 +236,7 @@ async fn the_served_openapi_document_is_the_committed_one(store: Setup) {
         "/sync/factory",
         "/sync/factory/{id}",
         "/sync/factory/changes",
+        "/contexts/search",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }

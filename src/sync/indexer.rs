@@ -1,0 +1,237 @@
+//! The vector indexer: applies committed changes to the vector index, from the outbox, with
+//! retries, so a write never waits for (or fails because of) the vector backend, and nothing is
+//! lost while the backend is down.
+//!
+//! It does not replay versions: for each changed context it reads the current state from the
+//! store and makes the index match it (the embedding of the current version, or nothing). So the
+//! index converges on the store whatever the order or repetition of the changes, and a late
+//! update can never bring back an old vector or a deleted context.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::domain::{Context, ContextId};
+use crate::store::Store;
+use crate::vector::{VectorEntry, VectorIndex};
+
+/// Changes read from the outbox per round.
+const PAGE: usize = 500;
+
+/// Contexts read per page while rebuilding.
+const REBUILD_PAGE: usize = 1000;
+
+/// The first retry delay after a failure; doubles up to `MAX_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// What `/readyz` says of the indexer.
+#[derive(Debug, Default)]
+pub struct IndexerState {
+    /// The last attempt to apply changes (or to prepare the backend) succeeded.
+    healthy: AtomicBool,
+    /// Changes committed but not applied yet.
+    backlog: AtomicI64,
+}
+
+impl IndexerState {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn backlog(&self) -> i64 {
+        self.backlog.load(Ordering::Relaxed)
+    }
+}
+
+/// The entry of a context's current version; `None` when it has no embedding.
+pub fn entry_of(context: &Context) -> Option<VectorEntry> {
+    Some(VectorEntry {
+        id: context.id.clone(),
+        version: context.version,
+        vector: context.content.embedding.clone()?,
+        source: context.content.source,
+        parent_id: context.content.parent_id.clone(),
+        data: context.content.data.clone(),
+        metadata: context.content.metadata.clone(),
+        updated_at: context.updated_at,
+    })
+}
+
+pub struct Indexer {
+    store: Arc<dyn Store>,
+    index: Arc<dyn VectorIndex>,
+    state: Arc<IndexerState>,
+    poll: Duration,
+    /// Whether the index keeps what it holds across restarts (Weaviate) or starts empty
+    /// (embedded, rebuilt from the store at each start).
+    persistent: bool,
+}
+
+impl Indexer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        index: Arc<dyn VectorIndex>,
+        state: Arc<IndexerState>,
+        poll: Duration,
+        persistent: bool,
+    ) -> Self {
+        Self {
+            store,
+            index,
+            state,
+            poll,
+            persistent,
+        }
+    }
+
+    /// The cursor's name in `contextd_indexer_state`.
+    fn name(&self) -> String {
+        format!("vector:{}", self.index.backend())
+    }
+
+    /// Loads every current embedding into the index; returns the outbox position to go on from.
+    /// The position is read first, so changes committed during the scan are applied again
+    /// (harmless: applying is idempotent).
+    pub async fn rebuild(&self) -> anyhow::Result<i64> {
+        let from = self.store.latest_seq().await?;
+        let mut after: Option<String> = None;
+        let mut loaded = 0usize;
+        loop {
+            let page = self
+                .store
+                .with_embeddings(after.as_deref(), REBUILD_PAGE)
+                .await?;
+            let entries: Vec<VectorEntry> = page.iter().filter_map(entry_of).collect();
+            loaded += entries.len();
+            if !entries.is_empty() {
+                self.index.upsert(entries).await?;
+            }
+            match page.last() {
+                Some(last) if page.len() == REBUILD_PAGE => {
+                    after = Some(last.id.as_str().to_owned());
+                }
+                _ => break,
+            }
+        }
+        tracing::info!(
+            backend = self.index.backend(),
+            loaded,
+            "vector index rebuilt from the store"
+        );
+        Ok(from)
+    }
+
+    /// Runs until `stop` turns true, from the outbox position `start` (what `rebuild` returned),
+    /// or, when `None`, preparing the backend and finding its position first.
+    pub fn spawn(self, start: Option<i64>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        // Started from a rebuild: the index is as current as the store was.
+        if start.is_some() {
+            self.state.healthy.store(true, Ordering::Relaxed);
+        }
+        tokio::spawn(async move {
+            let mut commits = self.store.commits();
+            let mut cursor = start;
+            let mut retry = FIRST_RETRY;
+            loop {
+                let outcome = self.round(&mut cursor).await;
+                let deadline = match outcome {
+                    Ok(()) => {
+                        self.state.healthy.store(true, Ordering::Relaxed);
+                        retry = FIRST_RETRY;
+                        None
+                    }
+                    Err(e) => {
+                        if self.state.healthy.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(
+                                error = format!("{e:#}"),
+                                "the vector indexer failed; retrying"
+                            );
+                        }
+                        let at = Instant::now() + retry;
+                        retry = (retry * 2).min(MAX_RETRY);
+                        Some(at)
+                    }
+                };
+                if let Ok(latest) = self.store.latest_seq().await {
+                    let applied = cursor.unwrap_or(0);
+                    self.state
+                        .backlog
+                        .store((latest - applied).max(0), Ordering::Relaxed);
+                }
+                let stopping = tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => true,
+                    _ = commits.recv(), if deadline.is_none() => false,
+                    _ = tokio::time::sleep_until(deadline.unwrap_or(Instant::now() + self.poll)) => false,
+                };
+                if stopping {
+                    break;
+                }
+                while !matches!(
+                    commits.try_recv(),
+                    Err(broadcast::error::TryRecvError::Empty)
+                ) {}
+            }
+        })
+    }
+
+    /// Starts (prepare, rebuild or resume) if not started yet, then applies every change
+    /// committed since the cursor.
+    async fn round(&self, cursor: &mut Option<i64>) -> anyhow::Result<()> {
+        let mut at = match *cursor {
+            Some(at) => at,
+            None => {
+                self.index.prepare().await?;
+                let at = if self.persistent {
+                    match self.store.indexer_cursor(&self.name()).await? {
+                        // Never applied anything: everything that exists goes in first.
+                        0 => self.rebuild().await?,
+                        at => at,
+                    }
+                } else {
+                    self.rebuild().await?
+                };
+                *cursor = Some(at);
+                at
+            }
+        };
+        loop {
+            self.store.sequence_outbox().await?;
+            let changes = self.store.changes(at, PAGE).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(());
+            };
+            let ids: BTreeSet<ContextId> = changes.into_iter().map(|c| c.id).collect();
+            self.apply(ids).await?;
+            at = last;
+            *cursor = Some(at);
+            if self.persistent {
+                self.store.set_indexer_cursor(&self.name(), at).await?;
+            }
+        }
+    }
+
+    /// Makes the index match the store for these contexts.
+    async fn apply(&self, ids: BTreeSet<ContextId>) -> anyhow::Result<()> {
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for id in ids {
+            match self.store.get(&id).await?.as_ref().and_then(entry_of) {
+                Some(entry) => upserts.push(entry),
+                None => deletes.push(id),
+            }
+        }
+        if !upserts.is_empty() {
+            self.index.upsert(upserts).await?;
+        }
+        if !deletes.is_empty() {
+            self.index.delete(deletes).await?;
+        }
+        Ok(())
+    }
+}
