@@ -963,3 +963,18 @@ async fn the_fake_answers_the_contracts_schema_and_object_errors() {
     assert_eq!((status, body["code"].as_i64()), (422, Some(601)));
     assert_no_violations(&fake);
 }
+
+#[test]
+fn the_vendored_spec_is_weaviates_own_byte_for_byte() {
+    use sha2::Digest;
+    let spec = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/common/weaviate/openapi-schema.json"
+    ))
+    .unwrap();
+    // The sha256 that tests/common/weaviate/SOURCE.md gives for Weaviate v1.39.0's spec.
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&spec)),
+        "89ff24334838706580dc88d03e84ef8901237c65439b69177118ae96aab2e811"
+    );
+}

@@ -48,7 +48,7 @@ use serde_json::{Map, Value, json};
 /// Weaviate's spec, read once per test binary.
 const SPEC_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/weaviate/openapi-schema.json"
+    "/tests/common/weaviate/openapi-schema.json"
 );
 
 /// `QUERY_MAXIMUM_RESULTS`' default: the most one batch delete removes, and `limit + offset`'s cap.
