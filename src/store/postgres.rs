@@ -616,10 +616,12 @@ impl Store for PostgresStore {
         .map_err(db_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
 
-        // Lock, then read: pipelined, and the reads run after the lock is granted.
+        // Lock, then read: pipelined, and the reads run after the lock is granted. `biased`
+        // polls in the order written, so the statements go out in that order.
         let key = id.as_str();
         let by_id: Params = &[&key];
         let (locked, current, loaded) = tokio::join!(
+            biased;
             tx.execute(&lock, by_id),
             tx.query_opt(&current, by_id),
             async {
@@ -683,7 +685,7 @@ impl Store for PostgresStore {
         let key = id.as_str();
         let by_id: Params = &[&key];
         let (locked, current) =
-            tokio::join!(tx.execute(&lock, by_id), tx.query_opt(&current, by_id));
+            tokio::join!(biased; tx.execute(&lock, by_id), tx.query_opt(&current, by_id));
         locked.map_err(db_error)?;
         let current = current.map_err(db_error)?;
         let Some(current) = current.map(|row| context_from_row(id, &row)).transpose()? else {
@@ -701,6 +703,7 @@ impl Store for PostgresStore {
             &no_change_type,
         ];
         let results = tokio::join!(
+            biased;
             tx.execute(&delete, by_id),
             tx.execute(&outbox, outbox_params),
             tx.execute(&notify, by_id),
@@ -811,7 +814,7 @@ impl Store for PostgresStore {
             lock_params.iter().map(|params| tx.execute(&lock, params)),
         );
         let by_ids: Params = &[&keys];
-        let (locks, rows) = tokio::join!(locks, tx.query(&currents, by_ids));
+        let (locks, rows) = tokio::join!(biased; locks, tx.query(&currents, by_ids));
         for locked in locks {
             locked.map_err(db_error)?;
         }
@@ -882,12 +885,12 @@ impl Store for PostgresStore {
     async fn sequence_outbox(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        let (locked, numbered) = tokio::join!(
-            tx.execute(SEQUENCER_LOCK, &[]),
-            tx.execute(SEQUENCE_OUTBOX, &[]),
-        );
-        locked.map_err(db_error)?;
-        numbered.map_err(db_error)?;
+        // One simple query, so the server runs the lock before the UPDATE takes its snapshot.
+        // (Two pipelined unprepared statements are prepared first, and `join!` may then send
+        // the UPDATE ahead of the lock: two sequencers would then number the same rows.)
+        tx.batch_execute(&format!("{SEQUENCER_LOCK}; {SEQUENCE_OUTBOX}"))
+            .await
+            .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
     }
 
