@@ -30,6 +30,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub vector: VectorSettings,
     pub sync: SyncSettings,
+    pub mcp: McpSettings,
     pub log: LogSettings,
 }
 
@@ -212,6 +213,21 @@ pub struct WeaviateSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct McpSettings {
+    /// Serve the MCP endpoint at `/mcp`.
+    pub enabled: bool,
+    /// Most MCP sessions (2025 revisions, opened by `initialize`) open at once; one more is
+    /// refused with 503 until an old one closes or idles out.
+    pub max_sessions: usize,
+    /// Seconds a session may stay idle before it is closed.
+    pub session_idle_seconds: u64,
+    /// `Host` values `/mcp` answers (DNS-rebinding protection). Empty: loopback names when
+    /// `server.bind` is loopback, any host otherwise (auth protects a non-loopback bind).
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// A tracing filter, e.g. `info` or `contextd=debug,tower_http=info`; `RUST_LOG` wins.
     pub level: String,
@@ -357,6 +373,17 @@ impl Default for WeaviateSettings {
             api_key: None,
             class_name: "FactoryContext".to_owned(),
             timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_sessions: 1000,
+            session_idle_seconds: 300,
+            allowed_hosts: Vec::new(),
         }
     }
 }

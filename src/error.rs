@@ -208,7 +208,15 @@ impl From<StoreError> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut problem = Problem::new(status, self.to_string());
+        self.into_problem().into_response_with(status)
+    }
+}
+
+impl AppError {
+    /// The problem+json body of this error, as REST sends it and MCP tools return it. An
+    /// internal error is logged here, with its cause chain, and leaves as a bare 500.
+    pub fn into_problem(self) -> Problem {
+        let mut problem = Problem::new(self.status(), self.to_string());
         match self {
             AppError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
@@ -239,6 +247,6 @@ impl IntoResponse for AppError {
             | AppError::Unprocessable(_)
             | AppError::Unavailable(_) => {}
         }
-        problem.into_response_with(status)
+        problem
     }
 }

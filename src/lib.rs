@@ -14,6 +14,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod mcp;
 pub mod metrics;
 pub mod service;
 pub mod startup;

@@ -11,12 +11,14 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::cache::l2::{L2Settings as RedisSettings, RedisL2};
 use crate::cache::{TieredCache, maintenance};
 use crate::config::VectorBackend;
 use crate::config::{Settings, StoreLocation, redact_url};
+use crate::mcp::{self, subscriptions::Subscriptions};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, Ops, SearchService};
 use crate::store::{PostgresStore, SqliteStore, Store};
@@ -30,6 +32,8 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     grace: Duration,
+    /// Ends MCP sessions and streams, which would otherwise hold the graceful shutdown open.
+    mcp_shutdown: CancellationToken,
     /// Tells the background loops to stop, once the server has.
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
@@ -142,7 +146,7 @@ impl App {
         } else {
             Some(indexer.rebuild().await?)
         };
-        background.push(indexer.spawn(start, stopped));
+        background.push(indexer.spawn(start, stopped.clone()));
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
         let state = AppState {
             search: Arc::new(SearchService::new(
@@ -160,7 +164,14 @@ impl App {
             )),
             metrics,
         };
-        let router = api::router(state, settings);
+        let subscriptions = Arc::new(Subscriptions::default());
+        background.push(subscriptions.spawn_feed(state.contexts.store(), stopped.clone()));
+        let mcp_shutdown = CancellationToken::new();
+        let mcp = settings
+            .mcp
+            .enabled
+            .then(|| mcp::router(state.clone(), subscriptions, settings, mcp_shutdown.clone()));
+        let router = api::router(state, settings, mcp);
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .with_context(|| format!("binding {}", settings.server.bind))?;
@@ -168,6 +179,7 @@ impl App {
             listener,
             router,
             grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+            mcp_shutdown,
             stop,
             background,
         })
@@ -191,9 +203,11 @@ impl App {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let mcp_shutdown = self.mcp_shutdown.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down; letting requests in flight finish");
+            mcp_shutdown.cancel();
             let _ = stopping_tx.send(true);
         };
         // Small responses go out at once rather than waiting on Nagle's algorithm.

@@ -64,7 +64,7 @@ pub struct ContextIn {
 
 impl ContextIn {
     /// Parses the body into the id it names and the content it carries; 422 names the field.
-    fn parse(self) -> Result<(Option<ContextId>, Content, Option<String>), AppError> {
+    pub(crate) fn parse(self) -> Result<(Option<ContextId>, Content, Option<String>), AppError> {
         let invalid = AppError::Unprocessable;
         let id = self
             .context_id
@@ -166,7 +166,7 @@ pub struct ContextOut<'a> {
 }
 
 impl<'a> ContextOut<'a> {
-    fn new(context: &'a Context, include_embedding: bool) -> Self {
+    pub(crate) fn new(context: &'a Context, include_embedding: bool) -> Self {
         Self {
             context_id: context.id.as_str(),
             version: context.version,
@@ -334,20 +334,30 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
-pub(super) fn parse_id(raw: &str) -> Result<ContextId, AppError> {
+pub(crate) fn parse_id(raw: &str) -> Result<ContextId, AppError> {
     ContextId::parse(raw).map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
 pub(super) fn parse_limit(raw: Option<&str>) -> Result<usize, AppError> {
-    let Some(raw) = raw else {
+    match raw {
+        None => page_limit(None),
+        Some(raw) => page_limit(Some(raw.parse::<i64>().map_err(|_| bad_limit())?)),
+    }
+}
+
+/// A page size: 1..=1000, 100 when absent.
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<usize, AppError> {
+    let Some(n) = limit else {
         return Ok(DEFAULT_LIMIT);
     };
-    raw.parse::<usize>()
+    usize::try_from(n)
         .ok()
         .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| {
-            AppError::Unprocessable(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
-        })
+        .ok_or_else(bad_limit)
+}
+
+fn bad_limit() -> AppError {
+    AppError::Unprocessable(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
 }
 
 fn parse_include_embedding(raw: Option<&str>) -> Result<bool, AppError> {
@@ -519,11 +529,6 @@ async fn put_context(
             "context_id in the body differs from the id in the path".to_owned(),
         ));
     }
-    if content.parent_id.as_ref() == Some(&id) {
-        return Err(AppError::Unprocessable(
-            "parent_id must name another context, not this one".to_owned(),
-        ));
-    }
     let written = state
         .contexts
         .put(
@@ -560,11 +565,6 @@ async fn create_context(
     Json(body): Json<ContextIn>,
 ) -> Result<Response, AppError> {
     let (id, content, changed_by) = body.parse()?;
-    if id.is_some() && content.parent_id == id {
-        return Err(AppError::Unprocessable(
-            "parent_id must name another context, not this one".to_owned(),
-        ));
-    }
     let written = state.contexts.create(id, content, changed_by).await?;
     Ok(written_response(&written))
 }

@@ -12,13 +12,14 @@ use super::contexts::{ContextOut, parse_id, written_response};
 use super::extract::Json;
 use crate::domain::{MergeStrategy, Source};
 use crate::error::{AppError, Problem};
+use crate::service::{ContextService, Written};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(merge))
 }
 
 /// What to merge, and how.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, schemars::JsonSchema)]
 pub struct MergeIn {
     /// 2..=100 existing context ids, in the order the strategy reads them.
     #[schema(min_items = 2, max_items = 100, example = json!(["ctx_a", "ctx_b"]))]
@@ -58,21 +59,27 @@ async fn merge(
     State(state): State<AppState>,
     Json(body): Json<MergeIn>,
 ) -> Result<Response, AppError> {
-    let strategy = MergeStrategy::parse(&body.strategy).ok_or_else(|| {
-        AppError::Unprocessable(format!(
-            "strategy must be latest, union, intersection or deep, not {:?}",
-            body.strategy
-        ))
-    })?;
-    let ids = body
-        .context_ids
-        .iter()
-        .map(|raw| parse_id(raw))
-        .collect::<Result<Vec<_>, _>>()?;
-    let target = body.target_id.as_deref().map(parse_id).transpose()?;
-    let written = state
-        .contexts
-        .merge(&ids, strategy, target, body.source.unwrap_or(Source::Mcp))
-        .await?;
+    let written = body.merge(&state.contexts).await?;
     Ok(written_response(&written))
+}
+
+impl MergeIn {
+    /// Parses the request and merges, as `POST /contexts/merge` and the MCP tool both do.
+    pub(crate) async fn merge(self, contexts: &ContextService) -> Result<Written, AppError> {
+        let strategy = MergeStrategy::parse(&self.strategy).ok_or_else(|| {
+            AppError::Unprocessable(format!(
+                "strategy must be latest, union, intersection or deep, not {:?}",
+                self.strategy
+            ))
+        })?;
+        let ids = self
+            .context_ids
+            .iter()
+            .map(|raw| parse_id(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = self.target_id.as_deref().map(parse_id).transpose()?;
+        contexts
+            .merge(&ids, strategy, target, self.source.unwrap_or(Source::Mcp))
+            .await
+    }
 }

@@ -5,11 +5,11 @@
 //! one line and `/openapi.json` cannot drift from the router.
 
 mod cache;
-mod contexts;
+pub(crate) mod contexts;
 pub mod extract;
-mod merge;
+pub(crate) mod merge;
 mod ops;
-mod search;
+pub(crate) mod search;
 mod sync;
 
 use std::sync::Arc;
@@ -85,8 +85,9 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// The whole application: routes, docs, and the layers every request passes.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+/// The whole application: routes, docs, the MCP endpoint at `/mcp` when given, and the layers
+/// every request passes.
+pub fn router(state: AppState, settings: &Settings, mcp: Option<Router>) -> Router {
     let (router, _) = api_router().split_for_parts();
     let spec = openapi_json();
     // Room for the largest context pretty-printed, plus an embedding; the exact limit on the
@@ -95,6 +96,10 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024;
     let timeout = Duration::from_secs(settings.server.request_timeout_seconds);
 
+    let router = match mcp {
+        Some(mcp) => router.nest_service("/mcp", mcp),
+        None => router,
+    };
     router
         .route(
             "/openapi.json",

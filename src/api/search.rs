@@ -11,7 +11,7 @@ use super::contexts::parse_id;
 use super::extract::Json;
 use crate::domain::{JsonObject, Source};
 use crate::error::{AppError, Problem};
-use crate::service::{MAX_SEARCH_LIMIT, SearchRequest};
+use crate::service::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(search))
@@ -24,7 +24,7 @@ const DEFAULT_LIMIT: i64 = 10;
 const DEFAULT_THRESHOLD: f64 = 0.7;
 
 /// Which contexts to search among.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchFilter {
     /// Only contexts from this source.
@@ -35,7 +35,7 @@ pub struct SearchFilter {
 }
 
 /// A semantic search.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, schemars::JsonSchema)]
 pub struct SearchIn {
     /// `vector.dimensions` numbers, not all zero.
     #[schema(min_items = 1)]
@@ -95,37 +95,48 @@ async fn search(
     State(state): State<AppState>,
     Json(body): Json<SearchIn>,
 ) -> Result<axum::Json<SearchOut>, AppError> {
-    let limit = body.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_SEARCH_LIMIT as i64).contains(&limit) {
-        return Err(AppError::Unprocessable(format!(
-            "limit must be an integer from 1 to {MAX_SEARCH_LIMIT}"
-        )));
-    }
-    let filter = body.filter.unwrap_or_default();
-    let parent_id = filter.parent_id.as_deref().map(parse_id).transpose()?;
-    let include_data = body.include_data.unwrap_or(false);
-    let hits = state
-        .search
-        .search(SearchRequest {
-            vector: body.vector,
+    let (request, include_data) = body.into_request()?;
+    let hits = state.search.search(request).await?;
+    Ok(axum::Json(SearchOut::new(hits, include_data)))
+}
+
+impl SearchIn {
+    /// The search to run, and whether results carry `data`.
+    pub(crate) fn into_request(self) -> Result<(SearchRequest, bool), AppError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_SEARCH_LIMIT as i64).contains(&limit) {
+            return Err(AppError::Unprocessable(format!(
+                "limit must be an integer from 1 to {MAX_SEARCH_LIMIT}"
+            )));
+        }
+        let filter = self.filter.unwrap_or_default();
+        let parent_id = filter.parent_id.as_deref().map(parse_id).transpose()?;
+        let request = SearchRequest {
+            vector: self.vector,
             limit: limit as usize,
-            threshold: body.threshold.unwrap_or(DEFAULT_THRESHOLD),
+            threshold: self.threshold.unwrap_or(DEFAULT_THRESHOLD),
             source: filter.source,
             parent_id,
-        })
-        .await?;
-    Ok(axum::Json(SearchOut {
-        results: hits
-            .into_iter()
-            .map(|hit| SearchResultOut {
-                context_id: hit.context.id.as_str().to_owned(),
-                version: hit.context.version,
-                source: hit.context.content.source,
-                score: hit.score,
-                distance: hit.distance,
-                metadata: hit.context.content.metadata.clone(),
-                data: include_data.then(|| hit.context.content.data.clone()),
-            })
-            .collect(),
-    }))
+        };
+        Ok((request, self.include_data.unwrap_or(false)))
+    }
+}
+
+impl SearchOut {
+    pub(crate) fn new(hits: Vec<SearchHit>, include_data: bool) -> Self {
+        SearchOut {
+            results: hits
+                .into_iter()
+                .map(|hit| SearchResultOut {
+                    context_id: hit.context.id.as_str().to_owned(),
+                    version: hit.context.version,
+                    source: hit.context.content.source,
+                    score: hit.score,
+                    distance: hit.distance,
+                    metadata: hit.context.content.metadata.clone(),
+                    data: include_data.then(|| hit.context.content.data.clone()),
+                })
+                .collect(),
+        }
+    }
 }

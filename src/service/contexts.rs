@@ -238,6 +238,11 @@ impl ContextService {
     /// `PUT /contexts/{id}`: create or update, under the request's preconditions.
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
     pub async fn put(&self, id: &ContextId, request: WriteRequest) -> Result<Written, AppError> {
+        if request.content.parent_id.as_ref() == Some(id) {
+            return Err(AppError::Unprocessable(
+                "parent_id must name another context, not this one".to_owned(),
+            ));
+        }
         self.check_content(&request.content)?;
         Self::check_changed_by(request.changed_by.as_deref())?;
         let retention = self.retention;

@@ -11,6 +11,7 @@ mod concurrency;
 mod contexts;
 mod errors;
 mod lifecycle;
+mod mcp;
 mod merge;
 mod ops;
 mod search;

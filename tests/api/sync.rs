@@ -354,17 +354,28 @@ async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(store: Set
     assert_eq!(first_failed[0]["seq"], changes[0]["seq"]);
     // No body without signature when no secret is set.
     assert!(requests.iter().all(|r| r.signature.is_none()));
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("contextd_sync_delivery_failures_total 3"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("contextd_sync_latency_seconds_count 5"),
-        "{metrics}"
-    );
-    let summary: Value = app.get("/metrics/summary").await.json().await.unwrap();
-    assert_eq!(summary["sync"]["pending"], 0);
+    // The pusher records a delivery once the receiver's answer is back, which may be just
+    // after the receiver counted it: wait for the figures to settle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        let summary: Value = app.get("/metrics/summary").await.json().await.unwrap();
+        let settled = metrics.contains("contextd_sync_latency_seconds_count 5")
+            && summary["sync"]["pending"] == 0;
+        if settled {
+            assert!(
+                metrics.contains("contextd_sync_delivery_failures_total 3"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending {}; {metrics}",
+            summary["sync"]["pending"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn a_dead_receiver_never_slows_a_write_and_changes_wait(store: Setup) {

@@ -1,0 +1,402 @@
+//! MCP: contextd for agents that speak the Model Context Protocol, at `/mcp` on the REST port.
+//!
+//! Like `api/`, a face over `service/` and nothing more: tools parse with the REST types and
+//! call the same service methods, resources read through the same cache, and subscriptions
+//! hear the store's commit signal. No rule lives here.
+//!
+//! The transport is rmcp's Streamable HTTP service. Revision 2026-07-28 is served statelessly
+//! (`server/discover`, per-request metadata, `subscriptions/listen` as a long POST); the 2025
+//! revisions open a session with `initialize` and subscribe with `resources/subscribe`, their
+//! notifications going out on the session's GET stream. Sessions are bounded in number
+//! (`mcp.max_sessions`, then 503) and idle time (`mcp.session_idle_seconds`), and all of them
+//! end when the server shuts down.
+
+pub mod subscriptions;
+mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{
+    CacheScope, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequestParams,
+};
+use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
+use tokio_util::sync::CancellationToken;
+
+use self::subscriptions::{Registration, Subscriptions, parse_uri, uri};
+use crate::api::AppState;
+use crate::config::Settings;
+use crate::error::AppError;
+use crate::store::ListFilter;
+
+/// Resources per `resources/list` page.
+const RESOURCE_PAGE: usize = 100;
+
+/// The revisions served: 2026-07-28 without a handshake, the 2025 ones through `initialize`.
+const PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2025_03_26,
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2026_07_28,
+];
+
+const INSTRUCTIONS: &str = "contextd keeps contexts: versioned JSON documents shared by agents. \
+    Read one with get_context, write with put_context (pass the version you read as \
+    expected_version to avoid overwriting someone else's change), browse with list_contexts and \
+    context_history, combine with merge_contexts, and find by embedding with search_contexts. \
+    Every context is also the resource context://{context_id}; subscribe to hear of each change.";
+
+/// What every MCP request shares.
+struct Shared {
+    state: AppState,
+    subscriptions: Arc<Subscriptions>,
+    tool_router: ToolRouter<McpServer>,
+}
+
+/// The MCP handler. rmcp makes one per 2025 session, and one per request on 2026-07-28.
+#[derive(Clone)]
+pub struct McpServer {
+    shared: Arc<Shared>,
+    /// This session's `resources/subscribe`s (2025 revisions), fed by their own task.
+    session: Arc<tokio::sync::Mutex<Option<SessionSubscriptions>>>,
+}
+
+/// A 2025 session's subscriptions and the task that forwards them; both end with the session.
+struct SessionSubscriptions {
+    registration: Arc<Registration>,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SessionSubscriptions {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+impl McpServer {
+    fn state(&self) -> &AppState {
+        &self.shared.state
+    }
+}
+
+/// A service error as MCP's protocol error, for the methods that have no tool result to
+/// carry a problem (resources).
+fn protocol_error(e: AppError, uri: &str) -> McpError {
+    let status = e.status();
+    let problem = e.into_problem();
+    let data = serde_json::to_value(&problem).ok();
+    match status {
+        StatusCode::NOT_FOUND => McpError::resource_not_found(problem.detail, data),
+        s if s.is_client_error() => McpError::invalid_params(problem.detail, data),
+        _ => McpError::internal_error(format!("reading {uri}: {}", problem.detail), data),
+    }
+}
+
+#[tool_handler(router = self.shared.tool_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(Implementation::new("contextd", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(PROTOCOL_VERSIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let cursor = request.and_then(|r| r.cursor);
+        let page = self
+            .state()
+            .contexts
+            .list(&ListFilter::default(), cursor.as_deref(), RESOURCE_PAGE)
+            .await
+            .map_err(|e| protocol_error(e, "context://"))?;
+        let resources = page
+            .items
+            .into_iter()
+            .map(|summary| {
+                Resource::new(uri(&summary.id), summary.id.as_str())
+                    .with_mime_type("application/json")
+                    .with_description(format!(
+                        "version {}, from {}, updated {}",
+                        summary.version,
+                        summary.source.as_str(),
+                        summary.updated_at.to_rfc3339()
+                    ))
+            })
+            .collect();
+        let mut result = ListResourcesResult::with_all_items(resources)
+            .with_ttl_ms(0)
+            .with_cache_scope(CacheScope::Private);
+        result.next_cursor = page.next_cursor;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let template = ResourceTemplate::new("context://{context_id}", "context")
+            .with_title("A context")
+            .with_description("A context's current data, as a JSON object")
+            .with_mime_type("application/json");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template])
+            .with_ttl_ms(0)
+            .with_cache_scope(CacheScope::Public))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri;
+        let Some(id) = parse_uri(&uri) else {
+            return Err(McpError::resource_not_found(
+                format!("{uri:?} is not a context://{{context_id}} URI"),
+                None,
+            ));
+        };
+        let (context, _) = self
+            .state()
+            .contexts
+            .get(&id)
+            .await
+            .map_err(|e| protocol_error(e, &uri))?;
+        let text = serde_json::to_string(&context.content.data).expect("JSON objects serialize");
+        let contents = ResourceContents::text(text, uri).with_mime_type("application/json");
+        Ok(ReadResourceResult::new(vec![contents])
+            .with_ttl_ms(0)
+            .with_cache_scope(CacheScope::Private)
+            .into())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let uris: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| parse_uri(uri).is_some())
+            .cloned()
+            .collect();
+        Some(
+            SubscriptionFilter::builder()
+                .resource_subscriptions(uris)
+                .build(),
+        )
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let registration = self.shared.subscriptions.register();
+        for id in context
+            .accepted()
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter_map(|uri| parse_uri(uri))
+        {
+            registration.add(id);
+        }
+        let sink = context.sink().clone();
+        subscriptions::forward(&registration, context.cancelled(), |uri| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        })
+        .await;
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let Some(id) = parse_uri(&request.uri) else {
+            return Err(McpError::invalid_params(
+                format!("{:?} is not a context://{{context_id}} URI", request.uri),
+                None,
+            ));
+        };
+        let mut session = self.session.lock().await;
+        let session = session.get_or_insert_with(|| {
+            let registration = Arc::new(self.shared.subscriptions.register());
+            let peer = context.peer.clone();
+            let forwarder = tokio::spawn({
+                let registration = registration.clone();
+                async move {
+                    subscriptions::forward(&registration, std::future::pending(), |uri| {
+                        let peer = peer.clone();
+                        async move {
+                            peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                                .await
+                                .is_ok()
+                        }
+                    })
+                    .await;
+                }
+            });
+            SessionSubscriptions {
+                registration,
+                forwarder,
+            }
+        });
+        session.registration.add(id);
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        if let (Some(id), Some(session)) = (parse_uri(&request.uri), &*self.session.lock().await) {
+            session.registration.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// The `Host` names `/mcp` answers: the configured ones, else loopback names for a loopback
+/// bind, else any (an empty list turns rmcp's check off).
+fn allowed_hosts(settings: &Settings) -> Vec<String> {
+    if !settings.mcp.allowed_hosts.is_empty() {
+        return settings.mcp.allowed_hosts.clone();
+    }
+    if is_loopback(settings.server.bind) {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    } else {
+        Vec::new()
+    }
+}
+
+fn is_loopback(bind: SocketAddr) -> bool {
+    bind.ip().is_loopback()
+}
+
+/// The MCP endpoint, for the application router to nest at `/mcp`. `shutdown` ends every
+/// session and stream; cancel it when the server starts shutting down.
+pub fn router(
+    state: AppState,
+    subscriptions: Arc<Subscriptions>,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> axum::Router {
+    let shared = Arc::new(Shared {
+        state,
+        subscriptions,
+        tool_router: McpServer::tool_router(),
+    });
+    let mut sessions = LocalSessionManager::default();
+    let mut session_config = SessionConfig::default();
+    session_config.keep_alive = Some(Duration::from_secs(settings.mcp.session_idle_seconds));
+    sessions.session_config = session_config;
+    let sessions = Arc::new(sessions);
+    // Room for the largest context pretty-printed, plus an embedding, as on REST.
+    let body_limit =
+        settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024;
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(allowed_hosts(settings))
+        .with_max_request_body_bytes(body_limit)
+        .with_cancellation_token(shutdown);
+    let service = StreamableHttpService::new(
+        move || {
+            Ok(McpServer {
+                shared: shared.clone(),
+                session: Arc::default(),
+            })
+        },
+        sessions.clone(),
+        config,
+    );
+    let limit = SessionLimit {
+        sessions,
+        max: settings.mcp.max_sessions,
+    };
+    axum::Router::new()
+        .fallback_service(service)
+        .layer(middleware::from_fn_with_state(limit, limit_sessions))
+}
+
+#[derive(Clone)]
+struct SessionLimit {
+    sessions: Arc<LocalSessionManager>,
+    max: usize,
+}
+
+/// Largest body read to tell whether a session-less POST is an `initialize` (one is a few
+/// hundred bytes).
+const PEEK_LIMIT: u64 = 64 * 1024;
+
+/// Refuses an `initialize` (which opens a session) with 503 while `mcp.max_sessions` are open.
+/// Everything else passes untouched; a body is read only while the limit is reached, and only
+/// a small one with a `Content-Length`.
+async fn limit_sessions(
+    State(limit): State<SessionLimit>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let opens_session =
+        request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
+    if !opens_session || limit.sessions.sessions.read().await.len() < limit.max {
+        return next.run(request).await;
+    }
+    let small = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|length| length <= PEEK_LIMIT);
+    if !small {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match to_bytes(body, PEEK_LIMIT as usize).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return AppError::BadRequest(format!("cannot read the request body: {e}"))
+                .into_response();
+        }
+    };
+    let is_initialize = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .is_ok_and(|message| message["method"] == "initialize");
+    if is_initialize {
+        return AppError::Unavailable(format!(
+            "{} MCP sessions are open, the most this server keeps (mcp.max_sessions); retry \
+             shortly",
+            limit.max
+        ))
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
