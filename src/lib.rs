@@ -1,11 +1,14 @@
 //! contextd keeps **contexts**, versioned JSON documents that AI agents read and write.
 //!
 //! A request flows down the layers and never up:
-//! `api` (axum handlers: parse, call one service method, map errors to problem+json) ->
-//! `service` (the context manager: versions, retention, preconditions, merges) ->
-//! `cache` (L1, an in-process LRU) and `store` (the `Store` trait; Postgres today).
+//! `api` (axum handlers: parse, call one service method, map errors to problem+json) and
+//! `mcp` (the same service as MCP tools, resources and subscriptions) ->
+//! `service` (the context manager: versions, retention, preconditions, merges, sync, search) ->
+//! `cache` (L1 in process, L2 Redis, L3 a Postgres table), `store` (the `Store` trait, on
+//! Postgres or SQLite) and `vector` (the `VectorIndex` trait, embedded or Weaviate).
 //! `domain` holds the pure types and rules every layer shares and imports nothing of theirs.
-//! `sync` runs the outbox's readers (the Factory webhook pusher) beside the server.
+//! `sync` runs the outbox's readers beside the server (the Factory webhook pusher, the vector
+//! indexer), woken by the store's commit signal.
 //! `startup` wires it all from `config` and serves; `main` only parses the command line.
 
 pub mod api;
