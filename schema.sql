@@ -107,3 +107,16 @@ CREATE TABLE contextd_indexer_state (
     seq         bigint      NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- migration: 2 api keys
+-- API keys: only the SHA-256 of each key is kept. A revoked key stays, for the record.
+CREATE TABLE api_keys (
+    id           text        PRIMARY KEY,
+    name         text        NOT NULL,
+    role         text        NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+    prefix       text        CHECK (prefix IS NULL OR prefix ~ '^[A-Za-z0-9._:-]{1,255}$'),
+    key_hash     bytea       NOT NULL UNIQUE CHECK (octet_length(key_hash) = 32),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);

@@ -88,3 +88,16 @@ CREATE TABLE contextd_indexer_state (
     seq         INTEGER NOT NULL,
     updated_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+
+-- migration: 2 api keys
+-- API keys: only the SHA-256 of each key is kept. A revoked key stays, for the record.
+CREATE TABLE api_keys (
+    id           TEXT NOT NULL PRIMARY KEY,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+    prefix       TEXT,
+    key_hash     BLOB NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    last_used_at TEXT,
+    revoked_at   TEXT
+);

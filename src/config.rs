@@ -31,6 +31,7 @@ pub struct Settings {
     pub vector: VectorSettings,
     pub sync: SyncSettings,
     pub mcp: McpSettings,
+    pub auth: AuthSettings,
     pub log: LogSettings,
 }
 
@@ -226,6 +227,39 @@ pub struct McpSettings {
     pub allowed_hosts: Vec<String>,
 }
 
+/// When requests need an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// On unless `server.bind` is a loopback address.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `auto` (on unless `server.bind` is loopback), `on` or `off`.
+    pub mode: AuthMode,
+    /// Serve `/metrics` without a key while auth is on.
+    pub open_metrics: bool,
+    /// An admin key (`ctxd_` + 43 base62 characters) made sure to exist at start, for first
+    /// runs and containers. A secret.
+    pub bootstrap_key: Option<Secret<String>>,
+}
+
+impl AuthSettings {
+    /// Whether requests need a key, given where the server listens.
+    pub fn enabled(&self, bind: SocketAddr) -> bool {
+        match self.mode {
+            AuthMode::On => true,
+            AuthMode::Off => false,
+            AuthMode::Auto => !bind.ip().is_loopback(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -384,6 +418,16 @@ impl Default for McpSettings {
             max_sessions: 1000,
             session_idle_seconds: 300,
             allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Auto,
+            open_metrics: true,
+            bootstrap_key: None,
         }
     }
 }
@@ -667,6 +711,15 @@ impl Settings {
             if !ok {
                 return Err(key_error(origins, key.to_owned(), message));
             }
+        }
+        if let Some(key) = &self.auth.bootstrap_key
+            && !crate::auth::keys::is_well_formed(key.expose())
+        {
+            return Err(key_error(
+                origins,
+                "auth.bootstrap_key".to_owned(),
+                "must be `ctxd_` and 43 letters or digits (make one with `contextd keys generate`)",
+            ));
         }
         if let Err(message) = self.database.location() {
             return Err(key_error(origins, "database.url".to_owned(), &message));

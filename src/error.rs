@@ -21,6 +21,12 @@ pub enum AppError {
     /// Malformed JSON, query or header.
     #[error("{0}")]
     BadRequest(String),
+    /// No key, or not a valid one (answered with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key whose role is too low.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -109,6 +115,12 @@ impl Problem {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"contextd\""),
+            );
+        }
         response
     }
 }
@@ -133,9 +145,19 @@ fn slug(status: StatusCode) -> &'static str {
 }
 
 impl AppError {
+    /// The refusal of a caller whose role is below `needed`.
+    pub fn forbidden(needed: crate::domain::Role) -> Self {
+        AppError::Forbidden(format!(
+            "this needs a key with the {} role or above",
+            needed.as_str()
+        ))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Gone(_) => StatusCode::GONE,
             AppError::AlreadyExists { .. } | AppError::MergeConflict { .. } => StatusCode::CONFLICT,
@@ -240,6 +262,8 @@ impl AppError {
                 problem.actual = Some(actual);
             }
             AppError::BadRequest(_)
+            | AppError::Unauthorized(_)
+            | AppError::Forbidden(_)
             | AppError::BodyTooLarge(_)
             | AppError::NotFound(_)
             | AppError::Gone(_)

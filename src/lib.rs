@@ -12,6 +12,7 @@
 //! `startup` wires it all from `config` and serves; `main` only parses the command line.
 
 pub mod api;
+pub mod auth;
 pub mod background;
 pub mod cache;
 pub mod config;

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use contextd::auth::keys::ApiKey;
 use contextd::cache::TieredCache;
 use contextd::config::Settings;
-use contextd::service::ContextService;
+use contextd::domain::{Principal, Role};
+use contextd::service::{ContextService, KeyService};
 use contextd::startup::{App, open_store, shutdown_signal};
 
 #[derive(Parser)]
@@ -39,12 +41,100 @@ enum Command {
         /// The JSON lines to read; stdin when absent.
         file: Option<PathBuf>,
     },
+    /// Manage API keys, in the store directly (no server needed).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the OpenAPI document (the content of openapi/openapi.json).
     Openapi {
         /// Write it to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key and print it (the only time it is shown), then its id on stderr.
+    Create {
+        /// read (GETs, search, the feed), write (read and every write) or admin (write, cache
+        /// warming and keys).
+        #[arg(long)]
+        role: String,
+        /// What the key is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// The key sees and touches only contexts whose id starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// List every key (never the keys themselves), one tab-separated line each.
+    List,
+    /// Revoke a key by its id; every instance stops taking it within a second.
+    Revoke {
+        /// The key's id (`key_...`), as `keys list` shows it.
+        id: String,
+    },
+    /// Print a fresh key without storing it, e.g. for `auth.bootstrap_key`.
+    Generate,
+}
+
+async fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
+    let system = Principal::system();
+    let keys = KeyService::new(open_store(settings).await?);
+    match command {
+        KeysCommand::Create { role, name, prefix } => {
+            let role = Role::parse(&role)
+                .ok_or_else(|| anyhow::anyhow!("--role must be read, write or admin"))?;
+            let created = keys
+                .create(&system, &name, role, prefix.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", created.key.expose());
+            eprintln!(
+                "made key {} ({}{}); it is shown only this once",
+                created.record.id,
+                role.as_str(),
+                created
+                    .record
+                    .prefix
+                    .as_deref()
+                    .map(|p| format!(", prefix {p}"))
+                    .unwrap_or_default()
+            );
+        }
+        KeysCommand::List => {
+            println!("id\tname\trole\tprefix\tcreated_at\tlast_used_at\trevoked_at");
+            for k in keys
+                .list(&system)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".to_owned())
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    k.role.as_str(),
+                    k.prefix.as_deref().unwrap_or("-"),
+                    k.created_at.to_rfc3339(),
+                    time(k.last_used_at),
+                    time(k.revoked_at)
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            keys.revoke(&system, &id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("revoked key {id}");
+        }
+        KeysCommand::Generate => println!("{}", ApiKey::generate()?.expose()),
+    }
+    Ok(())
 }
 
 /// The context service for a command that does not serve: the store, and no Redis (an import
@@ -126,6 +216,7 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            Command::Keys { command } => keys(&settings, command).await,
             Command::Openapi { .. } => unreachable!("handled before the runtime starts"),
         }
     });

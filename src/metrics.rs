@@ -27,7 +27,12 @@ pub struct Metrics {
     sync_latency: prometheus::Histogram,
     sync_pending: IntGauge,
     sync_failures: prometheus::IntCounter,
+    auth_failures: IntCounterVec,
 }
+
+/// Why a request was refused by auth: the `reason` label of `contextd_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 5] =
+    ["missing", "malformed", "unknown", "revoked", "forbidden"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -97,6 +102,18 @@ impl Metrics {
             "Webhook pushes that failed (each is retried).",
         )
         .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "contextd_auth_failures_total",
+                "Requests refused by auth: no key (missing), not a key (malformed), a key that \
+                 does not exist (unknown) or was revoked (revoked), a role too low (forbidden).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in AUTH_FAILURE_REASONS {
+            auth_failures.with_label_values(&[reason]);
+        }
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "contextd_cache_requests_total",
@@ -117,6 +134,7 @@ impl Metrics {
             Box::new(sync_latency.clone()),
             Box::new(sync_pending.clone()),
             Box::new(sync_failures.clone()),
+            Box::new(auth_failures.clone()),
         ] {
             registry
                 .register(collector)
@@ -135,7 +153,13 @@ impl Metrics {
             sync_latency,
             sync_pending,
             sync_failures,
+            auth_failures,
         }
+    }
+
+    /// A request refused by auth; `reason` is one of [`AUTH_FAILURE_REASONS`].
+    pub fn observe_auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// One change delivered, `latency` after its commit.

@@ -14,13 +14,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::auth::{self, Authenticator};
 use crate::cache::l2::{L2Settings as RedisSettings, RedisL2};
 use crate::cache::{TieredCache, maintenance};
 use crate::config::VectorBackend;
 use crate::config::{Settings, StoreLocation, redact_url};
 use crate::mcp::{self, subscriptions::Subscriptions};
 use crate::metrics::Metrics;
-use crate::service::{ContextService, Ops, SearchService};
+use crate::service::{ContextService, KeyService, Ops, SearchService};
 use crate::store::{PostgresStore, SqliteStore, Store};
 use crate::sync::{self, Indexer, IndexerState, Pusher, SyncState};
 use crate::vector::VectorIndex;
@@ -148,7 +149,25 @@ impl App {
         };
         background.push(indexer.spawn(start, stopped.clone()));
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
+        auth::ensure_bootstrap_key(settings, store.as_ref())
+            .await
+            .context("auth.bootstrap_key")?;
+        let authenticator = Arc::new(Authenticator::new(settings, store.clone(), metrics.clone()));
+        background.extend(authenticator.spawn(stopped.clone()));
+        if authenticator.enabled() {
+            tracing::info!(
+                "auth is on: every route but health, readiness, docs{} needs a key",
+                if settings.auth.open_metrics {
+                    " and metrics"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            tracing::info!(bind = %settings.server.bind, "auth is off (auth.mode)");
+        }
         let state = AppState {
+            keys: Arc::new(KeyService::new(store.clone())),
             search: Arc::new(SearchService::new(
                 contexts.clone(),
                 index.clone(),
@@ -171,7 +190,7 @@ impl App {
             .mcp
             .enabled
             .then(|| mcp::router(state.clone(), subscriptions, settings, mcp_shutdown.clone()));
-        let router = api::router(state, settings, mcp);
+        let router = api::router(state, settings, mcp, authenticator);
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .with_context(|| format!("binding {}", settings.server.bind))?;

@@ -71,6 +71,7 @@ fn near(vector: &[f32], min_certainty: f64) -> SearchQuery {
         min_certainty,
         source: None,
         parent_id: None,
+        id_prefix: None,
     }
 }
 

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::Json;
-use crate::domain::ContextId;
+use crate::domain::{ContextId, Principal};
 use crate::error::{AppError, Problem};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -50,6 +50,7 @@ pub struct WarmOut {
 )]
 async fn warm(
     State(state): State<AppState>,
+    who: Principal,
     Json(body): Json<WarmIn>,
 ) -> Result<axum::Json<WarmOut>, AppError> {
     if body.context_ids.is_empty() || body.context_ids.len() > MAX_WARM {
@@ -64,7 +65,7 @@ async fn warm(
             ContextId::parse(raw).map_err(|e| AppError::Unprocessable(format!("{raw:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (warmed, missing) = state.contexts.warm(&ids).await?;
+    let (warmed, missing) = state.contexts.warm(&who, &ids).await?;
     Ok(axum::Json(WarmOut {
         warmed,
         missing: missing.iter().map(|id| id.as_str().to_owned()).collect(),

@@ -14,8 +14,8 @@ use super::AppState;
 use super::extract::{IfNoneMatch, Json, Path, Query, etag, if_none_match_hits, preconditions};
 use crate::cache::CachedContext;
 use crate::domain::{
-    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Source, VersionInfo,
-    VersionRecord,
+    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Principal, Source,
+    VersionInfo, VersionRecord,
 };
 use crate::error::{AppError, Problem};
 use crate::service::{ConflictStrategy, IfMatch, Page, WriteRequest, WriteStatus, Written};
@@ -444,6 +444,7 @@ pub(super) fn written_response(written: &Written) -> Response {
 )]
 async fn get_context(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     Query(params): Query<GetParams>,
     IfNoneMatch(if_none_match): IfNoneMatch,
@@ -452,14 +453,14 @@ async fn get_context(
     let include_embedding = parse_include_embedding(params.include.as_deref())?;
     let (context, cache_status) = match params.version.as_deref() {
         None => {
-            let (context, outcome) = state.contexts.get(&id).await?;
+            let (context, outcome) = state.contexts.get(&who, &id).await?;
             (context, outcome.header_value())
         }
         Some(raw) => {
             let version = raw.parse::<i64>().map_err(|_| {
                 AppError::Unprocessable(format!("version must be an integer, not {raw:?}"))
             })?;
-            let (context, outcome) = state.contexts.get_at(&id, version).await?;
+            let (context, outcome) = state.contexts.get_at(&who, &id, version).await?;
             (context, outcome.header_value())
         }
     };
@@ -508,6 +509,7 @@ async fn get_context(
 )]
 async fn put_context(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     Query(params): Query<WriteParams>,
     headers: HeaderMap,
@@ -532,6 +534,7 @@ async fn put_context(
     let written = state
         .contexts
         .put(
+            &who,
             &id,
             WriteRequest {
                 content,
@@ -562,10 +565,11 @@ async fn put_context(
 )]
 async fn create_context(
     State(state): State<AppState>,
+    who: Principal,
     Json(body): Json<ContextIn>,
 ) -> Result<Response, AppError> {
     let (id, content, changed_by) = body.parse()?;
-    let written = state.contexts.create(id, content, changed_by).await?;
+    let written = state.contexts.create(&who, id, content, changed_by).await?;
     Ok(written_response(&written))
 }
 
@@ -588,12 +592,16 @@ async fn create_context(
 )]
 async fn delete_context(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, AppError> {
     let id = parse_id(&id)?;
     let preconditions = preconditions(&headers)?;
-    state.contexts.delete(&id, preconditions.if_match).await?;
+    state
+        .contexts
+        .delete(&who, &id, preconditions.if_match)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -612,6 +620,7 @@ async fn delete_context(
 )]
 async fn list_contexts(
     State(state): State<AppState>,
+    who: Principal,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<ContextPage>, AppError> {
     let limit = parse_limit(params.limit.as_deref())?;
@@ -631,10 +640,14 @@ async fn list_contexts(
             ContextId::parse(raw).map_err(|e| AppError::Unprocessable(format!("parent_id: {e}")))
         })
         .transpose()?;
-    let filter = ListFilter { source, parent_id };
+    let filter = ListFilter {
+        source,
+        parent_id,
+        id_prefix: None,
+    };
     let Page { items, next_cursor } = state
         .contexts
-        .list(&filter, params.cursor.as_deref(), limit)
+        .list(&who, &filter, params.cursor.as_deref(), limit)
         .await?;
     Ok(axum::Json(ContextPage {
         items: items.into_iter().map(Into::into).collect(),
@@ -658,6 +671,7 @@ async fn list_contexts(
 )]
 async fn list_versions(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> Result<axum::Json<VersionPage>, AppError> {
@@ -665,7 +679,7 @@ async fn list_versions(
     let limit = parse_limit(params.limit.as_deref())?;
     let Page { items, next_cursor } = state
         .contexts
-        .versions(&id, params.cursor.as_deref(), limit)
+        .versions(&who, &id, params.cursor.as_deref(), limit)
         .await?;
     Ok(axum::Json(VersionPage {
         items: items.into_iter().map(Into::into).collect(),
@@ -695,11 +709,12 @@ fn parse_version(id: &ContextId, raw: &str) -> Result<i64, AppError> {
 )]
 async fn get_version(
     State(state): State<AppState>,
+    who: Principal,
     Path((id, n)): Path<(String, String)>,
 ) -> Result<axum::Json<VersionOut>, AppError> {
     let id = parse_id(&id)?;
     let version = parse_version(&id, &n)?;
-    let record = state.contexts.version(&id, version).await?;
+    let record = state.contexts.version(&who, &id, version).await?;
     Ok(axum::Json(record.into()))
 }
 
@@ -731,6 +746,7 @@ pub struct RestoreIn {
 )]
 async fn restore_version(
     State(state): State<AppState>,
+    who: Principal,
     Path((id, n)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -752,7 +768,7 @@ async fn restore_version(
     };
     let written = state
         .contexts
-        .restore(&id, version, if_match, restore.changed_by)
+        .restore(&who, &id, version, if_match, restore.changed_by)
         .await?;
     Ok(context_response(
         StatusCode::OK,

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::contexts::{ContextOut, parse_id, written_response};
 use super::extract::Json;
-use crate::domain::{MergeStrategy, Source};
+use crate::domain::{MergeStrategy, Principal, Source};
 use crate::error::{AppError, Problem};
 use crate::service::{ContextService, Written};
 
@@ -57,15 +57,20 @@ pub struct MergeIn {
 )]
 async fn merge(
     State(state): State<AppState>,
+    who: Principal,
     Json(body): Json<MergeIn>,
 ) -> Result<Response, AppError> {
-    let written = body.merge(&state.contexts).await?;
+    let written = body.merge(&who, &state.contexts).await?;
     Ok(written_response(&written))
 }
 
 impl MergeIn {
     /// Parses the request and merges, as `POST /contexts/merge` and the MCP tool both do.
-    pub(crate) async fn merge(self, contexts: &ContextService) -> Result<Written, AppError> {
+    pub(crate) async fn merge(
+        self,
+        who: &Principal,
+        contexts: &ContextService,
+    ) -> Result<Written, AppError> {
         let strategy = MergeStrategy::parse(&self.strategy).ok_or_else(|| {
             AppError::Unprocessable(format!(
                 "strategy must be latest, union, intersection or deep, not {:?}",
@@ -79,7 +84,13 @@ impl MergeIn {
             .collect::<Result<Vec<_>, _>>()?;
         let target = self.target_id.as_deref().map(parse_id).transpose()?;
         contexts
-            .merge(&ids, strategy, target, self.source.unwrap_or(Source::Mcp))
+            .merge(
+                who,
+                &ids,
+                strategy,
+                target,
+                self.source.unwrap_or(Source::Mcp),
+            )
             .await
     }
 }

@@ -7,6 +7,7 @@
 mod cache;
 pub(crate) mod contexts;
 pub mod extract;
+mod keys;
 pub(crate) mod merge;
 mod ops;
 pub(crate) mod search;
@@ -29,10 +30,11 @@ use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
+use crate::auth::{Authenticator, authenticate};
 use crate::config::Settings;
 use crate::error::{AppError, Problem};
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
-use crate::service::{ContextService, Ops, SearchService};
+use crate::service::{ContextService, KeyService, Ops, SearchService};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -40,6 +42,7 @@ pub struct AppState {
     pub contexts: Arc<ContextService>,
     pub search: Arc<SearchService>,
     pub ops: Arc<Ops>,
+    pub keys: Arc<KeyService>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -58,6 +61,7 @@ pub struct AppState {
         (name = "sync", description = "Sync with Factory AI: ingest, Factory-format read, change feed"),
         (name = "cache", description = "The three-layer cache"),
         (name = "operations", description = "Health, readiness, metrics"),
+        (name = "admin", description = "API keys (admin keys only)"),
     ),
     components(schemas(Problem))
 )]
@@ -71,11 +75,84 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(sync::router())
         .merge(cache::router())
         .merge(ops::router())
+        .merge(keys::router())
 }
 
 /// The OpenAPI document of everything the router serves.
 pub fn openapi() -> OpenApiDoc {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    declare_bearer_auth(&mut doc);
+    doc
+}
+
+/// The name of the bearer scheme in the document.
+const BEARER: &str = "bearer";
+
+/// Declares the bearer scheme, and on each operation whether it needs it (every one but the
+/// open routes; `/metrics` takes a key but, with `auth.open_metrics`, needs none), with the
+/// 401 and 403 answers that come with it. Swagger UI's "Authorize" button reads this.
+fn declare_bearer_auth(doc: &mut OpenApiDoc) {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+    doc.components.get_or_insert_default().add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("ctxd_<43 base62 characters>")
+                .description(Some(
+                    "An API key (`POST /admin/keys`, `contextd keys create`). Needed when \
+                     auth is on: `auth.mode` `on`, or `auto` with a non-loopback bind.",
+                ))
+                .build(),
+        ),
+    );
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    crate::error::PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if ["/healthz", "/readyz"].contains(&path.as_str()) {
+            continue;
+        }
+        let optional = path == "/metrics";
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut requirements = vec![SecurityRequirement::new(BEARER, Vec::<String>::new())];
+            if optional {
+                requirements.insert(0, SecurityRequirement::default());
+            }
+            operation.security = Some(requirements);
+            let responses = &mut operation.responses.responses;
+            responses.insert(
+                "401".to_owned(),
+                problem("No key, or not a valid one (`WWW-Authenticate: Bearer`)"),
+            );
+            if !optional {
+                responses.insert("403".to_owned(), problem("The key's role is too low"));
+            }
+        }
+    }
 }
 
 /// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.
@@ -87,7 +164,12 @@ pub fn openapi_json() -> String {
 
 /// The whole application: routes, docs, the MCP endpoint at `/mcp` when given, and the layers
 /// every request passes.
-pub fn router(state: AppState, settings: &Settings, mcp: Option<Router>) -> Router {
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    mcp: Option<Router>,
+    auth: Arc<Authenticator>,
+) -> Router {
     let (router, _) = api_router().split_for_parts();
     let spec = openapi_json();
     // Room for the largest context pretty-printed, plus an embedding; the exact limit on the
@@ -110,6 +192,7 @@ pub fn router(state: AppState, settings: &Settings, mcp: Option<Router>) -> Rout
         .merge(SwaggerUi::new("/swagger-ui").config(SwaggerConfig::from("/openapi.json")))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(auth, authenticate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,

@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::contexts::parse_id;
 use super::extract::Json;
-use crate::domain::{JsonObject, Source};
+use crate::domain::{JsonObject, Principal, Source};
 use crate::error::{AppError, Problem};
 use crate::service::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest};
 
@@ -93,10 +93,11 @@ pub struct SearchOut {
 )]
 async fn search(
     State(state): State<AppState>,
+    who: Principal,
     Json(body): Json<SearchIn>,
 ) -> Result<axum::Json<SearchOut>, AppError> {
     let (request, include_data) = body.into_request()?;
-    let hits = state.search.search(request).await?;
+    let hits = state.search.search(&who, request).await?;
     Ok(axum::Json(SearchOut::new(hits, include_data)))
 }
 

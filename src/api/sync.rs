@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::contexts::{json_kind, json_object, optional_json_object, parse_id, parse_limit};
 use super::extract::{Json, Path, Query};
-use crate::domain::ContextId;
+use crate::domain::{ContextId, Principal};
 use crate::error::{AppError, Problem};
 use crate::service::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS};
 
@@ -120,6 +120,7 @@ fn parse_item(index: Option<usize>, value: serde_json::Value) -> Result<FactoryI
 )]
 async fn ingest(
     State(state): State<AppState>,
+    who: Principal,
     Json(body): Json<serde_json::Value>,
 ) -> Result<axum::Json<IngestOut>, AppError> {
     let items = match body {
@@ -149,7 +150,7 @@ async fn ingest(
             )));
         }
     };
-    let results = state.contexts.ingest(items).await?;
+    let results = state.contexts.ingest(&who, items).await?;
     Ok(axum::Json(IngestOut {
         results: results
             .into_iter()
@@ -177,10 +178,11 @@ async fn ingest(
 )]
 async fn factory_context(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<FactoryContextOut>, AppError> {
     let id = parse_id(&id)?;
-    let (context, _) = state.contexts.get(&id).await?;
+    let (context, _) = state.contexts.get(&who, &id).await?;
     Ok(axum::Json(FactoryContextOut {
         id: context.id.as_str().to_owned(),
         data: context.content.data.clone(),
@@ -225,6 +227,7 @@ pub struct ChangesOut {
 )]
 async fn changes(
     State(state): State<AppState>,
+    who: Principal,
     Query(params): Query<ChangesParams>,
 ) -> Result<axum::Json<ChangesOut>, AppError> {
     let since = match params.since.as_deref() {
@@ -234,7 +237,7 @@ async fn changes(
         })?,
     };
     let limit = parse_limit(params.limit.as_deref())?;
-    let changes = state.contexts.changes(since, limit).await?;
+    let changes = state.contexts.changes(&who, since, limit).await?;
     let next_since = changes.last().map_or(since, |c| c.seq);
     Ok(axum::Json(ChangesOut {
         changes: changes.into_iter().map(Into::into).collect(),

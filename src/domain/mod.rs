@@ -8,6 +8,7 @@ mod context;
 mod cursor;
 mod id;
 mod merge;
+mod principal;
 mod strategies;
 
 pub use context::{
@@ -17,4 +18,5 @@ pub use context::{
 pub use cursor::{Cursor, CursorError};
 pub use id::{ContextId, InvalidId};
 pub use merge::three_way_merge;
+pub use principal::{Principal, Role};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};

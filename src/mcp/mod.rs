@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -40,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use self::subscriptions::{Registration, Subscriptions, parse_uri, uri};
 use crate::api::AppState;
 use crate::config::Settings;
+use crate::domain::{Principal, Role};
 use crate::error::AppError;
+use crate::service::admit;
 use crate::store::ListFilter;
 
 /// Resources per `resources/list` page.
@@ -93,6 +96,23 @@ impl McpServer {
     }
 }
 
+/// The caller of an MCP request: the principal the auth layer put on its HTTP request.
+pub(crate) fn caller(parts: &Parts) -> Result<Principal, AppError> {
+    parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+        AppError::Unauthorized("this needs an API key: send Authorization: Bearer <key>".into())
+    })
+}
+
+/// The caller of a request whose context carries its HTTP parts.
+fn caller_of(context: &RequestContext<RoleServer>) -> Result<Principal, McpError> {
+    context
+        .extensions
+        .get::<Parts>()
+        .ok_or_else(|| AppError::Unauthorized("no HTTP request behind this call".into()))
+        .and_then(caller)
+        .map_err(|e| protocol_error(e, "context://"))
+}
+
 /// A service error as MCP's protocol error, for the methods that have no tool result to
 /// carry a problem (resources).
 fn protocol_error(e: AppError, uri: &str) -> McpError {
@@ -127,13 +147,19 @@ impl ServerHandler for McpServer {
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
+        let who = caller_of(&context)?;
         let cursor = request.and_then(|r| r.cursor);
         let page = self
             .state()
             .contexts
-            .list(&ListFilter::default(), cursor.as_deref(), RESOURCE_PAGE)
+            .list(
+                &who,
+                &ListFilter::default(),
+                cursor.as_deref(),
+                RESOURCE_PAGE,
+            )
             .await
             .map_err(|e| protocol_error(e, "context://"))?;
         let resources = page
@@ -174,8 +200,9 @@ impl ServerHandler for McpServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        let who = caller_of(&context)?;
         let uri = request.uri;
         let Some(id) = parse_uri(&uri) else {
             return Err(McpError::resource_not_found(
@@ -186,7 +213,7 @@ impl ServerHandler for McpServer {
         let (context, _) = self
             .state()
             .contexts
-            .get(&id)
+            .get(&who, &id)
             .await
             .map_err(|e| protocol_error(e, &uri))?;
         let text = serde_json::to_string(&context.content.data).expect("JSON objects serialize");
@@ -216,13 +243,18 @@ impl ServerHandler for McpServer {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let who = caller_of(context.request_context())?;
+        admit(&who, Role::Read, None).map_err(|e| protocol_error(e, "context://"))?;
         let registration = self.shared.subscriptions.register();
+        // Contexts outside the caller's prefix are acknowledged like any other (saying no
+        // would tell they exist) but never heard of.
         for id in context
             .accepted()
             .resource_subscriptions
             .iter()
             .flatten()
             .filter_map(|uri| parse_uri(uri))
+            .filter(|id| who.sees(id))
         {
             registration.add(id);
         }
@@ -247,6 +279,8 @@ impl ServerHandler for McpServer {
                 None,
             ));
         };
+        let who = caller_of(&context)?;
+        admit(&who, Role::Read, Some(&id)).map_err(|e| protocol_error(e, &request.uri))?;
         let mut session = self.session.lock().await;
         let session = session.get_or_insert_with(|| {
             let registration = Arc::new(self.shared.subscriptions.register());

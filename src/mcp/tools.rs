@@ -14,7 +14,10 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::McpServer;
+use axum::http::request::Parts;
+use rmcp::handler::server::tool::Extension;
+
+use super::{McpServer, caller};
 use crate::api::contexts::{ContextIn, ContextOut, ContextPage, VersionPage, page_limit, parse_id};
 use crate::api::merge::MergeIn;
 use crate::api::search::{SearchIn, SearchOut};
@@ -144,13 +147,18 @@ impl McpServer {
                        GET /contexts/{id}.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn get_context(&self, Parameters(args): Parameters<GetContextArgs>) -> CallToolResult {
+    async fn get_context(
+        &self,
+        Parameters(args): Parameters<GetContextArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> CallToolResult {
         let contexts = &self.state().contexts;
         let result = async {
+            let who = caller(&parts)?;
             let id = parse_id(&args.context_id)?;
             let (context, _) = match args.version {
-                None => contexts.get(&id).await?,
-                Some(version) => contexts.get_at(&id, version).await?,
+                None => contexts.get(&who, &id).await?,
+                Some(version) => contexts.get_at(&who, &id, version).await?,
             };
             Ok(serde_json::to_value(ContextOut::new(&context, false))
                 .expect("a context always serializes"))
@@ -169,9 +177,14 @@ impl McpServer {
             open_world_hint = false
         )
     )]
-    async fn put_context(&self, Parameters(args): Parameters<PutContextArgs>) -> CallToolResult {
+    async fn put_context(
+        &self,
+        Parameters(args): Parameters<PutContextArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> CallToolResult {
         let contexts = &self.state().contexts;
         let result = async {
+            let who = caller(&parts)?;
             let id = parse_id(&args.context_id)?;
             let body = ContextIn {
                 context_id: None,
@@ -185,6 +198,7 @@ impl McpServer {
             let (_, content, changed_by) = body.parse()?;
             let written = contexts
                 .put(
+                    &who,
                     &id,
                     WriteRequest {
                         content,
@@ -216,10 +230,12 @@ impl McpServer {
     async fn delete_context(
         &self,
         Parameters(args): Parameters<DeleteContextArgs>,
+        Extension(parts): Extension<Parts>,
     ) -> CallToolResult {
         let result = async {
+            let who = caller(&parts)?;
             let id = parse_id(&args.context_id)?;
-            self.state().contexts.delete(&id, None).await?;
+            self.state().contexts.delete(&who, &id, None).await?;
             Ok(Deleted {
                 context_id: id.as_str().to_owned(),
                 deleted: true,
@@ -237,8 +253,10 @@ impl McpServer {
     async fn list_contexts(
         &self,
         Parameters(args): Parameters<ListContextsArgs>,
+        Extension(parts): Extension<Parts>,
     ) -> CallToolResult {
         let result = async {
+            let who = caller(&parts)?;
             let limit = page_limit(args.limit)?;
             let parent_id = args
                 .parent_id
@@ -251,11 +269,12 @@ impl McpServer {
             let filter = ListFilter {
                 source: args.source,
                 parent_id,
+                id_prefix: None,
             };
             let Page { items, next_cursor } = self
                 .state()
                 .contexts
-                .list(&filter, args.cursor.as_deref(), limit)
+                .list(&who, &filter, args.cursor.as_deref(), limit)
                 .await?;
             Ok(ContextPage {
                 items: items.into_iter().map(Into::into).collect(),
@@ -274,14 +293,16 @@ impl McpServer {
     async fn context_history(
         &self,
         Parameters(args): Parameters<ContextHistoryArgs>,
+        Extension(parts): Extension<Parts>,
     ) -> CallToolResult {
         let result = async {
+            let who = caller(&parts)?;
             let id = parse_id(&args.context_id)?;
             let limit = page_limit(args.limit)?;
             let Page { items, next_cursor } = self
                 .state()
                 .contexts
-                .versions(&id, args.cursor.as_deref(), limit)
+                .versions(&who, &id, args.cursor.as_deref(), limit)
                 .await?;
             Ok(VersionPage {
                 items: items.into_iter().map(Into::into).collect(),
@@ -299,9 +320,14 @@ impl McpServer {
                        `merged_<hex>` context, with the lineage in metadata.merged_from.",
         annotations(destructive_hint = false, open_world_hint = false)
     )]
-    async fn merge_contexts(&self, Parameters(args): Parameters<MergeIn>) -> CallToolResult {
+    async fn merge_contexts(
+        &self,
+        Parameters(args): Parameters<MergeIn>,
+        Extension(parts): Extension<Parts>,
+    ) -> CallToolResult {
         let result = async {
-            let written = args.merge(&self.state().contexts).await?;
+            let who = caller(&parts)?;
+            let written = args.merge(&who, &self.state().contexts).await?;
             Ok(
                 serde_json::to_value(ContextOut::new(&written.context, false))
                     .expect("a context always serializes"),
@@ -316,10 +342,15 @@ impl McpServer {
                        (default 0.7) are left out. Filter by source or parent_id.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn search_contexts(&self, Parameters(args): Parameters<SearchIn>) -> CallToolResult {
+    async fn search_contexts(
+        &self,
+        Parameters(args): Parameters<SearchIn>,
+        Extension(parts): Extension<Parts>,
+    ) -> CallToolResult {
         let result = async {
+            let who = caller(&parts)?;
             let (request, include_data) = args.into_request()?;
-            let hits = self.state().search.search(request).await?;
+            let hits = self.state().search.search(&who, request).await?;
             Ok(SearchOut::new(hits, include_data))
         };
         reply(result.await)

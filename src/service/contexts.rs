@@ -9,7 +9,7 @@ use crate::cache::{CacheOutcome, CachedContext, TieredCache};
 use crate::config::Settings;
 use crate::domain::{
     Content, Context, ContextId, ContextSummary, Cursor, JsonObject, MergeInput, MergeStrategy,
-    Refusal, Source, VersionInfo, VersionRecord, merge_data,
+    Principal, Refusal, Role, Source, VersionInfo, VersionRecord, merge_data,
 };
 use crate::error::AppError;
 use crate::store::{
@@ -57,6 +57,26 @@ const MAX_CHANGED_BY: usize = 255;
 /// of the same version agree.
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// The one access rule, for REST and MCP alike: the caller's role must reach `role`, and an
+/// id outside the caller's prefix does not exist for it (404, so existence never leaks).
+pub fn admit(who: &Principal, role: Role, id: Option<&ContextId>) -> Result<(), AppError> {
+    if !who.has(role) {
+        return Err(AppError::forbidden(role));
+    }
+    match id {
+        Some(id) if !who.sees(id) => Err(AppError::from_refusal(Refusal::NotFound, id.as_str())),
+        _ => Ok(()),
+    }
+}
+
+/// A new id under the caller's prefix: `<prefix><stem>`.
+pub(super) fn generated_id(who: &Principal, stem: &str) -> Result<ContextId, AppError> {
+    let raw = format!("{}{stem}", who.prefix.as_deref().unwrap_or(""));
+    ContextId::parse(&raw).map_err(|e| {
+        AppError::Unprocessable(format!("cannot make an id under the key's prefix: {e}"))
+    })
 }
 
 impl ContextService {
@@ -156,6 +176,16 @@ impl ContextService {
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
     pub async fn get(
         &self,
+        who: &Principal,
+        id: &ContextId,
+    ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
+        admit(who, Role::Read, Some(id))?;
+        self.get_cached(id).await
+    }
+
+    /// [`Self::get`] for contextd itself (search hits): no caller to check.
+    pub(super) async fn get_cached(
+        &self,
         id: &ContextId,
     ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
         if let Some(hit) = self.cache.get(id).await {
@@ -175,10 +205,12 @@ impl ContextService {
     /// version comes through the cache; a past one from L2's immutable entries, else the store.
     pub async fn get_at(
         &self,
+        who: &Principal,
         id: &ContextId,
         version: i64,
     ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
-        let (current, outcome) = self.get(id).await?;
+        admit(who, Role::Read, Some(id))?;
+        let (current, outcome) = self.get_cached(id).await?;
         if version == current.version {
             return Ok((current, outcome));
         }
@@ -205,7 +237,13 @@ impl ContextService {
     }
 
     /// A version of the history, or why there is none: 404 (never was), 410 (pruned).
-    pub async fn version(&self, id: &ContextId, version: i64) -> Result<VersionRecord, AppError> {
+    pub async fn version(
+        &self,
+        who: &Principal,
+        id: &ContextId,
+        version: i64,
+    ) -> Result<VersionRecord, AppError> {
+        admit(who, Role::Read, Some(id))?;
         Ok(self.version_with_created_at(id, version).await?.0)
     }
 
@@ -237,7 +275,13 @@ impl ContextService {
 
     /// `PUT /contexts/{id}`: create or update, under the request's preconditions.
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
-    pub async fn put(&self, id: &ContextId, request: WriteRequest) -> Result<Written, AppError> {
+    pub async fn put(
+        &self,
+        who: &Principal,
+        id: &ContextId,
+        request: WriteRequest,
+    ) -> Result<Written, AppError> {
+        admit(who, Role::Write, Some(id))?;
         if request.content.parent_id.as_ref() == Some(id) {
             return Err(AppError::Unprocessable(
                 "parent_id must name another context, not this one".to_owned(),
@@ -264,11 +308,15 @@ impl ContextService {
     #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn create(
         &self,
+        who: &Principal,
         id: Option<ContextId>,
         content: Content,
         changed_by: Option<String>,
     ) -> Result<Written, AppError> {
-        let id = id.unwrap_or_else(ContextId::generate);
+        let id = match id {
+            Some(id) => id,
+            None => generated_id(who, ContextId::generate().as_str())?,
+        };
         let request = WriteRequest {
             content,
             changed_by,
@@ -278,7 +326,7 @@ impl ContextService {
             },
             on_conflict: Default::default(),
         };
-        self.put(&id, request).await.map_err(|e| match e {
+        self.put(who, &id, request).await.map_err(|e| match e {
             // Create-only failed because the id exists: for POST that is a conflict.
             AppError::PreconditionFailed {
                 current_version: Some(v),
@@ -292,11 +340,13 @@ impl ContextService {
     #[tracing::instrument(skip_all, fields(context.id = %id, version), err(level = "debug"))]
     pub async fn restore(
         &self,
+        who: &Principal,
         id: &ContextId,
         version: i64,
         if_match: Option<IfMatch>,
         changed_by: Option<String>,
     ) -> Result<Written, AppError> {
+        admit(who, Role::Write, Some(id))?;
         Self::check_changed_by(changed_by.as_deref())?;
         let retention = self.retention;
         let outcome = self
@@ -355,7 +405,13 @@ impl ContextService {
 
     /// `DELETE /contexts/{id}`: the context, its history and its cache entries.
     #[tracing::instrument(skip_all, fields(context.id = %id), err(level = "debug"))]
-    pub async fn delete(&self, id: &ContextId, if_match: Option<IfMatch>) -> Result<(), AppError> {
+    pub async fn delete(
+        &self,
+        who: &Principal,
+        id: &ContextId,
+        if_match: Option<IfMatch>,
+    ) -> Result<(), AppError> {
+        admit(who, Role::Write, Some(id))?;
         let outcome = self
             .store
             .delete(
@@ -389,11 +445,13 @@ impl ContextService {
     #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn merge(
         &self,
+        who: &Principal,
         ids: &[ContextId],
         strategy: MergeStrategy,
         target: Option<ContextId>,
         source: Source,
     ) -> Result<Written, AppError> {
+        admit(who, Role::Write, target.as_ref())?;
         if !(2..=MAX_MERGE).contains(&ids.len()) {
             return Err(AppError::Unprocessable(format!(
                 "context_ids must name 2 to {MAX_MERGE} contexts, not {}",
@@ -403,7 +461,8 @@ impl ContextService {
         let mut contexts = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
-            match self.store.get(id).await? {
+            // Outside the caller's prefix is as missing as never written.
+            match self.store.get(id).await?.filter(|_| who.sees(id)) {
                 Some(context) => contexts.push(context),
                 None => missing.push(id.as_str()),
             }
@@ -436,10 +495,13 @@ impl ContextService {
             embedding: None,
         };
         self.check_content(&content)?;
-        let id = target.unwrap_or_else(|| {
-            let hex = uuid::Uuid::new_v4().simple().to_string();
-            ContextId::parse(&format!("merged_{}", &hex[..8])).expect("a valid id")
-        });
+        let id = match target {
+            Some(target) => target,
+            None => {
+                let hex = uuid::Uuid::new_v4().simple().to_string();
+                generated_id(who, &format!("merged_{}", &hex[..8]))?
+            }
+        };
         let retention = self.retention;
         let outcome = self
             .store
@@ -456,7 +518,12 @@ impl ContextService {
 
     /// `POST /cache/warm`: loads each context from the store into L1 and L2; how many were
     /// loaded, and which ids do not exist.
-    pub async fn warm(&self, ids: &[ContextId]) -> Result<(usize, Vec<ContextId>), AppError> {
+    pub async fn warm(
+        &self,
+        who: &Principal,
+        ids: &[ContextId],
+    ) -> Result<(usize, Vec<ContextId>), AppError> {
+        admit(who, Role::Admin, None)?;
         let mut warmed = 0;
         let mut missing = Vec::new();
         for id in ids {
@@ -476,10 +543,16 @@ impl ContextService {
     /// `GET /contexts`: one page in id order.
     pub async fn list(
         &self,
+        who: &Principal,
         filter: &ListFilter,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ContextSummary>, AppError> {
+        admit(who, Role::Read, None)?;
+        let filter = &ListFilter {
+            id_prefix: who.prefix.clone(),
+            ..filter.clone()
+        };
         let cursor = cursor.filter(|c| !c.is_empty());
         let after = match cursor.map(Cursor::decode).transpose() {
             Ok(None) => None,
@@ -495,10 +568,12 @@ impl ContextService {
     /// `GET /contexts/{id}/versions`: one page, newest first.
     pub async fn versions(
         &self,
+        who: &Principal,
         id: &ContextId,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<VersionInfo>, AppError> {
+        admit(who, Role::Read, Some(id))?;
         let cursor = cursor.filter(|c| !c.is_empty());
         let before = match cursor.map(Cursor::decode).transpose() {
             Ok(None) => None,

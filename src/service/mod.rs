@@ -4,13 +4,15 @@
 //! It knows nothing of HTTP: handlers in `api/` call one method each and map the result.
 
 mod contexts;
+mod keys;
 mod ops;
 pub mod rules;
 mod search;
 mod sync;
 mod transfer;
 
-pub use contexts::{ContextService, Page, WriteStatus, Written};
+pub use contexts::{ContextService, Page, WriteStatus, Written, admit};
+pub use keys::{CreatedKey, KeyService};
 pub use ops::{Check, Ops, Readiness, Summary};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
 pub use search::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest, SearchService};

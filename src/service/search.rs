@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use super::ContextService;
+use super::contexts::admit;
 use crate::cache::CachedContext;
-use crate::domain::{ContextId, Source};
+use crate::domain::{ContextId, Principal, Role, Source};
 use crate::error::AppError;
 use crate::vector::{SearchQuery, VectorError, VectorIndex};
 
@@ -59,7 +60,12 @@ impl SearchService {
 
     /// `POST /contexts/search`.
     #[tracing::instrument(skip_all, err(level = "debug"))]
-    pub async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, AppError> {
+    pub async fn search(
+        &self,
+        who: &Principal,
+        request: SearchRequest,
+    ) -> Result<Vec<SearchHit>, AppError> {
+        admit(who, Role::Read, None)?;
         let invalid = AppError::Unprocessable;
         if request.vector.len() != self.dimensions {
             return Err(invalid(format!(
@@ -93,6 +99,7 @@ impl SearchService {
             min_certainty: request.threshold,
             source: request.source,
             parent_id: request.parent_id.clone(),
+            id_prefix: who.prefix.clone(),
         };
         let hits = self.index.search(&query).await.map_err(|e| match e {
             VectorError::Unavailable(cause) => {
@@ -109,7 +116,10 @@ impl SearchService {
                 break;
             }
             // The index may lag the store by a moment: the store decides what is current.
-            let context = match self.contexts.get(&hit.id).await {
+            if !who.sees(&hit.id) {
+                continue;
+            }
+            let context = match self.contexts.get_cached(&hit.id).await {
                 Ok((context, _)) => context,
                 Err(AppError::NotFound(_)) => continue,
                 Err(e) => return Err(e),

@@ -8,9 +8,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ContextService;
+use super::contexts::{admit, generated_id};
 use super::rules::{self, SyncItem};
 use crate::cache::CachedContext;
-use crate::domain::{Content, ContextId, JsonObject, Refusal, Source};
+use crate::domain::{Content, ContextId, JsonObject, Principal, Refusal, Role, Source};
 use crate::error::AppError;
 use crate::store::{Change, ChangeOp, WriteOutcome};
 
@@ -111,7 +112,12 @@ impl ContextService {
     /// `POST /sync/factory`: every item checked first (one bad item refuses the request, naming
     /// its index), then all written in one transaction, each with `source` `factory` and
     /// `change_type` `sync`.
-    pub async fn ingest(&self, items: Vec<FactoryItem>) -> Result<Vec<SyncResult>, AppError> {
+    pub async fn ingest(
+        &self,
+        who: &Principal,
+        items: Vec<FactoryItem>,
+    ) -> Result<Vec<SyncResult>, AppError> {
+        admit(who, Role::Write, None)?;
         if !(1..=MAX_SYNC_ITEMS).contains(&items.len()) {
             return Err(AppError::Unprocessable(format!(
                 "a batch holds 1 to {MAX_SYNC_ITEMS} contexts, not {}",
@@ -119,6 +125,9 @@ impl ContextService {
             )));
         }
         for (index, item) in items.iter().enumerate() {
+            if let Some(id) = &item.id {
+                admit(who, Role::Write, Some(id)).map_err(|e| at_index(index, e))?;
+            }
             let content = Content {
                 source: Source::Factory,
                 parent_id: None,
@@ -130,10 +139,17 @@ impl ContextService {
                 .map_err(|e| at_index(index, e))?;
         }
         let retention = self.retention;
+        let mut ids = Vec::with_capacity(items.len());
+        for item in &items {
+            ids.push(match &item.id {
+                Some(id) => id.clone(),
+                None => generated_id(who, ContextId::generate().as_str())?,
+            });
+        }
         let writes: Vec<_> = items
             .into_iter()
-            .map(|item| {
-                let id = item.id.unwrap_or_else(ContextId::generate);
+            .zip(ids)
+            .map(|(item, id)| {
                 let sync = SyncItem {
                     data: item.data,
                     metadata: item.metadata,
@@ -186,9 +202,18 @@ impl ContextService {
     }
 
     /// `GET /sync/factory/changes`: committed changes after `since`, in commit order.
-    pub async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, AppError> {
+    pub async fn changes(
+        &self,
+        who: &Principal,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<Change>, AppError> {
+        admit(who, Role::Read, None)?;
         self.store.sequence_outbox().await?;
-        Ok(self.store.changes(since, limit).await?)
+        Ok(self
+            .store
+            .changes(since, limit, who.prefix.as_deref())
+            .await?)
     }
 }
 
@@ -198,6 +223,7 @@ fn at_index(index: usize, e: AppError) -> AppError {
             AppError::Unprocessable(format!("contexts[{index}]: {detail}"))
         }
         AppError::TooLarge { limit, actual } => AppError::TooLarge { limit, actual },
+        AppError::NotFound(detail) => AppError::NotFound(format!("contexts[{index}]: {detail}")),
         other => other,
     }
 }

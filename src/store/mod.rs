@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Source, VersionInfo, VersionRecord,
+    Role, Source, VersionInfo, VersionRecord,
 };
 
 pub use postgres::PostgresStore;
@@ -123,6 +123,8 @@ pub enum DeleteOutcome {
 pub struct ListFilter {
     pub source: Option<Source>,
     pub parent_id: Option<ContextId>,
+    /// Only ids starting with this (the caller's key prefix).
+    pub id_prefix: Option<String>,
 }
 
 /// A version looked up by number, with what is needed to tell "pruned" from "never was".
@@ -149,7 +151,38 @@ pub struct ImportSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitNotice {
     Changed(ContextId),
+    /// An API key was revoked (or re-enabled): verified keys cached in process are stale.
+    KeysChanged,
     Unknown,
+}
+
+/// A stored API key: everything but the key itself, of which only the SHA-256 is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub prefix: Option<String>,
+    /// SHA-256 of the key.
+    pub key_hash: [u8; 32],
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("prefix", &self.prefix)
+            .field("key_hash", &"***")
+            .field("created_at", &self.created_at)
+            .field("last_used_at", &self.last_used_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
 }
 
 /// Capacity of the commit signal's channel; a receiver that lags is told `Lagged` and treats it
@@ -323,12 +356,21 @@ pub trait Store: Send + Sync + 'static {
     /// The commit signal: every committed change, as it commits.
     fn commits(&self) -> broadcast::Receiver<CommitNotice>;
 
+    /// Whether the commit signal carries what other processes commit (Postgres `NOTIFY`), or
+    /// only this process's own (SQLite: a CLI run beside the server is not heard).
+    fn signal_spans_processes(&self) -> bool;
+
     /// Numbers committed changes in commit order (Postgres gives numbers after commit; SQLite,
     /// with one writer, in the write itself).
     async fn sequence_outbox(&self) -> Result<(), StoreError>;
 
     /// Numbered changes after `since`, in order, at most `limit`.
-    async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, StoreError>;
+    async fn changes(
+        &self,
+        since: i64,
+        limit: usize,
+        id_prefix: Option<&str>,
+    ) -> Result<Vec<Change>, StoreError>;
 
     /// Hands the oldest undelivered changes (at most `limit`) to `deliver` and records what it
     /// came to. One instance at a time: the rows are claimed with `FOR UPDATE SKIP LOCKED`
@@ -349,6 +391,31 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Context>, StoreError>;
+
+    /// Stores a new API key.
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Makes sure a key with `key.key_hash` exists as `key` says, active: inserted, or its
+    /// role and prefix set and any revocation lifted (the bootstrap key). Signals
+    /// `KeysChanged` when it changed one.
+    async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Every key, revoked ones included, oldest first.
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// The key with this SHA-256, revoked or not.
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Revokes the key `id` (if not yet) and signals `KeysChanged` to every instance. `None`
+    /// when there is no such key.
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Records when keys were last used (batched by the caller, off the request path).
+    async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError>;
 
     /// How far the indexer `name` has applied the outbox (0 before it ever did).
     async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError>;

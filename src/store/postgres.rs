@@ -17,14 +17,15 @@ use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts, Decide,
-    DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery, ImportSummary,
-    ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteOutcome, WriteView, migrate,
+    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts,
+    Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery,
+    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteOutcome,
+    WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Source, VersionInfo, VersionRecord,
+    Role, Source, VersionInfo, VersionRecord,
 };
 
 /// Serializes every writer of one context, creators included (there is no row to lock yet).
@@ -128,6 +129,36 @@ const MARK_FAILED: &str = "
     WHERE seq = ANY($1)";
 
 const LATEST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM factory_sync_outbox";
+
+/// The commit-signal payload that says "API keys changed"; no context id contains a `!`.
+const KEYS_CHANGED_PAYLOAD: &str = "!keys";
+
+const NOTIFY_KEYS_CHANGED: &str = "SELECT pg_notify('contextd_changes', '!keys')";
+
+const KEY_COLUMNS: &str =
+    "SELECT id, name, role, prefix, key_hash, created_at, last_used_at, revoked_at FROM api_keys";
+
+const INSERT_KEY: &str = "
+    INSERT INTO api_keys (id, name, role, prefix, key_hash, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Inserts the key, or sets an existing one with that hash as given and active; returns a row
+/// only when it changed one that existed.
+const ENSURE_KEY: &str = "
+    INSERT INTO api_keys (id, name, role, prefix, key_hash, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (key_hash) DO UPDATE
+        SET role = EXCLUDED.role, prefix = EXCLUDED.prefix, revoked_at = NULL
+        WHERE api_keys.role IS DISTINCT FROM EXCLUDED.role
+           OR api_keys.prefix IS DISTINCT FROM EXCLUDED.prefix
+           OR api_keys.revoked_at IS NOT NULL
+    RETURNING (xmax <> 0) AS updated";
+
+const REVOKE_KEY: &str = "
+    UPDATE api_keys SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1";
+
+const TOUCH_KEY: &str = "
+    UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, $2), $2) WHERE id = $1";
 
 const WITH_EMBEDDINGS: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
@@ -323,9 +354,13 @@ async fn listen_for_commits(
                     delay = Duration::from_millis(100);
                     let _ = commits.send(CommitNotice::Unknown);
                     while let Some(payload) = received.recv().await {
-                        let notice = ContextId::parse(&payload)
-                            .map(CommitNotice::Changed)
-                            .unwrap_or(CommitNotice::Unknown);
+                        let notice = if payload == KEYS_CHANGED_PAYLOAD {
+                            CommitNotice::KeysChanged
+                        } else {
+                            ContextId::parse(&payload)
+                                .map(CommitNotice::Changed)
+                                .unwrap_or(CommitNotice::Unknown)
+                        };
                         let _ = commits.send(notice);
                     }
                 }
@@ -459,6 +494,23 @@ fn pool_error(e: PoolError) -> StoreError {
         PoolError::Timeout(_) | PoolError::Closed => StoreError::Unavailable(anyhow!(e)),
         other => StoreError::Internal(anyhow!(other.to_string())),
     }
+}
+
+fn key_from_row(row: &Row) -> Result<ApiKeyRecord, StoreError> {
+    let role: &str = row.try_get(2).map_err(column_error)?;
+    let hash: &[u8] = row.try_get(4).map_err(column_error)?;
+    Ok(ApiKeyRecord {
+        id: row.try_get(0).map_err(column_error)?,
+        name: row.try_get(1).map_err(column_error)?,
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("key role {role:?}")))?,
+        prefix: row.try_get(3).map_err(column_error)?,
+        key_hash: hash
+            .try_into()
+            .map_err(|_| corrupt("a key hash that is not 32 bytes"))?,
+        created_at: row.try_get(5).map_err(column_error)?,
+        last_used_at: row.try_get(6).map_err(column_error)?,
+        revoked_at: row.try_get(7).map_err(column_error)?,
+    })
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -736,6 +788,13 @@ impl Store for PostgresStore {
             params.push(parent);
             conditions.push(format!("m.parent_id = ${}", params.len()));
         }
+        if let Some(prefix) = &filter.id_prefix {
+            params.push(prefix);
+            conditions.push(format!(
+                "left(m.context_id, length(${0})) = ${0}",
+                params.len()
+            ));
+        }
         if let Some(after) = &after {
             params.push(after);
             conditions.push(format!("m.context_id > ${}", params.len()));
@@ -878,6 +937,10 @@ impl Store for PostgresStore {
         Ok(outcomes)
     }
 
+    fn signal_spans_processes(&self) -> bool {
+        true
+    }
+
     fn commits(&self) -> broadcast::Receiver<CommitNotice> {
         self.commits.subscribe()
     }
@@ -894,12 +957,21 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_error)
     }
 
-    async fn changes(&self, since: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+    async fn changes(
+        &self,
+        since: i64,
+        limit: usize,
+        id_prefix: Option<&str>,
+    ) -> Result<Vec<Change>, StoreError> {
         let client = self.client().await?;
-        let sql = format!("{CHANGE_COLUMNS} WHERE o.seq > $1 ORDER BY o.seq LIMIT $2");
+        let sql = format!(
+            "{CHANGE_COLUMNS} WHERE o.seq > $1 \
+             AND ($3::text IS NULL OR left(o.context_id, length($3)) = $3) \
+             ORDER BY o.seq LIMIT $2"
+        );
         let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
         let rows = client
-            .query(&statement, &[&since, &(limit as i64)])
+            .query(&statement, &[&since, &(limit as i64), &id_prefix])
             .await
             .map_err(db_error)?;
         rows.iter().map(change_from_row).collect()
@@ -981,6 +1053,115 @@ impl Store for PostgresStore {
                 context_from_row(&id, row)
             })
             .collect()
+    }
+
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                INSERT_KEY,
+                &[
+                    &key.id,
+                    &key.name,
+                    &key.role.as_str(),
+                    &key.prefix,
+                    &key.key_hash.as_slice(),
+                    &key.created_at,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .query_opt(
+                ENSURE_KEY,
+                &[
+                    &key.id,
+                    &key.name,
+                    &key.role.as_str(),
+                    &key.prefix,
+                    &key.key_hash.as_slice(),
+                    &key.created_at,
+                ],
+            )
+            .await
+            .map_err(db_error)?
+            .map(|row| row.try_get::<_, bool>(0))
+            .transpose()
+            .map_err(column_error)?
+            .unwrap_or(false);
+        if changed {
+            client
+                .execute(NOTIFY_KEYS_CHANGED, &[])
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("{KEY_COLUMNS} ORDER BY created_at, id");
+        let rows = client.query(&sql, &[]).await.map_err(db_error)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("{KEY_COLUMNS} WHERE key_hash = $1"))
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_opt(&statement, &[&hash.as_slice()])
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let found = tx
+            .execute(REVOKE_KEY, &[&id, &at])
+            .await
+            .map_err(db_error)?;
+        if found == 0 {
+            return Ok(None);
+        }
+        tx.execute(NOTIFY_KEYS_CHANGED, &[])
+            .await
+            .map_err(db_error)?;
+        let row = tx
+            .query_one(&format!("{KEY_COLUMNS} WHERE id = $1"), &[&id])
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        key_from_row(&row).map(Some)
+    }
+
+    async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let touch = client.prepare_cached(TOUCH_KEY).await.map_err(db_error)?;
+        type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+        let params: Vec<[Param<'_>; 2]> = used.iter().map(|(id, at)| [id as _, at as _]).collect();
+        let results =
+            futures_util::future::join_all(params.iter().map(|p| client.execute(&touch, p))).await;
+        for result in results {
+            result.map_err(db_error)?;
+        }
+        Ok(())
     }
 
     async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {

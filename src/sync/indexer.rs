@@ -202,7 +202,7 @@ impl Indexer {
         };
         loop {
             self.store.sequence_outbox().await?;
-            let changes = self.store.changes(at, PAGE).await?;
+            let changes = self.store.changes(at, PAGE, None).await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return Ok(());
             };

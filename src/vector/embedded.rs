@@ -302,6 +302,7 @@ impl<'a> TopK<'a> {
 struct Filter<'q> {
     source: Option<Source>,
     parent_id: Option<&'q ContextId>,
+    id_prefix: Option<&'q str>,
     /// Cosines below this are left out (`min_certainty` turned into a cosine, checked again
     /// with the exact certainty arithmetic).
     min_certainty: f64,
@@ -314,6 +315,9 @@ impl Filter<'_> {
             && self
                 .parent_id
                 .is_none_or(|p| slot.parent_id.as_ref() == Some(p))
+            && self
+                .id_prefix
+                .is_none_or(|p| slot.id.as_str().starts_with(p))
     }
 
     fn high_enough(&self, cos: f32) -> bool {
@@ -901,6 +905,7 @@ impl EmbeddedIndex {
         let filter = Filter {
             source: query.source,
             parent_id: query.parent_id.as_ref(),
+            id_prefix: query.id_prefix.as_deref(),
             min_certainty: query.min_certainty,
         };
         let params = &self.shared.params;
@@ -1156,6 +1161,7 @@ mod tests {
             min_certainty: 0.0,
             source: None,
             parent_id: None,
+            id_prefix: None,
         }
     }
 

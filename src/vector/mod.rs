@@ -40,6 +40,8 @@ pub struct SearchQuery {
     pub source: Option<Source>,
     /// Only children of this context.
     pub parent_id: Option<ContextId>,
+    /// Only contexts whose id starts with this (the caller's key prefix).
+    pub id_prefix: Option<String>,
 }
 
 /// One search result, best first.

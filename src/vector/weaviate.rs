@@ -889,6 +889,13 @@ fn search_query(class: &str, query: &SearchQuery) -> Result<String, String> {
     if let Some(parent) = &query.parent_id {
         conditions.push(equal("parentId", parent.as_str()));
     }
+    if let Some(prefix) = &query.id_prefix {
+        // Ids are `[A-Za-z0-9._:-]`: no `*` or `?` of Like's own in them.
+        conditions.push(format!(
+            "{{path: [\"contextId\"], operator: Like, valueText: {}}}",
+            graphql_string(&format!("{prefix}*"))
+        ));
+    }
     match conditions.as_slice() {
         [] => {}
         [one] => {
@@ -1033,6 +1040,7 @@ mod tests {
             min_certainty: 0.0,
             source: None,
             parent_id: None,
+            id_prefix: None,
         }
     }
 

@@ -1,0 +1,105 @@
+//! Who is asking: the role and id prefix of the API key a request came with.
+//!
+//! The service decides every request against a `Principal`; `auth` only resolves the bearer
+//! key into one. With auth off, every request is the [`Principal::system`].
+
+use super::ContextId;
+
+/// What a key may do; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Every read: GETs, search, the change feed, MCP reads.
+    Read,
+    /// Read, plus every write: PUT, POST, DELETE, merge, restore, sync ingest.
+    Write,
+    /// Write, plus `/cache/warm` and key management.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses the wire name; `None` for anything else.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The caller of a request, as the service sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's id; `None` for the system (auth off, the CLI, background work).
+    pub key_id: Option<String>,
+    pub role: Role,
+    /// When set, the caller sees and touches only contexts whose id starts with it.
+    pub prefix: Option<String>,
+}
+
+impl Principal {
+    /// Everything, everywhere: auth off, the CLI, and contextd's own background work.
+    pub fn system() -> Self {
+        Self {
+            key_id: None,
+            role: Role::Admin,
+            prefix: None,
+        }
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.role >= role
+    }
+
+    /// Whether `id` is inside this caller's prefix.
+    pub fn sees(&self, id: &ContextId) -> bool {
+        self.sees_str(id.as_str())
+    }
+
+    pub fn sees_str(&self, id: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| id.starts_with(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(role: Role, prefix: Option<&str>) -> Principal {
+        Principal {
+            key_id: Some("k".into()),
+            role,
+            prefix: prefix.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_role_includes_the_ones_below() {
+        assert!(key(Role::Admin, None).has(Role::Write));
+        assert!(key(Role::Write, None).has(Role::Read));
+        assert!(!key(Role::Write, None).has(Role::Admin));
+        assert!(!key(Role::Read, None).has(Role::Write));
+        for role in [Role::Read, Role::Write, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn a_prefix_bounds_what_a_key_sees() {
+        let team = key(Role::Write, Some("team-a:"));
+        assert!(team.sees(&ContextId::parse("team-a:x").unwrap()));
+        assert!(!team.sees(&ContextId::parse("team-b:x").unwrap()));
+        assert!(!team.sees(&ContextId::parse("team-a").unwrap()));
+        assert!(Principal::system().sees(&ContextId::parse("anything").unwrap()));
+    }
+}
