@@ -167,7 +167,10 @@ impl App {
             tracing::info!(bind = %settings.server.bind, "auth is off (auth.mode)");
         }
         let state = AppState {
-            keys: Arc::new(KeyService::new(store.clone())),
+            keys: Arc::new(KeyService::new(store.clone()).on_revoke({
+                let authenticator = authenticator.clone();
+                move || authenticator.invalidate()
+            })),
             search: Arc::new(SearchService::new(
                 contexts.clone(),
                 index.clone(),

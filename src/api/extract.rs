@@ -144,6 +144,20 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&s
         .transpose()
 }
 
+/// The caller, as the auth layer resolved its key (the system principal when auth is off).
+impl<S: Send + Sync> FromRequestParts<S> for crate::domain::Principal {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
+            AppError::Unauthorized("this needs an API key: send Authorization: Bearer <key>".into())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,19 +203,5 @@ mod tests {
         assert!(hits("*"));
         assert!(!hits("\"2\""));
         assert!(!if_none_match_hits(None, 3));
-    }
-}
-
-/// The caller, as the auth layer resolved its key (the system principal when auth is off).
-impl<S: Send + Sync> FromRequestParts<S> for crate::domain::Principal {
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
-            AppError::Unauthorized("this needs an API key: send Authorization: Bearer <key>".into())
-        })
     }
 }

@@ -17,6 +17,9 @@ const MAX_NAME: usize = 255;
 
 pub struct KeyService {
     store: Arc<dyn Store>,
+    /// Told of each revocation here, before it is answered, so that this instance never
+    /// takes the key again (the others hear of it through the commit signal).
+    revoked: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A key just made: the record, and the key itself, shown this once.
@@ -27,7 +30,16 @@ pub struct CreatedKey {
 
 impl KeyService {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            revoked: None,
+        }
+    }
+
+    /// Calls `hook` after each revocation (the server drops its verified keys).
+    pub fn on_revoke(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.revoked = Some(Box::new(hook));
+        self
     }
 
     /// A new key with `role`, seeing only ids under `prefix` when given.
@@ -107,6 +119,9 @@ impl KeyService {
             .revoke_key(id, Utc::now().trunc_subsecs(6))
             .await?
             .ok_or_else(not_found)?;
+        if let Some(hook) = &self.revoked {
+            hook();
+        }
         tracing::info!(key.id = %record.id, "API key revoked");
         Ok(record)
     }

@@ -5,6 +5,7 @@ mod harness;
 #[path = "../common/weaviate_fake.rs"]
 mod weaviate_fake;
 
+mod auth;
 mod cache;
 mod cli;
 mod concurrency;
