@@ -81,6 +81,10 @@ enum KeysCommand {
 }
 
 async fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
+    if let KeysCommand::Generate = command {
+        println!("{}", ApiKey::generate()?.expose());
+        return Ok(());
+    }
     let system = Principal::system();
     let keys = KeyService::new(open_store(settings).await?);
     match command {
@@ -132,7 +136,7 @@ async fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("revoked key {id}");
         }
-        KeysCommand::Generate => println!("{}", ApiKey::generate()?.expose()),
+        KeysCommand::Generate => unreachable!("needs no store; handled above"),
     }
     Ok(())
 }
