@@ -6,7 +6,7 @@
 //!
 //! - reads: `tools/call get_context` against REST `GET /contexts/{id}`. Each round reads one
 //!   id by REST (keep-alive reqwest), by MCP on revision 2026-07-28 (stateless requests) and
-//!   by MCP on 2025-11-25 (an `initialize`d session), the first of the three rotating, so
+//!   by MCP on 2025-11-25 (an `initialize`d session), and as one plain JSON POST (see below), the first of the four rotating, so
 //!   that all see the same machine state: one client each, sequential (latency). Then
 //!   `MCP_BENCH_CLIENTS` concurrent clients of one kind at a time (throughput). The issue's
 //!   target, MCP's p99 within 2x of REST's, is printed, not enforced.
@@ -20,7 +20,8 @@
 //!   `MCP_BENCH_TARGET_MS`, is printed, not enforced.
 //!
 //! The client side shares the bench's two-thread runtime, so MCP's figures include rmcp's
-//! client work. Exit status 1 when a check fails: a read that is not a 200 / a tool result
+//! client work; a fourth path sends `tools/call` as one plain JSON POST with the same reqwest
+//! client as REST, which leaves the server's own cost of MCP. Exit status 1 when a check fails: a read that is not a 200 / a tool result
 //! for the id asked, or a notification missing 10 s after its write.
 //!
 //! Parameters, from the environment (defaults in brackets): `MCP_BENCH_READS` [5000] rounds
@@ -75,10 +76,11 @@ const DATA_BYTES: usize = 1024;
 const RATIO_TARGET: f64 = 2.0;
 
 /// The three ways of reading, in the order of [`Reader::new`]'s `kind`.
-const PATHS: [&str; 3] = [
+const PATHS: [&str; 4] = [
     "REST GET /contexts/{id}",
     "MCP get_context 2026-07-28",
     "MCP get_context 2025-11-25",
+    "MCP get_context, plain POST",
 ];
 
 /// A resource update as the bench saw it: the URI and its arrival.
@@ -344,6 +346,9 @@ async fn session(
 /// One client of one of the [`PATHS`].
 enum Reader {
     Rest(reqwest::Client, String),
+    /// `tools/call` on 2026-07-28 as one plain JSON POST (reqwest, as REST), no rmcp on the
+    /// client side: what MCP costs the server, apart from rmcp's client.
+    Plain(reqwest::Client, String),
     Stateless(RunningService<RoleClient, ClientConfig>),
     Session(RunningService<RoleClient, SessionClient>),
 }
@@ -353,6 +358,7 @@ impl Reader {
         match kind {
             0 => Reader::Rest(http_client(), server.url("/contexts/")),
             1 => Reader::Stateless(stateless(server).await),
+            3 => Reader::Plain(http_client(), server.url("/mcp")),
             // It subscribes to nothing: nobody needs its updates.
             _ => Reader::Session(session(server, mpsc::unbounded_channel().0).await),
         }
@@ -379,6 +385,36 @@ impl Reader {
                 return (status == reqwest::StatusCode::OK)
                     .then_some(elapsed)
                     .ok_or_else(|| format!("GET {id}: {status} {body}"));
+            }
+            Reader::Plain(http, url) => {
+                let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                    "name": "get_context", "arguments": {"context_id": id},
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"}}}});
+                let response = http
+                    .post(url)
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", "tools/call")
+                    .header("mcp-name", "get_context")
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST get_context {id}: {e}"))?;
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("POST get_context {id}: {e}"))?;
+                let elapsed = start.elapsed();
+                // Checked as cheaply as REST's status (no parse on the clock's machine time):
+                // a success result that names the id.
+                let text = String::from_utf8_lossy(&body);
+                let named = format!("\"context_id\":\"{id}\"");
+                return (text.contains("\"isError\":false") && text.contains(&named))
+                    .then_some(elapsed)
+                    .ok_or_else(|| format!("POST get_context {id}: {text}"));
             }
             Reader::Stateless(client) => client.call_tool(call).await,
             Reader::Session(client) => client.call_tool(call).await,
@@ -729,10 +765,10 @@ async fn run_store(store: &str, knobs: &Knobs, report: &mut Report) {
     println!("{store}: {database_url}: up, {seeded} contexts seeded in {took:.2?}");
 
     let on = (&server, &ids[..]);
-    let pass = read_pass(on, (&[0, 1, 2][..], 1, knobs.reads), report).await;
+    let pass = read_pass(on, (&[0, 1, 2, 3][..], 1, knobs.reads), report).await;
     report.read_rows(store, 1, pass);
     let mut pass = Vec::new();
-    for kind in [[0], [1], [2]] {
+    for kind in [[0], [1], [2], [3]] {
         let shape = (&kind[..], knobs.clients, knobs.reads);
         pass.extend(read_pass(on, shape, report).await);
     }

@@ -371,7 +371,7 @@ fn parse_include_embedding(raw: Option<&str>) -> Result<bool, AppError> {
 }
 
 /// The JSON body of a context, without its embedding.
-fn render(context: &Context) -> Bytes {
+pub(crate) fn render(context: &Context) -> Bytes {
     serde_json::to_vec(&ContextOut::new(context, false))
         .expect("a context always serializes")
         .into()

@@ -359,7 +359,10 @@ pub fn router(
     // Room for the largest context pretty-printed, plus an embedding, as on REST.
     let body_limit =
         settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024;
+    // A request answered by one message (every tool call) gets it as plain JSON; a stream
+    // (`subscriptions/listen`) stays server-sent events.
     let config = StreamableHttpServerConfig::default()
+        .with_json_response(true)
         .with_allowed_hosts(allowed_hosts(settings))
         .with_max_request_body_bytes(body_limit)
         .with_cancellation_token(shutdown);

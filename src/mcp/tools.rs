@@ -8,19 +8,22 @@
 
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::model::CallToolResult;
+use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::{ErrorData as McpError, tool, tool_router};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use axum::http::request::Parts;
 use rmcp::handler::server::tool::Extension;
 
 use super::{McpServer, caller};
-use crate::api::contexts::{ContextIn, ContextOut, ContextPage, VersionPage, page_limit, parse_id};
+use crate::api::contexts::{ContextIn, ContextPage, VersionPage, page_limit, parse_id, render};
 use crate::api::merge::MergeIn;
 use crate::api::search::{SearchIn, SearchOut};
+use crate::cache::CachedContext;
 use crate::domain::{JsonObject, Source};
 use crate::error::AppError;
 use crate::service::{ConflictStrategy, IfMatch, Page, Preconditions, WriteRequest};
@@ -127,6 +130,22 @@ struct Deleted {
     deleted: bool,
 }
 
+/// The tool result of a context, from the body REST sends for it: rendered once per cached
+/// version, so a hot read serializes nothing (it only parses for `structuredContent`).
+fn reply_context(result: Result<Arc<CachedContext>, AppError>) -> CallToolResult {
+    let context = match result {
+        Ok(context) => context,
+        Err(e) => return reply::<()>(Err(e)),
+    };
+    let body = context.rendered(render);
+    let structured: serde_json::Value =
+        serde_json::from_slice(&body).expect("a rendered context is JSON");
+    let text = String::from_utf8(body.to_vec()).expect("a rendered context is UTF-8");
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    result
+}
+
 /// The tool result of a REST response body, or of a refusal.
 fn reply<T: Serialize>(result: Result<T, AppError>) -> CallToolResult {
     match result {
@@ -160,10 +179,9 @@ impl McpServer {
                 None => contexts.get(&who, &id).await?,
                 Some(version) => contexts.get_at(&who, &id, version).await?,
             };
-            Ok(serde_json::to_value(ContextOut::new(&context, false))
-                .expect("a context always serializes"))
+            Ok(context)
         };
-        reply(result.await)
+        reply_context(result.await)
     }
 
     #[tool(
@@ -211,12 +229,9 @@ impl McpServer {
                     },
                 )
                 .await?;
-            Ok(
-                serde_json::to_value(ContextOut::new(&written.context, false))
-                    .expect("a context always serializes"),
-            )
+            Ok(written.context)
         };
-        reply(result.await)
+        reply_context(result.await)
     }
 
     #[tool(
@@ -328,12 +343,9 @@ impl McpServer {
         let result = async {
             let who = caller(&parts)?;
             let written = args.merge(&who, &self.state().contexts).await?;
-            Ok(
-                serde_json::to_value(ContextOut::new(&written.context, false))
-                    .expect("a context always serializes"),
-            )
+            Ok(written.context)
         };
-        reply(result.await)
+        reply_context(result.await)
     }
 
     #[tool(
