@@ -160,12 +160,17 @@ python_tools() {
   fi
 }
 
-# run_schemathesis DATABASE_URL: the debug server on that store, fuzzed through its document.
+# run_schemathesis DATABASE_URL: the debug server on that store, with auth on, fuzzed through
+# its document with an admin key (and, by its auth checks, without one and with a wrong one).
+# Revocation is left out: fuzzed with the listed ids, it revokes the very key the run uses
+# (tests/api/auth.rs covers it).
 run_schemathesis() {
-  local database_url=$1 port log pid
+  local database_url=$1 port log pid key
   port=$(free_port)
   log=$(mktemp -t contextd-schemathesis.XXXXXX)
+  key=$(target/debug/contextd keys generate)
   DATABASE_URL="$database_url" CONTEXTD__SERVER__BIND="127.0.0.1:$port" \
+    CONTEXTD__AUTH__MODE=on CONTEXTD__AUTH__BOOTSTRAP_KEY="$key" \
     CONTEXTD__VECTOR__DIMENSIONS=4 RUST_LOG=warn target/debug/contextd serve >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
@@ -173,6 +178,8 @@ run_schemathesis() {
   done
   local status=0
   "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
+    --header "Authorization: Bearer $key" \
+    --exclude-path '/admin/keys/{id}' \
     --exclude-checks positive_data_acceptance --max-examples "${SCHEMATHESIS_EXAMPLES:-50}" || status=$?
   kill "$pid"; wait "$pid" 2>/dev/null || true
   if [[ $status -ne 0 ]]; then say "server log of the schemathesis run:"; tail -n 50 "$log" >&2; fi

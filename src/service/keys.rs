@@ -58,7 +58,7 @@ impl KeyService {
             )));
         }
         let prefix = match prefix {
-            None | Some("") => None,
+            None => None,
             Some(raw) => Some(
                 ContextId::parse(raw)
                     .map_err(|e| AppError::Unprocessable(format!("prefix: {e}")))?

@@ -316,6 +316,17 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good(store: Setup) {
         )
         .await;
     problem(bad, StatusCode::UNPROCESSABLE_ENTITY).await;
+    for prefix in ["", "no spaces"] {
+        let bad = secured
+            .send(
+                Method::POST,
+                "/admin/keys",
+                Some(&secured.admin),
+                Some(json!({"name": "x", "role": "read", "prefix": prefix})),
+            )
+            .await;
+        problem(bad, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
     let gone = secured
         .send(
             Method::DELETE,
