@@ -231,7 +231,7 @@ async fn changes(
     Query(params): Query<ChangesParams>,
 ) -> Result<axum::Json<ChangesOut>, AppError> {
     let since = match params.since.as_deref() {
-        None | Some("") => 0,
+        None => 0,
         Some(raw) => raw.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(|| {
             AppError::Unprocessable(format!("since must be a seq (0 or more), not {raw:?}"))
         })?,

@@ -222,7 +222,7 @@ async fn the_change_feed_pages_in_commit_order_without_gaps_or_repeats(store: Se
         .await
         .unwrap();
     assert_eq!(page, json!({"changes": [], "next_since": last}));
-    for bad in ["since=-1", "since=x", "limit=0", "limit=1001"] {
+    for bad in ["since=-1", "since=x", "since=", "limit=0", "limit=1001"] {
         problem(
             app.get(&format!("/sync/factory/changes?{bad}")).await,
             StatusCode::UNPROCESSABLE_ENTITY,
