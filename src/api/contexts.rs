@@ -687,10 +687,13 @@ async fn list_versions(
     }))
 }
 
-/// Parses the `{n}` of a version path; anything but a number names no version.
+/// Parses the `{n}` of a version path; anything but a number from 1 names no version (so it
+/// answers 404 before any precondition is weighed).
 fn parse_version(id: &ContextId, raw: &str) -> Result<i64, AppError> {
     raw.parse::<i64>()
-        .map_err(|_| AppError::NotFound(format!("context {id} has no version {raw:?}")))
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| AppError::NotFound(format!("context {id} has no version {raw:?}")))
 }
 
 /// Get one version

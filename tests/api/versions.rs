@@ -191,6 +191,18 @@ async fn restore_of_an_unknown_context_or_version_answers_404(store: Setup) {
         StatusCode::NOT_FOUND,
     )
     .await;
+    // No version 0 or below, whatever the preconditions say (404 before any 412).
+    for n in ["0", "-3"] {
+        let response = app
+            .http
+            .post(app.url(&format!("/contexts/c/versions/{n}/restore")))
+            .header("If-Match", "\"9\"")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        problem(response, StatusCode::NOT_FOUND).await;
+    }
 }
 
 crate::on_both_stores!(
