@@ -12,7 +12,7 @@ pub mod keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -51,19 +51,22 @@ pub struct Authenticator {
     open_metrics: bool,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Arc<Verified>>>,
     /// [`VERIFIED_TTL`] or [`UNSIGNALLED_TTL`].
     ttl: Duration,
     /// Bumped by every invalidation; a lookup that started before one does not cache.
     generation: AtomicU64,
+    /// Usage of keys whose verified entry was dropped before it was flushed.
     used: std::sync::Mutex<HashMap<String, chrono::DateTime<Utc>>>,
 }
 
-#[derive(Clone)]
+/// A key verified against the store. A request that uses it only sets `used`; the flush turns
+/// that into `last_used_at`, so the hot path takes no lock but the cache's own.
 struct Verified {
     principal: Principal,
     hash: [u8; 32],
     at: Instant,
+    used: AtomicBool,
 }
 
 /// Why a key was refused: the metric's `reason`, and what the client is told.
@@ -136,7 +139,10 @@ impl Authenticator {
             .filter(|v| v.at.elapsed() < self.ttl)
             .cloned();
         let principal = match cached {
-            Some(v) if constant_time_eq(&v.hash, &hash) => v.principal,
+            Some(v) if constant_time_eq(&v.hash, &hash) => {
+                v.used.store(true, Ordering::Relaxed);
+                v.principal.clone()
+            }
             _ => {
                 let record = self.store.key_by_hash(&hash).await?;
                 let record = match record {
@@ -159,39 +165,63 @@ impl Authenticator {
                     .verified
                     .lock()
                     .expect("the key cache is never left half-changed");
+                let entry = Arc::new(Verified {
+                    principal: principal.clone(),
+                    hash,
+                    at: Instant::now(),
+                    used: AtomicBool::new(true),
+                });
                 if self.generation.load(Ordering::Acquire) == generation {
-                    verified.insert(
-                        hash,
-                        Verified {
-                            principal: principal.clone(),
-                            hash,
-                            at: Instant::now(),
-                        },
-                    );
+                    verified.insert(hash, entry);
+                } else {
+                    drop(verified);
+                    self.note_usage(&entry);
                 }
                 principal
             }
         };
-        if let Some(id) = &principal.key_id {
-            self.used
-                .lock()
-                .expect("the usage map is never left half-changed")
-                .insert(id.clone(), Utc::now());
-        }
         Ok(principal)
     }
 
     /// Forgets every verified key: one may have been revoked.
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.verified
-            .lock()
-            .expect("the key cache is never left half-changed")
-            .clear();
+        let dropped = std::mem::take(
+            &mut *self
+                .verified
+                .lock()
+                .expect("the key cache is never left half-changed"),
+        );
+        for entry in dropped.values() {
+            self.note_usage(entry);
+        }
     }
 
-    /// Writes the `last_used_at` of the keys used since the last call.
+    /// Moves an entry's unflushed use into the usage map.
+    fn note_usage(&self, entry: &Verified) {
+        if entry.used.swap(false, Ordering::Relaxed)
+            && let Some(id) = &entry.principal.key_id
+        {
+            self.used
+                .lock()
+                .expect("the usage map is never left half-changed")
+                .insert(id.to_string(), Utc::now());
+        }
+    }
+
+    /// Writes the `last_used_at` of the keys used since the last call (to within the flush
+    /// period).
     pub async fn flush_usage(&self) {
+        let entries: Vec<Arc<Verified>> = self
+            .verified
+            .lock()
+            .expect("the key cache is never left half-changed")
+            .values()
+            .cloned()
+            .collect();
+        for entry in &entries {
+            self.note_usage(entry);
+        }
         let used: Vec<(String, chrono::DateTime<Utc>)> = std::mem::take(
             &mut *self
                 .used
@@ -236,9 +266,9 @@ impl Authenticator {
 /// What a stored key lets its holder be.
 pub fn principal_of(record: &ApiKeyRecord) -> Principal {
     Principal {
-        key_id: Some(record.id.clone()),
+        key_id: Some(Arc::from(record.id.as_str())),
         role: record.role,
-        prefix: record.prefix.clone(),
+        prefix: record.prefix.as_deref().map(Arc::from),
     }
 }
 

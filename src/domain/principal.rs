@@ -3,6 +3,8 @@
 //! The service decides every request against a `Principal`; `auth` only resolves the bearer
 //! key into one. With auth off, every request is the [`Principal::system`].
 
+use std::sync::Arc;
+
 use super::ContextId;
 
 /// What a key may do; each role includes the ones below it.
@@ -36,14 +38,15 @@ impl Role {
     }
 }
 
-/// The caller of a request, as the service sees it.
+/// The caller of a request, as the service sees it. Cheap to clone (it is cloned into every
+/// request): the strings are shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The key's id; `None` for the system (auth off, the CLI, background work).
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     pub role: Role,
     /// When set, the caller sees and touches only contexts whose id starts with it.
-    pub prefix: Option<String>,
+    pub prefix: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -78,7 +81,7 @@ mod tests {
         Principal {
             key_id: Some("k".into()),
             role,
-            prefix: prefix.map(str::to_owned),
+            prefix: prefix.map(Arc::from),
         }
     }
 

@@ -550,7 +550,7 @@ impl ContextService {
     ) -> Result<Page<ContextSummary>, AppError> {
         admit(who, Role::Read, None)?;
         let filter = &ListFilter {
-            id_prefix: who.prefix.clone(),
+            id_prefix: who.prefix.as_deref().map(str::to_owned),
             ..filter.clone()
         };
         let cursor = cursor.filter(|c| !c.is_empty());

@@ -68,9 +68,7 @@ impl KeyService {
         };
         // A key can never see more than the key that made it.
         if let Some(own) = &who.prefix
-            && !prefix
-                .as_deref()
-                .is_some_and(|p| p.starts_with(own.as_str()))
+            && !prefix.as_deref().is_some_and(|p| p.starts_with(&**own))
         {
             return Err(AppError::Forbidden(format!(
                 "this key may only make keys whose prefix starts with {own:?}"
@@ -131,9 +129,6 @@ impl KeyService {
 fn manages(who: &Principal, key: &ApiKeyRecord) -> bool {
     match &who.prefix {
         None => true,
-        Some(own) => key
-            .prefix
-            .as_deref()
-            .is_some_and(|p| p.starts_with(own.as_str())),
+        Some(own) => key.prefix.as_deref().is_some_and(|p| p.starts_with(&**own)),
     }
 }

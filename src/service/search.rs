@@ -99,7 +99,7 @@ impl SearchService {
             min_certainty: request.threshold,
             source: request.source,
             parent_id: request.parent_id.clone(),
-            id_prefix: who.prefix.clone(),
+            id_prefix: who.prefix.as_deref().map(str::to_owned),
         };
         let hits = self.index.search(&query).await.map_err(|e| match e {
             VectorError::Unavailable(cause) => {

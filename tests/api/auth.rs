@@ -306,6 +306,28 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good(store: Setup) {
     assert_eq!(ours["prefix"], "team-a:");
     assert_eq!(ours["revoked_at"], Value::Null);
     assert!(ours.get("key").is_none() && ours.get("key_hash").is_none());
+    // Its use is recorded, in a batch, within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed: Value = secured
+            .send(Method::GET, "/admin/keys", Some(&secured.admin), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ours = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .unwrap()
+            .clone();
+        if ours["last_used_at"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last_used_at never set: {ours}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let bad = secured
         .send(
