@@ -570,7 +570,7 @@ impl Report {
         let rows = |rows: &[String]| rows.iter().for_each(|row| println!("{row}"));
         println!(
             "\nReads of {} ids (~{DATA_BYTES} B data), {} measured per row after {WARMUP_READS}; \
-             with 1 client the three interleave round by round; times in ms",
+             with 1 client the four interleave round by round; times in ms",
             knobs.ids, knobs.reads
         );
         let header = format!("{:<9} {:>7} {:<28}", "store", "clients", "path");
