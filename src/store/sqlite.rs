@@ -310,6 +310,21 @@ fn corrupt(what: impl std::fmt::Display) -> rusqlite::Error {
 }
 
 /// Times as stored: RFC 3339, UTC, microseconds; they sort as they compare.
+fn insert_key(conn: &Connection, key: &ApiKeyRecord) -> rusqlite::Result<()> {
+    conn.execute(
+        INSERT_KEY,
+        rusqlite::params![
+            key.id,
+            key.name,
+            key.role.as_str(),
+            key.prefix,
+            key.key_hash.as_slice(),
+            time_text(&key.created_at),
+        ],
+    )
+    .map(|_| ())
+}
+
 fn key_from_row(row: &Row) -> rusqlite::Result<ApiKeyRecord> {
     let role: String = row.get(2)?;
     let hash: Vec<u8> = row.get(4)?;
@@ -865,22 +880,8 @@ impl Store for SqliteStore {
 
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
-        self.write_with(move |conn| {
-            conn.execute(
-                INSERT_KEY,
-                rusqlite::params![
-                    key.id,
-                    key.name,
-                    key.role.as_str(),
-                    key.prefix,
-                    key.key_hash.as_slice(),
-                    time_text(&key.created_at),
-                ],
-            )
-            .map(|_| ())
-            .map_err(db_error)
-        })
-        .await
+        self.write_with(move |conn| insert_key(conn, &key).map_err(db_error))
+            .await
     }
 
     async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
@@ -904,18 +905,7 @@ impl Store for SqliteStore {
                     )
                     .map_err(db_error)?;
                 if !exists {
-                    tx.execute(
-                        INSERT_KEY,
-                        rusqlite::params![
-                            key.id,
-                            key.name,
-                            key.role.as_str(),
-                            key.prefix,
-                            key.key_hash.as_slice(),
-                            time_text(&key.created_at),
-                        ],
-                    )
-                    .map_err(db_error)?;
+                    insert_key(&tx, &key).map_err(db_error)?;
                 }
                 tx.commit().map_err(db_error)?;
                 Ok(updated > 0)

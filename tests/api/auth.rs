@@ -73,6 +73,25 @@ impl Secured {
         )
     }
 
+    /// The entry of `GET /admin/keys` for the key `id`.
+    async fn listed(&self, id: &str) -> Value {
+        let listed: Value = self
+            .send(Method::GET, "/admin/keys", Some(&self.admin), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let text = listed.to_string();
+        assert!(!text.contains(&self.admin), "a key in the listing");
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed: {listed}"))
+            .clone()
+    }
+
     async fn put(&self, id: &str, body: Value) {
         let response = self
             .send(
@@ -285,23 +304,8 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good(store: Setup) {
             .status(),
         StatusCode::OK
     );
-    let listed: Value = secured
-        .send(Method::GET, "/admin/keys", Some(&secured.admin), None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let text = listed.to_string();
-    assert!(
-        !text.contains(&key) && !text.contains(&secured.admin),
-        "{text}"
-    );
-    let ours = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap();
+    let ours = secured.listed(&id).await;
+    assert!(!ours.to_string().contains(&key), "{ours}");
     assert_eq!(ours["role"], "read");
     assert_eq!(ours["prefix"], "team-a:");
     assert_eq!(ours["revoked_at"], Value::Null);
@@ -309,19 +313,7 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good(store: Setup) {
     // Its use is recorded, in a batch, within a few seconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let listed: Value = secured
-            .send(Method::GET, "/admin/keys", Some(&secured.admin), None)
-            .await
-            .json()
-            .await
-            .unwrap();
-        let ours = listed["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["id"] == id.as_str())
-            .unwrap()
-            .clone();
+        let ours = secured.listed(&id).await;
         if ours["last_used_at"].is_string() {
             break;
         }
@@ -375,18 +367,7 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good(store: Setup) {
         StatusCode::UNAUTHORIZED,
     )
     .await;
-    let listed: Value = secured
-        .send(Method::GET, "/admin/keys", Some(&secured.admin), None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let ours = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap();
+    let ours = secured.listed(&id).await;
     assert!(ours["revoked_at"].is_string());
 }
 
