@@ -124,7 +124,7 @@ fn declare_bearer_auth(doc: &mut OpenApiDoc) {
         )
     };
     for (path, item) in doc.paths.paths.iter_mut() {
-        if ["/healthz", "/readyz"].contains(&path.as_str()) {
+        if crate::auth::OPEN_PATHS.contains(&path.as_str()) {
             continue;
         }
         let optional = path == "/metrics";

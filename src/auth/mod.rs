@@ -42,8 +42,9 @@ pub const UNSIGNALLED_TTL: Duration = Duration::from_millis(500);
 /// How often `last_used_at` is written.
 const TOUCH_PERIOD: Duration = Duration::from_secs(5);
 
-/// Routes served without a key, whatever the mode.
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
+/// Routes served without a key, whatever the mode (besides Swagger UI, and `/metrics` while
+/// `auth.open_metrics`).
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
 /// Resolves bearer keys, for the router's auth layer.
 pub struct Authenticator {
