@@ -458,11 +458,22 @@ impl ContextService {
                 ids.len()
             )));
         }
-        let mut contexts = Vec::with_capacity(ids.len());
+        // Ids outside the caller's prefix are left out (API.md: merge leaves them out), unread,
+        // so whether they exist never shows; of the rest, every missing one is named.
+        let visible: Vec<&ContextId> = ids.iter().filter(|id| who.sees(id)).collect();
+        if visible.is_empty() {
+            return Err(AppError::NotFound(format!(
+                "no such contexts: {}",
+                ids.iter()
+                    .map(ContextId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mut contexts = Vec::with_capacity(visible.len());
         let mut missing = Vec::new();
-        for id in ids {
-            // Outside the caller's prefix is as missing as never written.
-            match self.store.get(id).await?.filter(|_| who.sees(id)) {
+        for id in visible {
+            match self.store.get(id).await? {
                 Some(context) => contexts.push(context),
                 None => missing.push(id.as_str()),
             }

@@ -476,29 +476,13 @@ async fn a_prefix_key_sees_and_touches_only_its_prefix(store: Setup) {
     found.sort();
     assert_eq!(found, ["team-a:1", "team-a:2"]);
 
-    // merge: the other team's id is missing; a made-up target id carries the prefix
-    let refused = problem(
-        secured
-            .send(
-                Method::POST,
-                "/contexts/merge",
-                key,
-                Some(json!({"context_ids": ["team-a:1", "team-b:1"], "strategy": "union"})),
-            )
-            .await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
-    assert!(
-        refused["detail"].as_str().unwrap().contains("team-b:1"),
-        "{refused}"
-    );
+    // merge: the other team's ids are left out, unread; a made-up target id carries the prefix
     let merged: Value = secured
         .send(
             Method::POST,
             "/contexts/merge",
             key,
-            Some(json!({"context_ids": ["team-a:1", "team-a:2"], "strategy": "union"})),
+            Some(json!({"context_ids": ["team-a:1", "team-b:1"], "strategy": "union"})),
         )
         .await
         .json()
@@ -511,6 +495,44 @@ async fn a_prefix_key_sees_and_touches_only_its_prefix(store: Setup) {
             .starts_with("team-a:merged_"),
         "{merged}"
     );
+    assert_eq!(merged["data"], json!({"id": "team-a:1"}), "{merged}");
+    assert_eq!(
+        merged["metadata"]["merged_from"],
+        json!([{"context_id": "team-a:1", "version": 1}])
+    );
+    let nothing_visible = problem(
+        secured
+            .send(
+                Method::POST,
+                "/contexts/merge",
+                key,
+                Some(json!({"context_ids": ["team-b:1", "team-b:2"], "strategy": "union"})),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert!(
+        nothing_visible["detail"]
+            .as_str()
+            .unwrap()
+            .contains("team-b:1")
+    );
+    problem(
+        secured
+            .send(
+                Method::POST,
+                "/contexts/merge",
+                key,
+                Some(
+                    json!({"context_ids": ["team-a:1", "team-a:2"], "strategy": "union",
+                            "target_id": "team-b:target"}),
+                ),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 
     // POST /contexts without an id, and Factory ingest without one, make ids in the prefix
     let created: Value = secured
