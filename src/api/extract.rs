@@ -152,9 +152,7 @@ impl<S: Send + Sync> FromRequestParts<S> for crate::domain::Principal {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
-            AppError::Unauthorized("this needs an API key: send Authorization: Bearer <key>".into())
-        })
+        crate::auth::principal_of_request(parts)
     }
 }
 

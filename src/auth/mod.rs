@@ -264,6 +264,13 @@ impl Authenticator {
     }
 }
 
+/// The principal the auth layer put on a request, for REST extractors and MCP tools alike.
+pub fn principal_of_request(parts: &axum::http::request::Parts) -> Result<Principal, AppError> {
+    parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+        AppError::Unauthorized("this needs an API key: send Authorization: Bearer <key>".into())
+    })
+}
+
 /// What a stored key lets its holder be.
 pub fn principal_of(record: &ApiKeyRecord) -> Principal {
     Principal {

@@ -98,9 +98,7 @@ impl McpServer {
 
 /// The caller of an MCP request: the principal the auth layer put on its HTTP request.
 pub(crate) fn caller(parts: &Parts) -> Result<Principal, AppError> {
-    parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-        AppError::Unauthorized("this needs an API key: send Authorization: Bearer <key>".into())
-    })
+    crate::auth::principal_of_request(parts)
 }
 
 /// The caller of a request whose context carries its HTTP parts.

@@ -534,19 +534,25 @@ fn parent(raw: Option<String>) -> Result<Option<ContextId>, StoreError> {
 }
 
 fn context_from_row(id: &ContextId, row: &Row) -> Result<Context, StoreError> {
+    context_from_columns(id, row, 0)
+}
+
+/// A context from the nine columns of `SELECT_CURRENT`'s shape, starting at column `first`.
+fn context_from_columns(id: &ContextId, row: &Row, first: usize) -> Result<Context, StoreError> {
+    let at = |n: usize| first + n;
     Ok(Context {
         id: id.clone(),
-        version: row.try_get(0).map_err(column_error)?,
+        version: row.try_get(at(0)).map_err(column_error)?,
         content: Content {
-            source: source(row.try_get(1).map_err(column_error)?)?,
-            parent_id: parent(row.try_get(2).map_err(column_error)?)?,
-            data: object(row.try_get(6).map_err(column_error)?)?,
-            metadata: object(row.try_get(7).map_err(column_error)?)?,
-            embedding: row.try_get(8).map_err(column_error)?,
+            source: source(row.try_get(at(1)).map_err(column_error)?)?,
+            parent_id: parent(row.try_get(at(2)).map_err(column_error)?)?,
+            data: object(row.try_get(at(6)).map_err(column_error)?)?,
+            metadata: object(row.try_get(at(7)).map_err(column_error)?)?,
+            embedding: row.try_get(at(8)).map_err(column_error)?,
         },
-        size_bytes: row.try_get(3).map_err(column_error)?,
-        created_at: row.try_get(4).map_err(column_error)?,
-        updated_at: row.try_get(5).map_err(column_error)?,
+        size_bytes: row.try_get(at(3)).map_err(column_error)?,
+        created_at: row.try_get(at(4)).map_err(column_error)?,
+        updated_at: row.try_get(at(5)).map_err(column_error)?,
     })
 }
 
@@ -882,20 +888,7 @@ impl Store for PostgresStore {
         for row in rows.map_err(db_error)? {
             let raw: &str = row.try_get(0).map_err(column_error)?;
             let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
-            let context = Context {
-                id: id.clone(),
-                version: row.try_get(1).map_err(column_error)?,
-                content: Content {
-                    source: source(row.try_get(2).map_err(column_error)?)?,
-                    parent_id: parent(row.try_get(3).map_err(column_error)?)?,
-                    data: object(row.try_get(7).map_err(column_error)?)?,
-                    metadata: object(row.try_get(8).map_err(column_error)?)?,
-                    embedding: row.try_get(9).map_err(column_error)?,
-                },
-                size_bytes: row.try_get(4).map_err(column_error)?,
-                created_at: row.try_get(5).map_err(column_error)?,
-                updated_at: row.try_get(6).map_err(column_error)?,
-            };
+            let context = context_from_columns(&id, &row, 1)?;
             let synced_at = row.try_get(10).map_err(column_error)?;
             state.insert(id, (context, synced_at));
         }

@@ -73,6 +73,19 @@ impl Secured {
         )
     }
 
+    /// Revokes the key `id` with the admin key.
+    async fn revoke(&self, id: &str) {
+        let response = self
+            .send(
+                Method::DELETE,
+                &format!("/admin/keys/{id}"),
+                Some(&self.admin),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+
     /// The entry of `GET /admin/keys` for the key `id`.
     async fn listed(&self, id: &str) -> Value {
         let listed: Value = self
@@ -252,15 +265,7 @@ async fn bad_keys_answer_401_and_are_counted_by_reason(store: Setup) {
     let secured = Secured::spawn(store).await;
     let unknown = ApiKey::generate().unwrap();
     let (id, revoked) = secured.key("write", None).await;
-    let revoke = secured
-        .send(
-            Method::DELETE,
-            &format!("/admin/keys/{id}"),
-            Some(&secured.admin),
-            None,
-        )
-        .await;
-    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    secured.revoke(&id).await;
     for (key, reason) in [
         (Some("not-a-key"), "malformed"),
         (Some(unknown.expose()), "unknown"),
@@ -351,15 +356,7 @@ async fn keys_are_listed_without_secrets_and_revoked_for_good(store: Setup) {
         .await;
     problem(gone, StatusCode::NOT_FOUND).await;
 
-    let revoke = secured
-        .send(
-            Method::DELETE,
-            &format!("/admin/keys/{id}"),
-            Some(&secured.admin),
-            None,
-        )
-        .await;
-    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    secured.revoke(&id).await;
     problem(
         secured
             .send(Method::GET, "/contexts", Some(&key), None)
