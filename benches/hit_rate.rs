@@ -68,13 +68,12 @@ fn zipf_trace(keys: usize, requests: usize, s: f64, seed: u64) -> Vec<u32> {
 
 fn context(rank: usize) -> Arc<CachedContext> {
     let created_at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let mut data = JsonObject::new();
-    data.insert("rank".into(), rank.into());
+    let data = JsonObject::from_value(&serde_json::json!({ "rank": rank })).unwrap();
     let content = Content {
         source: Source::Mcp,
         parent_id: None,
         data,
-        metadata: JsonObject::new(),
+        metadata: JsonObject::empty(),
         embedding: None,
     };
     let size_bytes = content.size_bytes() as i64;

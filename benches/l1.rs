@@ -37,7 +37,8 @@ fn id(n: usize) -> ContextId {
 /// A small context, typical of what agents keep: a few keys of data and metadata.
 fn context(n: usize) -> Arc<CachedContext> {
     let created_at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let object = |value: serde_json::Value| -> JsonObject { value.as_object().unwrap().clone() };
+    let object =
+        |value: serde_json::Value| -> JsonObject { JsonObject::from_value(&value).unwrap() };
     let content = Content {
         source: Source::Mcp,
         parent_id: None,

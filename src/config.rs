@@ -77,6 +77,14 @@ pub struct VersionSettings {
 pub struct LimitSettings {
     /// Largest compact `data` + `metadata` a context may have, in bytes.
     pub max_context_bytes: usize,
+    /// Bytes of request bodies being read, parsed and processed at once, over all requests;
+    /// a request beyond it waits `inflight_wait_ms`, then answers 503.
+    pub max_inflight_body_bytes: usize,
+    /// How long a request waits for room in `max_inflight_body_bytes` before its 503.
+    pub inflight_wait_ms: u64,
+    /// Most JSON values (objects, arrays, strings, numbers, booleans, nulls) one body may hold;
+    /// more answers 413.
+    pub max_json_nodes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +305,9 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_context_bytes: 10 * 1024 * 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
+            inflight_wait_ms: 1000,
+            max_json_nodes: 1_000_000,
         }
     }
 }

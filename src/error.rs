@@ -51,6 +51,11 @@ pub enum AppError {
     },
     #[error("the context is {actual} bytes, over the limit of {limit}")]
     TooLarge { limit: usize, actual: usize },
+    /// The body holds more JSON values than `limits.max_json_nodes`.
+    #[error(
+        "the body holds {actual} JSON values, over the limit of {limit} (limits.max_json_nodes)"
+    )]
+    TooManyValues { limit: usize, actual: usize },
     /// The request body is larger than the server reads at all.
     #[error("{0}")]
     BodyTooLarge(String),
@@ -84,10 +89,10 @@ pub struct Problem {
     /// 409 (merge): the keys changed differently on both sides.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<Vec<String>>,
-    /// 413: the limit, in bytes.
+    /// 413: the limit (bytes of a context, or values in a body).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
-    /// 413: the size of the context that was refused, in bytes.
+    /// 413: the size of what was refused (bytes of the context, or values in the body).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actual: Option<usize>,
 }
@@ -162,7 +167,9 @@ impl AppError {
             AppError::Gone(_) => StatusCode::GONE,
             AppError::AlreadyExists { .. } | AppError::MergeConflict { .. } => StatusCode::CONFLICT,
             AppError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            AppError::TooLarge { .. } | AppError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::TooLarge { .. }
+            | AppError::TooManyValues { .. }
+            | AppError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -257,7 +264,7 @@ impl AppError {
             AppError::PreconditionFailed {
                 current_version, ..
             } => problem.current_version = Some(current_version),
-            AppError::TooLarge { limit, actual } => {
+            AppError::TooLarge { limit, actual } | AppError::TooManyValues { limit, actual } => {
                 problem.limit = Some(limit);
                 problem.actual = Some(actual);
             }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod background;
 pub mod cache;
 pub mod config;
+pub mod cpu;
 pub mod domain;
 pub mod error;
 pub mod mcp;

@@ -28,7 +28,14 @@ pub struct Metrics {
     sync_pending: IntGauge,
     sync_failures: prometheus::IntCounter,
     auth_failures: IntCounterVec,
+    overload_rejections: IntCounterVec,
+    inflight_body_bytes: IntGauge,
+    http_connections: IntGauge,
 }
+
+/// Why a request was turned away because the server was full: the `reason` label of
+/// `contextd_overload_rejections_total`.
+pub const OVERLOAD_REASONS: [&str; 3] = ["body_budget", "connections", "mcp_streams"];
 
 /// Why a request was refused by auth: the `reason` label of `contextd_auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: [&str; 5] =
@@ -114,6 +121,30 @@ impl Metrics {
         for reason in AUTH_FAILURE_REASONS {
             auth_failures.with_label_values(&[reason]);
         }
+        let overload_rejections = IntCounterVec::new(
+            Opts::new(
+                "contextd_overload_rejections_total",
+                "Requests and connections turned away because the server was full: no room in \
+                 limits.max_inflight_body_bytes in time (body_budget), server.max_connections \
+                 reached (connections), MCP stream bounds reached (mcp_streams).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in OVERLOAD_REASONS {
+            overload_rejections.with_label_values(&[reason]);
+        }
+        let inflight_body_bytes = IntGauge::new(
+            "contextd_inflight_body_bytes",
+            "Bytes of request bodies being read, parsed and processed now (bounded by \
+             limits.max_inflight_body_bytes).",
+        )
+        .expect("valid metric");
+        let http_connections = IntGauge::new(
+            "contextd_http_connections",
+            "Open HTTP connections (bounded by server.max_connections).",
+        )
+        .expect("valid metric");
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "contextd_cache_requests_total",
@@ -135,6 +166,9 @@ impl Metrics {
             Box::new(sync_pending.clone()),
             Box::new(sync_failures.clone()),
             Box::new(auth_failures.clone()),
+            Box::new(overload_rejections.clone()),
+            Box::new(inflight_body_bytes.clone()),
+            Box::new(http_connections.clone()),
         ] {
             registry
                 .register(collector)
@@ -154,7 +188,24 @@ impl Metrics {
             sync_pending,
             sync_failures,
             auth_failures,
+            overload_rejections,
+            inflight_body_bytes,
+            http_connections,
         }
+    }
+
+    /// A request or connection turned away; `reason` is one of [`OVERLOAD_REASONS`].
+    pub fn observe_overload(&self, reason: &'static str) {
+        self.overload_rejections.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_inflight_body_bytes(&self, bytes: usize) {
+        self.inflight_body_bytes.set(bytes as i64);
+    }
+
+    /// The open connections gauge, for the server's accept loop to move.
+    pub fn http_connections(&self) -> &IntGauge {
+        &self.http_connections
     }
 
     /// A request refused by auth; `reason` is one of [`AUTH_FAILURE_REASONS`].

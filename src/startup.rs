@@ -167,6 +167,11 @@ impl App {
             tracing::info!(bind = %settings.server.bind, "auth is off (auth.mode)");
         }
         let state = AppState {
+            bodies: Arc::new(api::body::BodyBudget::new(
+                &settings.limits,
+                api::body_limit(settings),
+                metrics.clone(),
+            )),
             keys: Arc::new(KeyService::new(store.clone()).on_revoke({
                 let authenticator = authenticator.clone();
                 move || authenticator.invalidate()

@@ -50,8 +50,7 @@ fn id(raw: &str) -> ContextId {
 }
 
 fn entry(raw: &str, vector: &[f32]) -> VectorEntry {
-    let mut data = JsonObject::new();
-    data.insert("name".into(), json!(raw));
+    let data = JsonObject::from_value(&json!({"name": raw})).unwrap();
     VectorEntry {
         id: id(raw),
         version: 1,
@@ -59,7 +58,7 @@ fn entry(raw: &str, vector: &[f32]) -> VectorEntry {
         source: Source::Factory,
         parent_id: None,
         data,
-        metadata: JsonObject::new(),
+        metadata: JsonObject::empty(),
         updated_at: Utc.with_ymd_and_hms(2026, 8, 20, 10, 0, 0).unwrap(),
     }
 }
@@ -357,7 +356,7 @@ async fn an_object_holds_the_contracts_properties_under_the_uuid5_of_its_id() {
     let index = prepared(&fake, 2).await;
     let mut e = entry("ctx_123", &[0.7, 0.3]);
     e.parent_id = Some(id("ctx_1"));
-    e.metadata.insert("team".into(), json!("a"));
+    e.metadata = JsonObject::from_value(&json!({"team": "a"})).unwrap();
     index.upsert(vec![e]).await.unwrap();
 
     let stored = fake

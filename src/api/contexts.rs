@@ -45,7 +45,7 @@ pub struct ContextIn {
     pub context_id: Option<String>,
     /// The document: any JSON object.
     #[schema(value_type = Object, example = json!({"user": "john"}))]
-    pub data: serde_json::Value,
+    pub data: JsonObject,
     /// Which side wrote it.
     pub source: Source,
     /// The id of another context this one derives from.
@@ -53,7 +53,7 @@ pub struct ContextIn {
     pub parent_id: Option<String>,
     /// Any JSON object; `{}` when absent.
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<JsonObject>,
     /// `vector.dimensions` finite floats (32-bit), not all zero.
     #[schema(value_type = Option<Vec<f32>>, min_items = 1)]
     pub embedding: Option<Vec<f64>>,
@@ -70,8 +70,7 @@ impl ContextIn {
             .context_id
             .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("context_id: {e}"))))
             .transpose()?;
-        let data = json_object("data", self.data).map_err(invalid)?;
-        let metadata = optional_json_object("metadata", self.metadata).map_err(invalid)?;
+        let (data, metadata) = (self.data, self.metadata.unwrap_or_default());
         let parent_id = self
             .parent_id
             .map(|raw| ContextId::parse(&raw).map_err(|e| invalid(format!("parent_id: {e}"))))
@@ -103,39 +102,6 @@ impl ContextIn {
             embedding,
         };
         Ok((id, content, self.changed_by))
-    }
-}
-
-/// `value` as a JSON object; else a message naming `field` and what it was instead.
-pub(super) fn json_object(field: &str, value: serde_json::Value) -> Result<JsonObject, String> {
-    match value {
-        serde_json::Value::Object(map) => Ok(map),
-        other => Err(format!(
-            "{field} must be a JSON object, not {}",
-            json_kind(&other)
-        )),
-    }
-}
-
-/// Like [`json_object`], with absent or null meaning `{}`.
-pub(super) fn optional_json_object(
-    field: &str,
-    value: Option<serde_json::Value>,
-) -> Result<JsonObject, String> {
-    match value {
-        None | Some(serde_json::Value::Null) => Ok(JsonObject::new()),
-        Some(value) => json_object(field, value),
-    }
-}
-
-pub(super) fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 

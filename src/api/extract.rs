@@ -1,18 +1,12 @@
 //! Extractors whose rejections are problem+json, and the conditional-request headers.
 
-use axum::extract::FromRequest;
 use axum::extract::FromRequestParts;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::http::{HeaderMap, HeaderValue, header};
 
+pub use super::body::{Json, JsonBytes};
 use crate::error::AppError;
 use crate::service::{IfMatch, Preconditions};
-
-/// `axum::Json`, with its rejections as problem+json: 400 malformed, 415 not JSON,
-/// 413 too large, 422 the wrong shape.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
-pub struct Json<T>(pub T);
 
 /// `axum::extract::Query`, rejecting with 400.
 #[derive(FromRequestParts)]
@@ -23,27 +17,6 @@ pub struct Query<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(AppError))]
 pub struct Path<T>(pub T);
-
-impl From<JsonRejection> for AppError {
-    fn from(rejection: JsonRejection) -> Self {
-        let text = rejection.body_text();
-        match rejection {
-            JsonRejection::JsonDataError(_) => AppError::Unprocessable(text),
-            JsonRejection::JsonSyntaxError(_) => {
-                AppError::BadRequest(format!("malformed JSON: {text}"))
-            }
-            JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType(
-                "the body must be JSON, sent with Content-Type: application/json".to_owned(),
-            ),
-            JsonRejection::BytesRejection(_)
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                AppError::BodyTooLarge(text)
-            }
-            _ => AppError::BadRequest(text),
-        }
-    }
-}
 
 impl From<QueryRejection> for AppError {
     fn from(rejection: QueryRejection) -> Self {

@@ -4,6 +4,7 @@
 //! Every route is mounted through utoipa-axum's `routes!`, so mounting and documenting are
 //! one line and `/openapi.json` cannot drift from the router.
 
+pub mod body;
 mod cache;
 pub(crate) mod contexts;
 pub mod extract;
@@ -40,6 +41,8 @@ use crate::service::{ContextService, KeyService, Ops, SearchService};
 #[derive(Clone)]
 pub struct AppState {
     pub contexts: Arc<ContextService>,
+    /// The budget of request-body bytes in flight (`limits.max_inflight_body_bytes`).
+    pub bodies: Arc<body::BodyBudget>,
     pub search: Arc<SearchService>,
     pub ops: Arc<Ops>,
     pub keys: Arc<KeyService>,
@@ -172,10 +175,7 @@ pub fn router(
 ) -> Router {
     let (router, _) = api_router().split_for_parts();
     let spec = openapi_json();
-    // Room for the largest context pretty-printed, plus an embedding; the exact limit on the
-    // compact JSON is checked (413 with `limit` and `actual`) once the body is parsed.
-    let body_limit =
-        settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024;
+    let body_limit = body_limit(settings);
     let timeout = Duration::from_secs(settings.server.request_timeout_seconds);
 
     let router = match mcp {
@@ -192,6 +192,10 @@ pub fn router(
         .merge(SwaggerUi::new("/swagger-ui").config(SwaggerConfig::from("/openapi.json")))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.bodies.clone(),
+            body::limit_bodies,
+        ))
         .layer(middleware::from_fn_with_state(auth, authenticate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -205,6 +209,13 @@ pub fn router(
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
         .with_state(state)
+}
+
+/// The largest body read: room for the largest context pretty-printed, plus an embedding.
+/// The exact limit on the compact JSON is checked (413 with `limit` and `actual`) once the body
+/// is parsed.
+pub fn body_limit(settings: &Settings) -> usize {
+    settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> AppError {

@@ -121,6 +121,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Ok(pending) => state.metrics.set_sync_pending(pending),
         Err(e) => tracing::warn!(error = %e, "metrics: the store did not count pending pushes"),
     }
+    state
+        .metrics
+        .set_inflight_body_bytes(state.bodies.in_flight_bytes());
     let body = state
         .metrics
         .render(counts, &state.contexts.cache().stats());

@@ -9,9 +9,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::contexts::{json_kind, json_object, optional_json_object, parse_id, parse_limit};
-use super::extract::{Json, Path, Query};
-use crate::domain::{ContextId, Principal};
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+
+use super::body::parse_json;
+use super::contexts::{parse_id, parse_limit};
+use super::extract::{JsonBytes, Path, Query};
+use crate::domain::{ContextId, JsonObject, Principal};
 use crate::error::{AppError, Problem};
 use crate::service::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS};
 
@@ -30,10 +35,10 @@ pub struct FactoryContextIn {
     pub id: Option<String>,
     /// Any JSON object.
     #[schema(value_type = Object)]
-    pub data: serde_json::Value,
+    pub data: JsonObject,
     /// Any JSON object; `{}` when absent.
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<JsonObject>,
     /// Factory's time of this state (RFC 3339). An item older than the stored version is
     /// skipped (`skipped_stale`); without it, never.
     pub timestamp: Option<DateTime<Utc>>,
@@ -76,27 +81,70 @@ pub struct IngestOut {
     pub results: Vec<IngestResult>,
 }
 
-/// Parses one item; the message names its place.
-fn parse_item(index: Option<usize>, value: serde_json::Value) -> Result<FactoryItem, AppError> {
-    let place = |detail: String| match index {
-        Some(i) => AppError::Unprocessable(format!("contexts[{i}]: {detail}")),
-        None => AppError::Unprocessable(detail),
+/// Parses one item (JSON text); a refusal names its place.
+fn parse_item(index: Option<usize>, text: &str) -> Result<FactoryItem, AppError> {
+    let place = |e: AppError| match (index, e) {
+        (Some(i), AppError::Unprocessable(detail)) => {
+            AppError::Unprocessable(format!("contexts[{i}]: {detail}"))
+        }
+        (_, e) => e,
     };
-    let item: FactoryContextIn = serde_json::from_value(value).map_err(|e| place(e.to_string()))?;
+    let item: FactoryContextIn = parse_json(text.as_bytes()).map_err(place)?;
     let id = item
         .id
         .as_deref()
-        .map(|raw| ContextId::parse(raw).map_err(|e| place(format!("id: {e}"))))
+        .map(|raw| {
+            ContextId::parse(raw).map_err(|e| place(AppError::Unprocessable(format!("id: {e}"))))
+        })
         .transpose()?;
-    let data = json_object("data", item.data).map_err(place)?;
-    let metadata = optional_json_object("metadata", item.metadata).map_err(place)?;
     Ok(FactoryItem {
         id,
-        data,
-        metadata,
+        data: item.data,
+        metadata: item.metadata.unwrap_or_default(),
         timestamp: item.timestamp,
         embedding: item.embedding,
     })
+}
+
+/// The items of an ingest body: one Factory context, or `{"contexts": [...]}`. Parsed as
+/// text, item by item, so no tree of the whole body is ever built.
+fn parse_ingest(body: &[u8]) -> Result<Vec<FactoryItem>, AppError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| AppError::BadRequest(format!("malformed JSON: the body is not UTF-8: {e}")))?;
+    let whole: &RawValue = serde_json::from_str(text)
+        .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?;
+    let kind = match whole.get().as_bytes().first() {
+        Some(b'{') => None,
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        _ => Some("a number"),
+    };
+    if let Some(kind) = kind {
+        return Err(AppError::Unprocessable(format!(
+            "the body must be a Factory context or {{\"contexts\": [...]}}, not {kind}"
+        )));
+    }
+    let members: BTreeMap<String, &RawValue> = serde_json::from_str(text)
+        .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?;
+    let Some(contexts) = members.get("contexts") else {
+        return Ok(vec![parse_item(None, text)?]);
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(contexts.get()).map_err(|_| {
+        AppError::Unprocessable("contexts must be an array of Factory contexts".to_owned())
+    })?;
+    if !(1..=MAX_SYNC_ITEMS).contains(&items.len()) {
+        return Err(AppError::Unprocessable(format!(
+            "contexts must hold 1 to {MAX_SYNC_ITEMS} items, not {}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| parse_item(Some(i), item.get()))
+        .collect()
 }
 
 /// Ingest Factory contexts
@@ -121,35 +169,9 @@ fn parse_item(index: Option<usize>, value: serde_json::Value) -> Result<FactoryI
 async fn ingest(
     State(state): State<AppState>,
     who: Principal,
-    Json(body): Json<serde_json::Value>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<axum::Json<IngestOut>, AppError> {
-    let items = match body {
-        serde_json::Value::Object(mut map) if map.contains_key("contexts") => {
-            let Some(serde_json::Value::Array(items)) = map.remove("contexts") else {
-                return Err(AppError::Unprocessable(
-                    "contexts must be an array of Factory contexts".to_owned(),
-                ));
-            };
-            if !(1..=MAX_SYNC_ITEMS).contains(&items.len()) {
-                return Err(AppError::Unprocessable(format!(
-                    "contexts must hold 1 to {MAX_SYNC_ITEMS} items, not {}",
-                    items.len()
-                )));
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| parse_item(Some(i), item))
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        serde_json::Value::Object(_) => vec![parse_item(None, body)?],
-        other => {
-            return Err(AppError::Unprocessable(format!(
-                "the body must be a Factory context or {{\"contexts\": [...]}}, not {}",
-                json_kind(&other)
-            )));
-        }
-    };
+    let items = crate::cpu::run_sized(body.len(), move || parse_ingest(&body)).await?;
     let results = state.contexts.ingest(&who, items).await?;
     Ok(axum::Json(IngestOut {
         results: results

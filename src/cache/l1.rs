@@ -229,8 +229,8 @@ mod tests {
             content: Content {
                 source: Source::Mcp,
                 parent_id: None,
-                data: JsonObject::new(),
-                metadata: JsonObject::new(),
+                data: JsonObject::empty(),
+                metadata: JsonObject::empty(),
                 embedding: None,
             },
             created_at,

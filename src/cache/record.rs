@@ -110,11 +110,8 @@ mod tests {
         let content = Content {
             source: Source::Factory,
             parent_id: Some(ContextId::parse("p").unwrap()),
-            data: json!({"a": [1, 2.5, f64::MAX]})
-                .as_object()
-                .unwrap()
-                .clone(),
-            metadata: JsonObject::new(),
+            data: JsonObject::from_value(&json!({"a": [1, 2.5, f64::MAX]})).unwrap(),
+            metadata: JsonObject::empty(),
             embedding: Some(vec![0.5, -1.0]),
         };
         let context = Context {

@@ -3,10 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::ContextId;
-
-/// A JSON object, the only shape `data` and `metadata` may take.
-pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+use super::{ContextId, JsonObject};
 
 /// Which side of the platform wrote a context.
 #[derive(
@@ -91,27 +88,10 @@ pub struct Content {
 }
 
 impl Content {
-    /// Bytes of `data` + `metadata` as stored: compact JSON.
+    /// Bytes of `data` + `metadata` as stored: their canonical (compact) JSON text.
     pub fn size_bytes(&self) -> usize {
-        compact_size(&self.data) + compact_size(&self.metadata)
+        self.data.len() + self.metadata.len()
     }
-}
-
-/// Length of the compact JSON text of an object.
-pub fn compact_size(object: &JsonObject) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, object).expect("a JSON object always serializes");
-    counter.0
 }
 
 /// The current state of a context.
@@ -208,7 +188,7 @@ mod tests {
     use serde_json::json;
 
     fn object(value: serde_json::Value) -> JsonObject {
-        value.as_object().unwrap().clone()
+        JsonObject::from_value(&value).unwrap()
     }
 
     #[test]

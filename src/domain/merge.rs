@@ -1,5 +1,7 @@
 //! The three-way merge of top-level keys behind `?on_conflict=merge`.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::JsonObject;
 
 /// Merges `ours` (the write being made) into `theirs` (the current version), both descended from
@@ -13,17 +15,22 @@ pub fn three_way_merge(
     theirs: &JsonObject,
     ours: &JsonObject,
 ) -> Result<JsonObject, Vec<String>> {
-    let mut merged = JsonObject::new();
-    let mut conflicts = Vec::new();
-
-    let keys = base
+    let (base, theirs_members, ours_members) = (members(base), members(theirs), members(ours));
+    let keys: BTreeSet<&String> = base
         .keys()
-        .chain(theirs.keys())
-        .chain(ours.keys())
-        .collect::<std::collections::BTreeSet<_>>();
+        .chain(theirs_members.keys())
+        .chain(ours_members.keys())
+        .collect();
 
+    let mut merged = Vec::new();
+    let mut conflicts = Vec::new();
     for key in keys {
-        let (b, t, o) = (base.get(key), theirs.get(key), ours.get(key));
+        // Canonical text: equal values have equal text.
+        let (b, t, o) = (
+            base.get(key),
+            theirs_members.get(key),
+            ours_members.get(key),
+        );
         let value = if t == o || o == b {
             t
         } else if t == b {
@@ -33,15 +40,24 @@ pub fn three_way_merge(
             continue;
         };
         if let Some(value) = value {
-            merged.insert(key.clone(), value.clone());
+            merged.push((key.as_str(), *value));
         }
     }
 
     if conflicts.is_empty() {
-        Ok(merged)
+        Ok(JsonObject::from_members(merged))
     } else {
         Err(conflicts)
     }
+}
+
+/// An object's top-level members: key -> canonical text of the value.
+fn members(object: &JsonObject) -> BTreeMap<String, &str> {
+    object
+        .members()
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.get()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -50,11 +66,12 @@ mod tests {
     use serde_json::{Value, json};
 
     fn object(value: Value) -> JsonObject {
-        value.as_object().unwrap().clone()
+        JsonObject::from_value(&value).unwrap()
     }
 
     fn merge(base: Value, theirs: Value, ours: Value) -> Result<Value, Vec<String>> {
-        three_way_merge(&object(base), &object(theirs), &object(ours)).map(Value::Object)
+        three_way_merge(&object(base), &object(theirs), &object(ours))
+            .map(|merged| serde_json::from_str(merged.as_str()).unwrap())
     }
 
     #[test]

@@ -7,16 +7,18 @@
 mod context;
 mod cursor;
 mod id;
+mod json;
 mod merge;
 mod principal;
 mod strategies;
 
 pub use context::{
-    ChangeType, Content, Context, ContextHistory, ContextSummary, JsonObject, Refusal, Source,
-    VersionInfo, VersionRecord, compact_size,
+    ChangeType, Content, Context, ContextHistory, ContextSummary, Refusal, Source, VersionInfo,
+    VersionRecord,
 };
 pub use cursor::{Cursor, CursorError};
 pub use id::{ContextId, InvalidId};
+pub use json::{JsonError, JsonObject, count_values, value_kind};
 pub use merge::three_way_merge;
 pub use principal::{Principal, Role};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};

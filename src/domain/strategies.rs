@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::JsonObject;
+use super::json::members_of;
 
 /// How `POST /contexts/merge` combines the `data` of its contexts, in list order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -37,7 +40,8 @@ pub struct MergeInput<'a> {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Merges `inputs` (at least one) by `strategy`.
+/// Merges `inputs` (at least one) by `strategy`. Values are taken as canonical text, so no
+/// tree is built but where `deep` meets an object on both sides.
 pub fn merge_data(strategy: MergeStrategy, inputs: &[MergeInput<'_>]) -> JsonObject {
     match strategy {
         MergeStrategy::Latest => inputs
@@ -47,47 +51,69 @@ pub fn merge_data(strategy: MergeStrategy, inputs: &[MergeInput<'_>]) -> JsonObj
             .map(|input| input.data.clone())
             .unwrap_or_default(),
         MergeStrategy::Union => {
-            let mut merged = JsonObject::new();
-            for input in inputs {
-                for (key, value) in input.data {
-                    merged.insert(key.clone(), value.clone());
-                }
-            }
-            merged
+            let members: Vec<_> = inputs.iter().map(|input| input.data.members()).collect();
+            // `from_members` keeps the last of a repeated key: a later context's value wins.
+            JsonObject::from_members(
+                members
+                    .iter()
+                    .flatten()
+                    .map(|(key, value)| (key, value.get())),
+            )
         }
         MergeStrategy::Intersection => {
             let Some((first, rest)) = inputs.split_first() else {
-                return JsonObject::new();
+                return JsonObject::empty();
             };
-            first
-                .data
+            let rest: Vec<BTreeSet<String>> = rest
                 .iter()
-                .filter(|(key, _)| rest.iter().all(|input| input.data.contains_key(*key)))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect()
+                .map(|input| {
+                    input
+                        .data
+                        .members()
+                        .into_iter()
+                        .map(|(k, _)| k.into_owned())
+                        .collect()
+                })
+                .collect();
+            let members = first.data.members();
+            JsonObject::from_members(
+                members
+                    .iter()
+                    .filter(|(key, _)| rest.iter().all(|keys| keys.contains(key.as_ref())))
+                    .map(|(key, value)| (key, value.get())),
+            )
         }
         MergeStrategy::Deep => {
-            let mut merged = JsonObject::new();
+            let mut merged = BTreeMap::new();
             for input in inputs {
-                deep_merge_into(&mut merged, input.data);
+                deep_merge_into(&mut merged, input.data.as_str());
             }
-            merged
+            JsonObject::from_members(merged)
         }
     }
 }
 
-/// Merges `from` into `into`: objects on both sides merge key by key, anything else is replaced.
-fn deep_merge_into(into: &mut JsonObject, from: &JsonObject) {
-    for (key, value) in from {
-        match (into.get_mut(key), value) {
-            (Some(serde_json::Value::Object(existing)), serde_json::Value::Object(incoming)) => {
-                deep_merge_into(existing, incoming);
+/// Merges the object `from` (canonical text) into `into` (key -> canonical text of the
+/// value): objects on both sides merge key by key, anything else is replaced.
+fn deep_merge_into(into: &mut BTreeMap<String, String>, from: &str) {
+    for (key, value) in members_of(from) {
+        match into.get_mut(key.as_ref()) {
+            Some(existing) if is_object(existing) && is_object(value.get()) => {
+                let mut inner = BTreeMap::new();
+                deep_merge_into(&mut inner, existing);
+                deep_merge_into(&mut inner, value.get());
+                *existing = JsonObject::from_members(inner).as_str().to_owned();
             }
             _ => {
-                into.insert(key.clone(), value.clone());
+                into.insert(key.into_owned(), value.get().to_owned());
             }
         }
     }
+}
+
+/// Whether canonical text is an object.
+fn is_object(text: &str) -> bool {
+    text.starts_with('{')
 }
 
 #[cfg(test)]
@@ -97,7 +123,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn object(value: Value) -> JsonObject {
-        value.as_object().unwrap().clone()
+        JsonObject::from_value(&value).unwrap()
     }
 
     fn merge(strategy: MergeStrategy, inputs: &[(Value, i64)]) -> Value {
@@ -112,7 +138,7 @@ mod tests {
                 updated_at: *updated_at,
             })
             .collect();
-        Value::Object(merge_data(strategy, &inputs))
+        serde_json::from_str(merge_data(strategy, &inputs).as_str()).unwrap()
     }
 
     #[test]

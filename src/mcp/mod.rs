@@ -355,8 +355,7 @@ pub fn router(
     sessions.session_config = session_config;
     let sessions = Arc::new(sessions);
     // Room for the largest context pretty-printed, plus an embedding, as on REST.
-    let body_limit =
-        settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024;
+    let body_limit = crate::api::body_limit(settings);
     // A request answered by one message (every tool call) gets it as plain JSON; a stream
     // (`subscriptions/listen`) stays server-sent events.
     let config = StreamableHttpServerConfig::default()

@@ -206,10 +206,10 @@ impl McpServer {
             let id = parse_id(&args.context_id)?;
             let body = ContextIn {
                 context_id: None,
-                data: serde_json::Value::Object(args.data),
+                data: args.data,
                 source: args.source.unwrap_or(Source::Mcp),
                 parent_id: args.parent_id,
-                metadata: args.metadata.map(serde_json::Value::Object),
+                metadata: args.metadata,
                 embedding: args.embedding,
                 changed_by: args.changed_by,
             };

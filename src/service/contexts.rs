@@ -118,13 +118,7 @@ impl ContextService {
 
     /// Checks what only configuration can tell: the size limit and the embedding length.
     pub fn check_content(&self, content: &Content) -> Result<(), AppError> {
-        for (field, object) in [("data", &content.data), ("metadata", &content.metadata)] {
-            if contains_nul(object) {
-                return Err(AppError::Unprocessable(format!(
-                    "{field} holds the character U+0000, which contexts cannot store"
-                )));
-            }
-        }
+        // (`data` and `metadata` are `JsonObject`s: objects, free of U+0000, by construction.)
         let actual = content.size_bytes();
         if actual > self.max_context_bytes {
             return Err(AppError::TooLarge {
@@ -496,8 +490,8 @@ impl ContextService {
             .iter()
             .map(|c| serde_json::json!({"context_id": c.id.as_str(), "version": c.version}))
             .collect();
-        let mut metadata = JsonObject::new();
-        metadata.insert("merged_from".to_owned(), serde_json::Value::Array(lineage));
+        let metadata = JsonObject::from_value(&serde_json::json!({ "merged_from": lineage }))
+            .expect("an object of ids and numbers");
         let content = Content {
             source,
             parent_id: Some(ids[0].clone()),
@@ -604,19 +598,6 @@ impl ContextService {
     pub async fn counts(&self) -> Result<Counts, AppError> {
         Ok(self.store.counts().await?)
     }
-}
-
-/// Whether any key or string holds U+0000, which Postgres `jsonb` cannot store.
-fn contains_nul(object: &JsonObject) -> bool {
-    fn value(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(items) => items.iter().any(value),
-            serde_json::Value::Object(map) => contains_nul(map),
-            _ => false,
-        }
-    }
-    object.iter().any(|(k, v)| k.contains('\0') || value(v))
 }
 
 /// Trims the extra item fetched to learn whether another page exists; returns the last item

@@ -359,7 +359,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn object(value: Value) -> JsonObject {
-        value.as_object().unwrap().clone()
+        JsonObject::from_value(&value).unwrap()
     }
 
     fn content(data: Value) -> Content {
@@ -367,7 +367,7 @@ mod tests {
             source: Source::Mcp,
             parent_id: None,
             data: object(data),
-            metadata: JsonObject::new(),
+            metadata: JsonObject::empty(),
             embedding: None,
         }
     }
@@ -505,7 +505,10 @@ mod tests {
         match decision {
             Decision::Write(new) => {
                 assert_eq!(new.version, 5);
-                assert_eq!(Value::Object(new.content.data), json!({"a": 2, "b": 3}));
+                assert_eq!(
+                    serde_json::from_str::<Value>(new.content.data.as_str()).unwrap(),
+                    json!({"a": 2, "b": 3})
+                );
             }
             _ => panic!("expected a write"),
         }
@@ -634,7 +637,7 @@ mod tests {
         use chrono::TimeZone;
         SyncItem {
             data: object(data),
-            metadata: JsonObject::new(),
+            metadata: JsonObject::empty(),
             embedding: None,
             timestamp: timestamp.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
         }
@@ -722,7 +725,10 @@ mod tests {
             Decision::Write(new) => {
                 assert_eq!(new.version, 11);
                 assert_eq!(new.change_type, ChangeType::Restore);
-                assert_eq!(Value::Object(new.content.data), json!({"a": 2}));
+                assert_eq!(
+                    serde_json::from_str::<Value>(new.content.data.as_str()).unwrap(),
+                    json!({"a": 2})
+                );
             }
             _ => panic!("expected a write"),
         }

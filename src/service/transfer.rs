@@ -38,9 +38,9 @@ struct VersionLine {
     version: i64,
     source: Source,
     parent_id: Option<String>,
-    data: serde_json::Value,
+    data: JsonObject,
     #[serde(default)]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<JsonObject>,
     #[serde(default)]
     embedding: Option<Vec<f32>>,
     change_type: ChangeType,
@@ -70,8 +70,8 @@ impl From<&ContextHistory> for ContextLine {
                         .parent_id
                         .as_ref()
                         .map(|p| p.as_str().to_owned()),
-                    data: serde_json::Value::Object(record.content.data.clone()),
-                    metadata: Some(serde_json::Value::Object(record.content.metadata.clone())),
+                    data: record.content.data.clone(),
+                    metadata: Some(record.content.metadata.clone()),
                     embedding: record.content.embedding.clone(),
                     change_type: record.info.change_type,
                     changed_by: record.info.changed_by.clone(),
@@ -99,13 +99,6 @@ pub enum ImportError {
 pub struct ExportSummary {
     pub contexts: usize,
     pub versions: usize,
-}
-
-fn object(value: serde_json::Value, field: &str) -> Result<JsonObject, String> {
-    match value {
-        serde_json::Value::Object(map) => Ok(map),
-        _ => Err(format!("{field} must be a JSON object")),
-    }
 }
 
 fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
@@ -200,11 +193,8 @@ impl ContextService {
             let content = Content {
                 source: v.source,
                 parent_id,
-                data: object(v.data, "data")?,
-                metadata: match v.metadata {
-                    None | Some(serde_json::Value::Null) => JsonObject::new(),
-                    Some(m) => object(m, "metadata")?,
-                },
+                data: v.data,
+                metadata: v.metadata.unwrap_or_default(),
                 embedding: v.embedding,
             };
             self.check_content(&content)

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 use tokio_postgres::{NoTls, Row};
 
 use super::{
@@ -517,11 +517,54 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(anyhow!("unexpected data in Postgres: {what}"))
 }
 
-fn object(value: serde_json::Value) -> Result<JsonObject, StoreError> {
-    match value {
-        serde_json::Value::Object(map) => Ok(map),
-        other => Err(corrupt(format!("expected a JSON object, found {other}"))),
+fn object(value: Jsonb) -> Result<JsonObject, StoreError> {
+    Ok(value.0)
+}
+
+/// A JSON object in a `jsonb` (or `json`) column. Written as its canonical text (`jsonb`'s
+/// binary format is a version byte, then the text); read back through the canonicalizer,
+/// since `jsonb` keeps keys in an order of its own and writes spaces.
+struct Jsonb(JsonObject);
+
+/// The same, borrowed, for writing.
+#[derive(Debug)]
+struct JsonbRef<'a>(&'a JsonObject);
+
+/// The version byte of `jsonb`'s binary format.
+const JSONB_VERSION: u8 = 1;
+
+impl ToSql for JsonbRef<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.extend_from_slice(&[JSONB_VERSION]);
+        }
+        out.extend_from_slice(self.0.as_str().as_bytes());
+        Ok(IsNull::No)
     }
+
+    accepts!(JSON, JSONB);
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for Jsonb {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = match (ty == &Type::JSONB, raw.split_first()) {
+            (true, Some((&JSONB_VERSION, text))) => text,
+            (true, _) => return Err("unknown jsonb format version".into()),
+            (false, _) => raw,
+        };
+        let text = std::str::from_utf8(text)?;
+        Ok(Self(JsonObject::parse(text)?))
+    }
+
+    accepts!(JSON, JSONB);
 }
 
 fn source(raw: &str) -> Result<Source, StoreError> {
@@ -1341,8 +1384,8 @@ async fn replace_history(
                 &record.info.version,
                 &c.source.as_str(),
                 &c.parent_id.as_ref().map(ContextId::as_str),
-                &Json(&c.data),
-                &Json(&c.metadata),
+                &JsonbRef(&c.data),
+                &JsonbRef(&c.metadata),
                 &c.embedding,
                 &record.info.change_type.as_str(),
                 &record.info.changed_by,
@@ -1371,7 +1414,7 @@ async fn replace_history(
 fn change_from_row(row: &Row) -> Result<Change, StoreError> {
     let raw: &str = row.try_get(1).map_err(column_error)?;
     let op: &str = row.try_get(3).map_err(column_error)?;
-    let data: Option<serde_json::Value> = row.try_get(6).map_err(column_error)?;
+    let data: Option<Jsonb> = row.try_get(6).map_err(column_error)?;
     let content = match data {
         Some(data) => Some(ChangedContent {
             data: object(data)?,
@@ -1404,8 +1447,8 @@ struct Staged<'a> {
     parent: Option<&'a str>,
     size: i64,
     has_embedding: bool,
-    data: Json<&'a JsonObject>,
-    metadata: Json<&'a JsonObject>,
+    data: JsonbRef<'a>,
+    metadata: JsonbRef<'a>,
     change_type: &'static str,
     op: &'static str,
     cache_key: String,
@@ -1421,8 +1464,8 @@ impl<'a> Staged<'a> {
             parent: content.parent_id.as_ref().map(ContextId::as_str),
             size: content.size_bytes() as i64,
             has_embedding: content.embedding.is_some(),
-            data: Json(&content.data),
-            metadata: Json(&content.metadata),
+            data: JsonbRef(&content.data),
+            metadata: JsonbRef(&content.metadata),
             change_type: new.change_type.as_str(),
             op: "upsert",
             cache_key: cache_key(id),

@@ -367,8 +367,8 @@ fn object(row: &Row, index: usize) -> rusqlite::Result<JsonObject> {
     serde_json::from_str(&text).map_err(|e| corrupt(format!("JSON object: {e}")))
 }
 
-fn json_text(object: &JsonObject) -> String {
-    serde_json::to_string(object).expect("a JSON object always serializes")
+fn json_text(object: &JsonObject) -> &str {
+    object.as_str()
 }
 
 fn embedding(row: &Row, index: usize) -> rusqlite::Result<Option<Vec<f32>>> {

@@ -716,8 +716,8 @@ fn object_body(class: &str, entry: &VectorEntry) -> ObjectOut {
         id: object_id(&entry.id).to_string(),
         properties: PropertiesOut {
             context_id: entry.id.as_str().to_owned(),
-            content: Value::Object(entry.data.clone()).to_string(),
-            metadata: Value::Object(entry.metadata.clone()).to_string(),
+            content: entry.data.as_str().to_owned(),
+            metadata: entry.metadata.as_str().to_owned(),
             timestamp: entry
                 .updated_at
                 .to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -1027,7 +1027,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::domain::Source;
+    use crate::domain::{JsonObject, Source};
 
     fn id(raw: &str) -> ContextId {
         ContextId::parse(raw).unwrap()
@@ -1227,8 +1227,7 @@ mod tests {
 
     #[test]
     fn an_object_body_carries_compact_json_text_and_an_rfc3339_timestamp() {
-        let mut data = serde_json::Map::new();
-        data.insert("user".into(), json!("john"));
+        let data = JsonObject::from_value(&json!({"user": "john"})).unwrap();
         let entry = VectorEntry {
             id: id("ctx_123"),
             version: 3,
@@ -1236,7 +1235,7 @@ mod tests {
             source: Source::Factory,
             parent_id: None,
             data,
-            metadata: serde_json::Map::new(),
+            metadata: JsonObject::empty(),
             updated_at: Utc.with_ymd_and_hms(2026, 8, 20, 10, 0, 0).unwrap(),
         };
         let body = serde_json::to_string(&object_body("FactoryContext", &entry)).unwrap();

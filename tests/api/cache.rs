@@ -235,13 +235,12 @@ async fn redis_dying_under_traffic_fails_nothing_and_the_cache_recovers_by_itsel
 }
 
 fn context(id: &str, version: i64, created: chrono::DateTime<Utc>) -> Arc<CachedContext> {
-    let mut data = JsonObject::new();
-    data.insert("version".into(), json!(version));
+    let data = JsonObject::from_value(&json!({ "version": version })).unwrap();
     let content = Content {
         source: Source::Mcp,
         parent_id: None,
         data,
-        metadata: JsonObject::new(),
+        metadata: JsonObject::empty(),
         embedding: None,
     };
     Arc::new(CachedContext::new(Context {
