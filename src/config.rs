@@ -44,6 +44,15 @@ pub struct ServerSettings {
     pub request_timeout_seconds: u64,
     /// On SIGTERM, how long requests in flight may take to finish.
     pub shutdown_grace_seconds: u64,
+    /// A connection must send a whole request head within this many seconds, and one idle
+    /// between requests is closed after it.
+    pub header_timeout_seconds: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// `Host` values served while auth is off (DNS-rebinding protection), each a name or
+    /// address with any port. Empty: `localhost`, `127.0.0.1` and `[::1]` on a loopback
+    /// bind; no check on any other bind.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +290,9 @@ impl Default for ServerSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout_seconds: 30,
             shutdown_grace_seconds: 30,
+            header_timeout_seconds: 10,
+            max_connections: 10_000,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -651,7 +663,7 @@ impl Settings {
 
     /// Range checks that the types alone do not make.
     fn validate(&self, origins: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        let checks: [(&str, bool, &str); 13] = [
+        let checks: [(&str, bool, &str); 17] = [
             (
                 "cache.target_hit_rate",
                 (0.0..=100.0).contains(&self.cache.target_hit_rate),
@@ -710,6 +722,26 @@ impl Settings {
             (
                 "server.request_timeout_seconds",
                 self.server.request_timeout_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "server.header_timeout_seconds",
+                self.server.header_timeout_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "server.max_connections",
+                self.server.max_connections >= 1,
+                "must be at least 1",
+            ),
+            (
+                "limits.max_inflight_body_bytes",
+                self.limits.max_inflight_body_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "limits.max_json_nodes",
+                self.limits.max_json_nodes >= 1,
                 "must be at least 1",
             ),
             (

@@ -142,8 +142,10 @@ fn slug(status: StatusCode) -> &'static str {
         410 => "gone",
         412 => "precondition-failed",
         413 => "too-large",
+        414 => "uri-too-long",
         415 => "unsupported-media-type",
         422 => "invalid",
+        431 => "request-header-fields-too-large",
         503 => "unavailable",
         _ => "error",
     }

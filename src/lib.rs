@@ -21,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod mcp;
 pub mod metrics;
+pub mod server;
 pub mod service;
 pub mod startup;
 pub mod store;

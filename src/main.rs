@@ -1,5 +1,6 @@
 //! The `contextd` command: parse the command line, load the settings, call the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -171,7 +172,7 @@ fn main() -> ExitCode {
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("contextd: {e}");
+            let _ = writeln!(std::io::stderr(), "contextd: {e}");
             return ExitCode::from(2);
         }
     };
@@ -227,7 +228,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("contextd: {e:#}");
+            // Not `eprintln!`, which panics when stderr is gone.
+            let _ = writeln!(std::io::stderr(), "contextd: {e:#}");
             ExitCode::FAILURE
         }
     }

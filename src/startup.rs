@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +32,8 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     grace: Duration,
+    limits: crate::server::ServerLimits,
+    metrics: Arc<Metrics>,
     /// Ends MCP sessions and streams, which would otherwise hold the graceful shutdown open.
     mcp_shutdown: CancellationToken,
     /// Tells the background loops to stop, once the server has.
@@ -198,6 +199,7 @@ impl App {
             .mcp
             .enabled
             .then(|| mcp::router(state.clone(), subscriptions, settings, mcp_shutdown.clone()));
+        let metrics = state.metrics.clone();
         let router = api::router(state, settings, mcp, authenticator);
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -206,6 +208,11 @@ impl App {
             listener,
             router,
             grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+            limits: crate::server::ServerLimits {
+                header_timeout: Duration::from_secs(settings.server.header_timeout_seconds),
+                max_connections: settings.server.max_connections,
+            },
+            metrics,
             mcp_shutdown,
             stop,
             background,
@@ -229,27 +236,30 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-        let mcp_shutdown = self.mcp_shutdown.clone();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down; letting requests in flight finish");
-            mcp_shutdown.cancel();
-            let _ = stopping_tx.send(true);
-        };
-        // Small responses go out at once rather than waiting on Nagle's algorithm.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        let stopping = CancellationToken::new();
+        let signal = {
+            let (stopping, mcp_shutdown) = (stopping.clone(), self.mcp_shutdown.clone());
+            async move {
+                shutdown.await;
+                mcp_shutdown.cancel();
+                stopping.cancel();
+                tracing::info!("shutting down; letting requests in flight finish");
             }
-        });
-        let serve = axum::serve(listener, self.router).with_graceful_shutdown(signal);
+        };
+        tokio::spawn(signal);
+        let serve = crate::server::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.metrics,
+            stopping.clone(),
+        );
         tracing::info!("listening on http://{addr}");
         let grace = self.grace;
         tokio::select! {
-            served = serve => served.context("serving HTTP")?,
-            _ = async {
-                let _ = stopping.wait_for(|stopping| *stopping).await;
+            () = serve => {}
+            () = async {
+                stopping.cancelled().await;
                 tokio::time::sleep(grace).await;
             } => tracing::warn!(?grace, "requests still running after the grace period; stopping anyway"),
         }
@@ -262,30 +272,43 @@ impl App {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives as soon as the server says it listens
+/// is already seen as a request to stop.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            let handler = signal(kind);
+            async move {
+                match handler {
+                    Ok(mut handler) => {
+                        handler.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        let (interrupt, terminate) = (
+            listen(SignalKind::interrupt(), "Ctrl-C"),
+            listen(SignalKind::terminate(), "SIGTERM"),
+        );
+        async move {
+            tokio::select! {
+                () = interrupt => {},
+                () = terminate => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }

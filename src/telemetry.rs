@@ -13,6 +13,10 @@ pub fn init(level: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped: by default the subscriber reports it
+        // with `eprintln!`, which panics when stderr itself is gone (a closed pipe), taking
+        // down whatever thread was logging, shutdown included.
+        .log_internal_errors(false)
         // Colours for a terminal only, never into a log file or a container's log.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();

@@ -141,7 +141,7 @@ pub async fn limit_bodies(
             Ok(permit) => held.lock().expect("never poisoned").push(permit),
             Err(saturated) => {
                 budget.metrics.observe_overload("body_budget");
-                return AppError::Unavailable(saturated.to_string()).into_response();
+                return refuse_unread(request, AppError::Unavailable(saturated.to_string()));
             }
         },
         None if request.body().is_end_stream() => {}
@@ -162,6 +162,26 @@ pub async fn limit_bodies(
     }
     let response = next.run(request).await;
     drop(held);
+    response
+}
+
+/// How long a refused request's body is read and thrown away behind its answer.
+const DRAIN_FOR: Duration = Duration::from_secs(5);
+
+/// Answers a request without having read its body, and closes the connection after. The body
+/// is read and thrown away behind the answer (for at most [`DRAIN_FOR`]): closing a socket
+/// with unread bytes resets it, and a client still sending would see the reset, not the 503.
+fn refuse_unread(request: Request, error: AppError) -> Response {
+    let mut body = request.into_body();
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+    });
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
     response
 }
 

@@ -24,7 +24,6 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as OpenApiDoc;
@@ -201,10 +200,7 @@ pub fn router(
             state.clone(),
             record_metrics,
         ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
+        .layer(middleware::from_fn_with_state(timeout, time_out_reads))
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
@@ -216,6 +212,26 @@ pub fn router(
 /// is parsed.
 pub fn body_limit(settings: &Settings) -> usize {
     settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024
+}
+
+/// Answers 503 for a read still running after `server.request_timeout_seconds`. Writes are
+/// never cut off: a write abandoned half way may still commit, and a 503 for a stored write
+/// would be a lie. A write is bounded by the body budget's wait, the CPU pool and the store's
+/// own statement timeout instead, each of which answers 503 only for what did not happen.
+async fn time_out_reads(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let read_only = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) || (request.method() == Method::POST
+        && request.uri().path() == "/contexts/search");
+    if !read_only {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::Unavailable("the request took too long; retry shortly".to_owned())
+            .into_response(),
+    }
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> AppError {

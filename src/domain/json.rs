@@ -529,33 +529,55 @@ impl<'de> Visitor<'de> for Canonical<'_> {
 }
 
 /// Re-sorts the members written at `spans` (all after `from` in `out`) by key, keeping the last
-/// of each repeated key, and rewrites them in place.
+/// of each repeated key, and rewrites them in place. Keys are compared as written where they
+/// hold no escapes (their bytes then sort as their characters do), decoded where they do.
 fn sort_members(out: &mut Vec<u8>, from: usize, spans: &[(usize, usize)]) {
     let written = out.split_off(from);
-    let span = |&(start, end): &(usize, usize)| &written[start - from..end - from];
-    let key_of = |member: &[u8]| -> String {
-        // The member starts with its key as a JSON string; read it back exactly.
-        let mut deserializer = serde_json::Deserializer::from_slice(member);
-        String::deserialize(&mut deserializer).expect("a key this writer wrote")
-    };
-    let mut keyed: Vec<(String, usize)> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (key_of(span(s)), i))
-        .collect();
+    let member = |&(start, end): &(usize, usize)| &written[start - from..end - from];
+    let mut order: Vec<usize> = (0..spans.len()).collect();
     // Stable: repeated keys stay in arrival order, so the last of a run is the one to keep.
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    order.sort_by(|&a, &b| compare_keys(member(&spans[a]), member(&spans[b])));
     let mut first = true;
-    for (i, (key, index)) in keyed.iter().enumerate() {
-        if keyed.get(i + 1).is_some_and(|next| next.0 == *key) {
+    for (i, &index) in order.iter().enumerate() {
+        let key = written_key(member(&spans[index]));
+        if order
+            .get(i + 1)
+            .is_some_and(|&next| written_key(member(&spans[next])) == key)
+        {
             continue;
         }
         if !first {
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(span(&spans[*index]));
+        out.extend_from_slice(member(&spans[index]));
     }
+}
+
+/// The key of a member `"key":value` as written: the bytes between its quotes, escapes and all.
+fn written_key(member: &[u8]) -> &[u8] {
+    let mut i = 1;
+    while i < member.len() {
+        match member[i] {
+            b'\\' => i += 2,
+            b'"' => return &member[1..i],
+            _ => i += 1,
+        }
+    }
+    &member[1..]
+}
+
+/// Orders two members by their keys' characters.
+fn compare_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (ka, kb) = (written_key(a), written_key(b));
+    if !ka.contains(&b'\\') && !kb.contains(&b'\\') {
+        return ka.cmp(kb);
+    }
+    let decode = |member: &[u8]| -> String {
+        let mut deserializer = serde_json::Deserializer::from_slice(member);
+        String::deserialize(&mut deserializer).expect("a key this writer wrote")
+    };
+    decode(a).cmp(&decode(b))
 }
 
 #[cfg(test)]

@@ -576,6 +576,21 @@ fn parent(raw: Option<String>) -> Result<Option<ContextId>, StoreError> {
         .transpose()
 }
 
+/// Maps a row on the CPU pool when its `size_bytes` column (`size_column`) says the JSON in it
+/// is large: reading `jsonb` back canonicalizes it, which must not hold a runtime worker.
+async fn off_runtime<T: Send + 'static>(
+    row: &Row,
+    size_column: usize,
+    map: impl FnOnce(&Row) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let size: i64 = row.try_get(size_column).map_err(column_error)?;
+    let row = row.clone();
+    crate::cpu::run_sized(usize::try_from(size).unwrap_or(usize::MAX), move || {
+        map(&row)
+    })
+    .await
+}
+
 fn context_from_row(id: &ContextId, row: &Row) -> Result<Context, StoreError> {
     context_from_columns(id, row, 0)
 }
@@ -670,7 +685,15 @@ impl Store for PostgresStore {
             .query_opt(&statement, &[&id.as_str()])
             .await
             .map_err(db_error)?;
-        row.map(|row| context_from_row(id, &row)).transpose()
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let id = id.clone();
+                off_runtime(&row, 3, move |row| context_from_row(&id, row))
+                    .await
+                    .map(Some)
+            }
+        }
     }
 
     async fn get_version(&self, id: &ContextId, version: i64) -> Result<VersionLookup, StoreError> {
@@ -698,7 +721,13 @@ impl Store for PostgresStore {
                 .map(|row| row.try_get(1))
                 .transpose()
                 .map_err(column_error)?,
-            record: record.map(|row| record_from_row(id, &row)).transpose()?,
+            record: match record {
+                None => None,
+                Some(row) => {
+                    let id = id.clone();
+                    Some(off_runtime(&row, 9, move |row| record_from_row(&id, row)).await?)
+                }
+            },
         })
     }
 

@@ -591,6 +591,58 @@ enum Job {
 }
 
 impl Shared {
+    fn check(&self, vector: &[f32], what: &str) -> Result<(), VectorError> {
+        if vector.len() != self.dims {
+            return Err(VectorError::Rejected(format!(
+                "{what} has {} dimensions; the index has {}",
+                vector.len(),
+                self.dims
+            )));
+        }
+        if vector.iter().any(|x| !x.is_finite()) {
+            return Err(VectorError::Rejected(format!(
+                "{what} holds a value that is not finite"
+            )));
+        }
+        Ok(())
+    }
+
+    fn search(&self, query: &SearchQuery, exact: bool) -> Result<Vec<Hit>, VectorError> {
+        self.check(&query.vector, "the query vector")?;
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let vector = unit(&query.vector);
+        let filter = Filter {
+            source: query.source,
+            parent_id: query.parent_id.as_ref(),
+            id_prefix: query.id_prefix.as_deref(),
+            min_certainty: query.min_certainty,
+        };
+        let params = &self.params;
+        let ef_search = self.ef_search.load(Ordering::Relaxed);
+        let state = self.read();
+        let matching = state.matching_bound(&filter);
+        if matching == 0 {
+            return Ok(Vec::new());
+        }
+        let graph = state.graph.clone();
+        let top = match graph {
+            Some(graph) if !exact && matching >= params.exact_below => state
+                .approximate(&graph, ef_search, &vector, query.limit, &filter)
+                .unwrap_or_else(|| state.exact(&vector, query.limit, &filter)),
+            _ => state.exact(&vector, query.limit, &filter),
+        };
+        // A slot can come from both the graph and the pending list: keep it once.
+        let mut best = top.heap.into_vec();
+        best.sort_by(|a, b| a.better(b).then_with(|| a.slot.cmp(&b.slot)));
+        best.dedup_by_key(|c| c.slot);
+        Ok(best
+            .into_iter()
+            .map(|c| Hit::from_cosine(c.id.clone(), f64::from(c.cos)))
+            .collect())
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock leaves the state as consistent as each step made it;
         // serving on is better than failing every search after it.
@@ -843,19 +895,7 @@ impl EmbeddedIndex {
     }
 
     fn check(&self, vector: &[f32], what: &str) -> Result<(), VectorError> {
-        if vector.len() != self.shared.dims {
-            return Err(VectorError::Rejected(format!(
-                "{what} has {} dimensions; the index has {}",
-                vector.len(),
-                self.shared.dims
-            )));
-        }
-        if vector.iter().any(|x| !x.is_finite()) {
-            return Err(VectorError::Rejected(format!(
-                "{what} holds a value that is not finite"
-            )));
-        }
-        Ok(())
+        self.shared.check(vector, what)
     }
 
     /// `upsert`, synchronously. Either every entry is applied or (on a bad vector) none.
@@ -897,39 +937,7 @@ impl EmbeddedIndex {
     }
 
     fn search_with(&self, query: &SearchQuery, exact: bool) -> Result<Vec<Hit>, VectorError> {
-        self.check(&query.vector, "the query vector")?;
-        if query.limit == 0 {
-            return Ok(Vec::new());
-        }
-        let vector = unit(&query.vector);
-        let filter = Filter {
-            source: query.source,
-            parent_id: query.parent_id.as_ref(),
-            id_prefix: query.id_prefix.as_deref(),
-            min_certainty: query.min_certainty,
-        };
-        let params = &self.shared.params;
-        let ef_search = self.shared.ef_search.load(Ordering::Relaxed);
-        let state = self.shared.read();
-        let matching = state.matching_bound(&filter);
-        if matching == 0 {
-            return Ok(Vec::new());
-        }
-        let graph = state.graph.clone();
-        let top = match graph {
-            Some(graph) if !exact && matching >= params.exact_below => state
-                .approximate(&graph, ef_search, &vector, query.limit, &filter)
-                .unwrap_or_else(|| state.exact(&vector, query.limit, &filter)),
-            _ => state.exact(&vector, query.limit, &filter),
-        };
-        // A slot can come from both the graph and the pending list: keep it once.
-        let mut best = top.heap.into_vec();
-        best.sort_by(|a, b| a.better(b).then_with(|| a.slot.cmp(&b.slot)));
-        best.dedup_by_key(|c| c.slot);
-        Ok(best
-            .into_iter()
-            .map(|c| Hit::from_cosine(c.id.clone(), f64::from(c.cos)))
-            .collect())
+        self.shared.search(query, exact)
     }
 
     /// Changes `ef_search` for the searches that start from now on (recall against speed).
@@ -998,8 +1006,10 @@ impl VectorIndex for EmbeddedIndex {
         Ok(())
     }
 
+    /// On the CPU pool: an exact scan of 100k vectors takes tens of milliseconds.
     async fn search(&self, query: &SearchQuery) -> Result<Vec<Hit>, VectorError> {
-        self.search_now(query)
+        let (shared, query) = (self.shared.clone(), query.clone());
+        crate::cpu::run(move || shared.search(&query, false)).await
     }
 
     async fn ping(&self) -> Result<(), VectorError> {

@@ -135,6 +135,49 @@ async fn serve_logs_where_it_listens_keeps_the_password_out_of_its_log_and_stops
     assert!(log.contains("stopped"), "{log}");
 }
 
+/// A supervisor that stops reading the log and sends SIGTERM the moment `serve` says it
+/// listens: the signal is already handled (a clean stop, not the default kill), and a log line
+/// that cannot be written (stderr is a closed pipe) is dropped rather than a panic that left
+/// the server hanging half stopped.
+#[test]
+fn serve_stops_cleanly_on_sigterm_at_once_with_its_log_pipe_closed() {
+    let dir = std::env::temp_dir().join(format!("contextd-cli-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = contextd()
+        .arg("serve")
+        .current_dir(&dir)
+        .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while !lines
+        .next()
+        .expect("the log ended before `listening on`")
+        .unwrap()
+        .contains("listening on http://")
+    {}
+    drop(lines);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("contextd did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// With no DATABASE_URL at all, `serve` makes `data/contextd.db` in its working directory.
 #[test]
 fn serve_with_no_database_url_uses_sqlite_in_data_and_says_so() {

@@ -12,6 +12,7 @@ mod concurrency;
 mod contexts;
 mod errors;
 mod lifecycle;
+mod limits;
 mod mcp;
 mod merge;
 mod ops;
