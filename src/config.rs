@@ -239,8 +239,8 @@ pub struct McpSettings {
     pub max_sessions: usize,
     /// Seconds a session may stay idle before it is closed.
     pub session_idle_seconds: u64,
-    /// `Host` values `/mcp` answers (DNS-rebinding protection). Empty: loopback names when
-    /// `server.bind` is loopback, any host otherwise (auth protects a non-loopback bind).
+    /// `Host` values `/mcp` answers (DNS-rebinding protection). Empty: the same as every
+    /// route (`server.allowed_hosts`).
     pub allowed_hosts: Vec<String>,
 }
 

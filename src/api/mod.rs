@@ -8,6 +8,7 @@ pub mod body;
 mod cache;
 pub(crate) mod contexts;
 pub mod extract;
+pub mod hosts;
 mod keys;
 pub(crate) mod merge;
 mod ops;
@@ -196,6 +197,10 @@ pub fn router(
             body::limit_bodies,
         ))
         .layer(middleware::from_fn_with_state(auth, authenticate))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(hosts::AllowedHosts::new(settings)),
+            hosts::check_host,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,

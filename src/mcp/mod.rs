@@ -14,7 +14,6 @@
 pub mod subscriptions;
 mod tools;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -319,21 +318,24 @@ impl ServerHandler for McpServer {
     }
 }
 
-/// The `Host` names `/mcp` answers: the configured ones, else loopback names for a loopback
-/// bind, else any (an empty list turns rmcp's check off).
+/// The `Host` names `/mcp` answers: `mcp.allowed_hosts`, else the same as every other route
+/// (`server.allowed_hosts`, by default loopback names on a loopback bind); empty turns rmcp's
+/// check off. rmcp takes IPv6 addresses without brackets.
 fn allowed_hosts(settings: &Settings) -> Vec<String> {
-    if !settings.mcp.allowed_hosts.is_empty() {
-        return settings.mcp.allowed_hosts.clone();
-    }
-    if is_loopback(settings.server.bind) {
-        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    let hosts = if settings.mcp.allowed_hosts.is_empty() {
+        crate::api::hosts::effective_hosts(settings)
     } else {
-        Vec::new()
-    }
-}
-
-fn is_loopback(bind: SocketAddr) -> bool {
-    bind.ip().is_loopback()
+        settings.mcp.allowed_hosts.clone()
+    };
+    hosts
+        .into_iter()
+        .map(
+            |h| match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6.to_owned(),
+                None => h,
+            },
+        )
+        .collect()
 }
 
 /// The MCP endpoint, for the application router to nest at `/mcp`. `shutdown` ends every

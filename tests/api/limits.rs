@@ -311,7 +311,62 @@ async fn bodies_beyond_the_in_flight_budget_wait_then_answer_503(store: Setup) {
     assert!(rejected.ends_with(" 2"), "{rejected}");
 }
 
+async fn a_foreign_host_is_refused_on_every_route_while_auth_is_off(store: Setup) {
+    let app = TestApp::spawn(store).await;
+    let put = app
+        .http
+        .put(app.url("/contexts/rebound"))
+        .header("Host", "evil.example:8080")
+        .json(&json!({"data": {"stolen": true}, "source": "mcp"}))
+        .send()
+        .await
+        .unwrap();
+    problem(put, StatusCode::FORBIDDEN).await;
+    for path in ["/contexts", "/healthz", "/metrics", "/mcp"] {
+        let get = app
+            .http
+            .get(app.url(path))
+            .header("Host", "evil.example")
+            .send()
+            .await
+            .unwrap();
+        problem(get, StatusCode::FORBIDDEN).await;
+    }
+    problem(app.get("/contexts/rebound").await, StatusCode::NOT_FOUND).await;
+    // Loopback names, any port, are served.
+    for host in ["localhost:1234", "127.0.0.1", "[::1]:8080"] {
+        let response = app
+            .http
+            .get(app.url("/healthz"))
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{host}");
+    }
+}
+
+async fn server_allowed_hosts_replaces_the_loopback_names(store: Setup) {
+    let app = TestApp::spawn_with(store, |settings| {
+        settings.server.allowed_hosts = vec!["ctx.internal".to_owned()];
+    })
+    .await;
+    let host = |host: &'static str| {
+        app.http
+            .get(app.url("/healthz"))
+            .header("Host", host)
+            .send()
+    };
+    assert_eq!(
+        host("ctx.internal:8080").await.unwrap().status(),
+        StatusCode::OK
+    );
+    problem(host("localhost").await.unwrap(), StatusCode::FORBIDDEN).await;
+}
+
 crate::on_both_stores!(
+    a_foreign_host_is_refused_on_every_route_while_auth_is_off,
+    server_allowed_hosts_replaces_the_loopback_names,
     a_request_head_sent_by_halves_is_closed_after_the_header_timeout,
     a_connection_that_sends_nothing_or_idles_after_a_request_is_closed,
     what_the_http_layer_refuses_is_problem_json,
