@@ -154,6 +154,9 @@ impl App {
             .await
             .context("auth.bootstrap_key")?;
         let authenticator = Arc::new(Authenticator::new(settings, store.clone(), metrics.clone()));
+        if authenticator.enabled() {
+            authenticator.load().await.context("loading the API keys")?;
+        }
         background.extend(authenticator.spawn(stopped.clone()));
         if authenticator.enabled() {
             tracing::info!(
@@ -173,9 +176,9 @@ impl App {
                 api::body_limit(settings),
                 metrics.clone(),
             )),
-            keys: Arc::new(KeyService::new(store.clone()).on_revoke({
+            keys: Arc::new(KeyService::new(store.clone()).on_change({
                 let authenticator = authenticator.clone();
-                move || authenticator.invalidate()
+                move |record| authenticator.apply(record)
             })),
             search: Arc::new(SearchService::new(
                 contexts.clone(),

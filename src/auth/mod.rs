@@ -1,19 +1,20 @@
 //! Auth: turns the bearer key of a request into the [`Principal`] the service decides on.
 //!
 //! This layer only says *who* is asking; what they may do (role, prefix) is decided in
-//! `service/`, so REST and MCP obey one rule. Keys are looked up by their SHA-256 and kept,
-//! verified, in process; a revocation on any instance reaches every instance's cache through
-//! the store's commit signal (`NOTIFY` on Postgres, in process on SQLite), and the cache also
-//! forgets a key after [`VERIFIED_TTL`] as a safety net ([`UNSIGNALLED_TTL`] on SQLite, whose
-//! signal does not reach across processes). When a key was last used is
-//! recorded in batches, off the request path.
+//! `service/`, so REST and MCP obey one rule. The key table is small, so every key's SHA-256
+//! is held in memory: loaded at start, changed at once by this instance's own key changes,
+//! reloaded whenever the store's commit signal says keys changed on any instance (`NOTIFY` on
+//! Postgres), and reloaded every [`RELOAD_PERIOD`] as a safety net ([`UNSIGNALLED_RELOAD`] on
+//! SQLite, whose signal does not carry what `contextd keys` does beside the server). A key
+//! that is not in memory is refused without asking the store, so a flood of made-up keys costs
+//! the database nothing. When a key was last used is recorded in batches, off the request path.
 
 pub mod keys;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -31,13 +32,12 @@ use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::store::{ApiKeyRecord, CommitNotice, Store};
 
-/// How long a verified key is trusted without asking the store again, should a revocation's
-/// signal ever be missed.
-pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// How often the keys are reloaded from the store, should a change's signal ever be missed.
+pub const RELOAD_PERIOD: Duration = Duration::from_secs(30);
 
-/// The same where the signal cannot carry a revocation made by another process (SQLite with
+/// The same where the signal cannot carry a change made by another process (SQLite with
 /// `contextd keys revoke` run beside the server): short enough to keep the 1 s promise.
-pub const UNSIGNALLED_TTL: Duration = Duration::from_millis(500);
+pub const UNSIGNALLED_RELOAD: Duration = Duration::from_millis(500);
 
 /// How often `last_used_at` is written.
 const TOUCH_PERIOD: Duration = Duration::from_secs(5);
@@ -52,22 +52,35 @@ pub struct Authenticator {
     open_metrics: bool,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    verified: std::sync::Mutex<HashMap<[u8; 32], Arc<Verified>>>,
-    /// [`VERIFIED_TTL`] or [`UNSIGNALLED_TTL`].
-    ttl: Duration,
-    /// Bumped by every invalidation; a lookup that started before one does not cache.
-    generation: AtomicU64,
-    /// Usage of keys whose verified entry was dropped before it was flushed.
+    /// Every key, revoked ones included, by hash. Replaced whole on reload.
+    keys: RwLock<Arc<KeySet>>,
+    /// [`RELOAD_PERIOD`] or [`UNSIGNALLED_RELOAD`].
+    reload_period: Duration,
+    /// Usage of keys whose entry was replaced before it was flushed.
     used: std::sync::Mutex<HashMap<String, chrono::DateTime<Utc>>>,
 }
 
-/// A key verified against the store. A request that uses it only sets `used`; the flush turns
-/// that into `last_used_at`, so the hot path takes no lock but the cache's own.
-struct Verified {
+/// Every key by its hash.
+type KeySet = HashMap<[u8; 32], Arc<Known>>;
+
+/// A key as the layer knows it. A request that uses it only sets `used`; the flush turns
+/// that into `last_used_at`, so the hot path takes no lock but a read lock.
+struct Known {
     principal: Principal,
     hash: [u8; 32],
-    at: Instant,
+    revoked: bool,
     used: AtomicBool,
+}
+
+impl Known {
+    fn of(record: &ApiKeyRecord) -> Self {
+        Self {
+            principal: principal_of(record),
+            hash: record.key_hash,
+            revoked: record.revoked_at.is_some(),
+            used: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Why a key was refused: the metric's `reason`, and what the client is told.
@@ -76,19 +89,26 @@ struct Refusal {
     detail: &'static str,
 }
 
+/// `Bearer <token>`, the scheme in any case (RFC 9110 section 11.1).
+fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 impl Authenticator {
+    /// An authenticator that knows no key yet: call [`Authenticator::load`] before serving.
     pub fn new(settings: &Settings, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Self {
             enabled: settings.auth.enabled(settings.server.bind),
             open_metrics: settings.auth.open_metrics,
             metrics,
-            verified: Default::default(),
-            ttl: if store.signal_spans_processes() {
-                VERIFIED_TTL
+            keys: RwLock::default(),
+            reload_period: if store.signal_spans_processes() {
+                RELOAD_PERIOD
             } else {
-                UNSIGNALLED_TTL
+                UNSIGNALLED_RELOAD
             },
-            generation: AtomicU64::new(0),
             used: Default::default(),
             store,
         }
@@ -106,8 +126,47 @@ impl Authenticator {
             || (self.open_metrics && path == "/metrics")
     }
 
-    /// The principal of an `Authorization` header.
-    async fn resolve(&self, authorization: Option<&HeaderValue>) -> Result<Principal, AppError> {
+    /// Reads every key from the store into memory. Usage noted on the keys it replaces is kept
+    /// for the next flush.
+    pub async fn load(&self) -> Result<(), crate::store::StoreError> {
+        let records = self.store.keys().await?;
+        let fresh: KeySet = records
+            .iter()
+            .map(|record| (record.key_hash, Arc::new(Known::of(record))))
+            .collect();
+        let old = std::mem::replace(&mut *self.write_keys(), Arc::new(fresh));
+        for known in old.values() {
+            self.note_usage(known);
+        }
+        Ok(())
+    }
+
+    /// Applies one key's new state at once (made, or revoked, here), before the reload that
+    /// the commit signal brings.
+    pub fn apply(&self, record: &ApiKeyRecord) {
+        let mut keys = self.write_keys();
+        let mut next = HashMap::clone(&keys);
+        if let Some(old) = next.insert(record.key_hash, Arc::new(Known::of(record))) {
+            self.note_usage(&old);
+        }
+        *keys = Arc::new(next);
+    }
+
+    fn write_keys(&self) -> std::sync::RwLockWriteGuard<'_, Arc<KeySet>> {
+        self.keys
+            .write()
+            .expect("the key set is never left half-changed")
+    }
+
+    fn read_keys(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .expect("the key set is never left half-changed")
+            .clone()
+    }
+
+    /// The principal of an `Authorization` header, from memory only.
+    fn resolve(&self, authorization: Option<&HeaderValue>) -> Result<Principal, AppError> {
         let refuse = |refusal: Refusal| {
             self.metrics.observe_auth_failure(refusal.reason);
             AppError::Unauthorized(refusal.detail.to_owned())
@@ -118,88 +177,34 @@ impl Authenticator {
                 detail: "this needs an API key: send Authorization: Bearer <key>",
             }));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| keys::is_well_formed(t));
-        let Some(token) = token else {
+        let Some(token) = bearer_token(value).filter(|t| keys::is_well_formed(t)) else {
             return Err(refuse(Refusal {
                 reason: "malformed",
                 detail: "Authorization must be `Bearer ctxd_<43 letters or digits>`",
             }));
         };
         let hash = keys::hash(token);
-        let generation = self.generation.load(Ordering::Acquire);
-        let cached = self
-            .verified
-            .lock()
-            .expect("the key cache is never left half-changed")
-            .get(&hash)
-            .filter(|v| v.at.elapsed() < self.ttl)
-            .cloned();
-        let principal = match cached {
-            Some(v) if constant_time_eq(&v.hash, &hash) => {
-                v.used.store(true, Ordering::Relaxed);
-                v.principal.clone()
-            }
-            _ => {
-                let record = self.store.key_by_hash(&hash).await?;
-                let record = match record {
-                    Some(r) if constant_time_eq(&r.key_hash, &hash) => r,
-                    _ => {
-                        return Err(refuse(Refusal {
-                            reason: "unknown",
-                            detail: "this API key is not known here",
-                        }));
-                    }
-                };
-                if record.revoked_at.is_some() {
+        let keys = self.read_keys();
+        match keys.get(&hash) {
+            Some(known) if constant_time_eq(&known.hash, &hash) => {
+                if known.revoked {
                     return Err(refuse(Refusal {
                         reason: "revoked",
                         detail: "this API key was revoked",
                     }));
                 }
-                let principal = principal_of(&record);
-                let mut verified = self
-                    .verified
-                    .lock()
-                    .expect("the key cache is never left half-changed");
-                let entry = Arc::new(Verified {
-                    principal: principal.clone(),
-                    hash,
-                    at: Instant::now(),
-                    used: AtomicBool::new(true),
-                });
-                if self.generation.load(Ordering::Acquire) == generation {
-                    verified.insert(hash, entry);
-                } else {
-                    drop(verified);
-                    self.note_usage(&entry);
-                }
-                principal
+                known.used.store(true, Ordering::Relaxed);
+                Ok(known.principal.clone())
             }
-        };
-        Ok(principal)
-    }
-
-    /// Forgets every verified key: one may have been revoked.
-    pub fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let dropped = std::mem::take(
-            &mut *self
-                .verified
-                .lock()
-                .expect("the key cache is never left half-changed"),
-        );
-        for entry in dropped.values() {
-            self.note_usage(entry);
+            _ => Err(refuse(Refusal {
+                reason: "unknown",
+                detail: "this API key is not known here",
+            })),
         }
     }
 
     /// Moves an entry's unflushed use into the usage map.
-    fn note_usage(&self, entry: &Verified) {
+    fn note_usage(&self, entry: &Known) {
         if entry.used.swap(false, Ordering::Relaxed)
             && let Some(id) = &entry.principal.key_id
         {
@@ -213,15 +218,8 @@ impl Authenticator {
     /// Writes the `last_used_at` of the keys used since the last call (to within the flush
     /// period).
     pub async fn flush_usage(&self) {
-        let entries: Vec<Arc<Verified>> = self
-            .verified
-            .lock()
-            .expect("the key cache is never left half-changed")
-            .values()
-            .cloned()
-            .collect();
-        for entry in &entries {
-            self.note_usage(entry);
+        for known in self.read_keys().values() {
+            self.note_usage(known);
         }
         let used: Vec<(String, chrono::DateTime<Utc>)> = std::mem::take(
             &mut *self
@@ -231,36 +229,54 @@ impl Authenticator {
         )
         .into_iter()
         .collect();
+        if used.is_empty() {
+            return;
+        }
         if let Err(e) = self.store.touch_keys(&used).await {
             tracing::debug!(error = %e, "cannot record key usage now; it is dropped");
         }
     }
 
-    /// The background work: invalidation on every key change (any instance), and usage
-    /// flushes, until `stop`.
+    async fn reload(&self) {
+        if let Err(e) = self.load().await {
+            tracing::warn!(error = %e, "cannot reload the API keys now; keeping the ones known");
+        }
+    }
+
+    /// The background work, while auth is on: a reload on every key change (any instance) and
+    /// every reload period, and usage flushes, until `stop`.
     pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        if !self.enabled {
+            return Vec::new();
+        }
         let mut commits = self.store.commits();
         let auth = self.clone();
         let mut stopped = stop.clone();
         let listener = tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    notice = commits.recv() => match notice {
-                        Ok(CommitNotice::KeysChanged | CommitNotice::Unknown)
-                        | Err(broadcast::error::RecvError::Lagged(_)) => auth.invalidate(),
-                        Ok(CommitNotice::Changed(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
+                let notice = tokio::select! {
+                    notice = commits.recv() => notice,
                     _ = stopped.wait_for(|stop| *stop) => return,
+                };
+                match notice {
+                    Ok(CommitNotice::KeysChanged | CommitNotice::Unknown)
+                    | Err(broadcast::error::RecvError::Lagged(_)) => auth.reload().await,
+                    Ok(CommitNotice::Changed(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
+        });
+        let auth = self.clone();
+        let reloader = background::every(self.reload_period, stop.clone(), move || {
+            let auth = auth.clone();
+            async move { auth.reload().await }
         });
         let auth = self.clone();
         let flusher = background::every(TOUCH_PERIOD, stop, move || {
             let auth = auth.clone();
             async move { auth.flush_usage().await }
         });
-        vec![listener, flusher]
+        vec![listener, reloader, flusher]
     }
 }
 
@@ -294,10 +310,7 @@ pub async fn authenticate(
     if auth.is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    match auth
-        .resolve(request.headers().get(header::AUTHORIZATION))
-        .await
-    {
+    match auth.resolve(request.headers().get(header::AUTHORIZATION)) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             let response = next.run(request).await;

@@ -15,11 +15,14 @@ use crate::store::{ApiKeyRecord, Store};
 /// Longest key name.
 const MAX_NAME: usize = 255;
 
+/// What is told of a key made or revoked.
+type KeyHook = Box<dyn Fn(&ApiKeyRecord) + Send + Sync>;
+
 pub struct KeyService {
     store: Arc<dyn Store>,
-    /// Told of each revocation here, before it is answered, so that this instance never
-    /// takes the key again (the others hear of it through the commit signal).
-    revoked: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Told of each key made or revoked here, before it is answered, so that this instance
+    /// takes it (or stops taking it) at once; the others hear of it through the commit signal.
+    changed: Option<KeyHook>,
 }
 
 /// A key just made: the record, and the key itself, shown this once.
@@ -32,13 +35,13 @@ impl KeyService {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            revoked: None,
+            changed: None,
         }
     }
 
-    /// Calls `hook` after each revocation (the server drops its verified keys).
-    pub fn on_revoke(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        self.revoked = Some(Box::new(hook));
+    /// Calls `hook` with each key made or revoked (the server's auth layer applies it).
+    pub fn on_change(mut self, hook: impl Fn(&ApiKeyRecord) + Send + Sync + 'static) -> Self {
+        self.changed = Some(Box::new(hook));
         self
     }
 
@@ -86,6 +89,9 @@ impl KeyService {
             revoked_at: None,
         };
         self.store.insert_key(&record).await?;
+        if let Some(hook) = &self.changed {
+            hook(&record);
+        }
         tracing::info!(key.id = %record.id, role = role.as_str(), "API key created");
         Ok(CreatedKey { record, key })
     }
@@ -117,8 +123,8 @@ impl KeyService {
             .revoke_key(id, Utc::now().trunc_subsecs(6))
             .await?
             .ok_or_else(not_found)?;
-        if let Some(hook) = &self.revoked {
-            hook();
+        if let Some(hook) = &self.changed {
+            hook(&record);
         }
         tracing::info!(key.id = %record.id, "API key revoked");
         Ok(record)

@@ -403,9 +403,6 @@ pub trait Store: Send + Sync + 'static {
     /// Every key, revoked ones included, oldest first.
     async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
-    /// The key with this SHA-256, revoked or not.
-    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
-
     /// Revokes the key `id` (if not yet) and signals `KeysChanged` to every instance. `None`
     /// when there is no such key.
     async fn revoke_key(

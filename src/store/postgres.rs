@@ -1136,6 +1136,11 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db_error)?;
+        // Every instance loads the new key (the others hold no key they did not load).
+        client
+            .execute(NOTIFY_KEYS_CHANGED, &[])
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -1173,19 +1178,6 @@ impl Store for PostgresStore {
         let sql = format!("{KEY_COLUMNS} ORDER BY created_at, id");
         let rows = client.query(&sql, &[]).await.map_err(db_error)?;
         rows.iter().map(key_from_row).collect()
-    }
-
-    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!("{KEY_COLUMNS} WHERE key_hash = $1"))
-            .await
-            .map_err(db_error)?;
-        let row = client
-            .query_opt(&statement, &[&hash.as_slice()])
-            .await
-            .map_err(db_error)?;
-        row.as_ref().map(key_from_row).transpose()
     }
 
     async fn revoke_key(

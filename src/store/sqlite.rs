@@ -881,7 +881,9 @@ impl Store for SqliteStore {
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
         self.write_with(move |conn| insert_key(conn, &key).map_err(db_error))
-            .await
+            .await?;
+        let _ = self.commits.send(CommitNotice::KeysChanged);
+        Ok(())
     }
 
     async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
@@ -924,16 +926,6 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
             let rows = statement.query_map([], key_from_row).map_err(db_error)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let hash = *hash;
-        self.read_with(move |conn| {
-            conn.prepare_cached(&format!("{KEY_COLUMNS} WHERE key_hash = ?1"))
-                .and_then(|mut s| s.query_row([hash.as_slice()], key_from_row).optional())
-                .map_err(db_error)
         })
         .await
     }

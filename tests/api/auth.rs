@@ -16,7 +16,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::{ClientLifecycleMode, ClientServiceExt};
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Setup, TestApp, TestDb, contextd, problem, use_redis};
+use crate::harness::{Backend, PgProxy, Setup, TestApp, TestDb, contextd, problem, use_redis};
 
 /// Longest wait for something that should take well under a second (revocation reaching
 /// another instance); the figure itself is a benchmark's business.
@@ -695,7 +695,16 @@ async fn a_revocation_reaches_every_instance() {
     .await
     .unwrap();
     let key = made["key"].as_str().unwrap();
-    // B verifies (and caches) the key.
+    // B hears of the new key through the commit signal, and takes it from then on.
+    let deadline = Instant::now() + PATIENCE;
+    while send(&b, Method::GET, "/contexts", Some(key), None)
+        .await
+        .status()
+        == StatusCode::UNAUTHORIZED
+    {
+        assert!(Instant::now() < deadline, "B never took the new key");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for _ in 0..3 {
         assert_eq!(
             send(&b, Method::GET, "/contexts", Some(key), None)
@@ -724,8 +733,8 @@ async fn a_revocation_reaches_every_instance() {
     }
 }
 
-/// SQLite only: `contextd keys revoke`, another process, reaches the running server (whose
-/// signal cannot hear it) through the short trust of its key cache.
+/// SQLite only: keys made and revoked by `contextd keys`, another process, reach the running
+/// server (whose signal cannot hear them) through its periodic reload of the keys.
 #[tokio::test]
 async fn the_cli_makes_lists_and_revokes_keys_against_a_running_server() {
     let secured = Secured::spawn(Setup::SQLITE).await;
@@ -744,13 +753,20 @@ async fn the_cli_makes_lists_and_revokes_keys_against_a_running_server() {
     );
     let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     assert!(contextd::auth::keys::is_well_formed(&key), "{key}");
-    assert_eq!(
-        secured
-            .send(Method::GET, "/contexts", Some(&key), None)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    // The server's periodic reload brings in a key made by another process.
+    let deadline = Instant::now() + PATIENCE;
+    while secured
+        .send(Method::GET, "/contexts", Some(&key), None)
+        .await
+        .status()
+        == StatusCode::UNAUTHORIZED
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server never took the CLI's key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let listed = contextd()
         .args(["keys", "list"])
         .env("DATABASE_URL", &database_url)
@@ -919,7 +935,91 @@ fn the_document_declares_the_bearer_scheme_on_each_guarded_operation() {
     );
 }
 
+async fn the_bearer_scheme_is_matched_in_any_case(store: Setup) {
+    let secured = Secured::spawn(store).await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let response = secured
+            .app
+            .http
+            .get(secured.app.url("/contexts"))
+            .header("Authorization", format!("{scheme} {}", secured.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
+    for header in [format!("Basic {}", secured.admin), secured.admin.clone()] {
+        let response = secured
+            .app
+            .http
+            .get(secured.app.url("/contexts"))
+            .header("Authorization", header)
+            .send()
+            .await
+            .unwrap();
+        problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+}
+
+/// Postgres only: with the store cut off, strangers' keys are still refused with 401 at once,
+/// and a known key is still known: neither asks the store. (Before, every unknown key cost a
+/// query, so an anonymous flood set the database's pace, and a cut store made them 503.)
+#[tokio::test]
+async fn unknown_keys_are_refused_from_memory_without_the_store() {
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let proxy = PgProxy::start().await;
+    let admin = ApiKey::generate().unwrap();
+    let mut settings = TestApp::settings_for(&proxy.url_for(&db.name));
+    secure(&mut settings, &admin);
+    let app = TestApp::start(db, settings).await;
+    let put = send(
+        &app,
+        Method::PUT,
+        "/contexts/cached",
+        Some(admin.expose()),
+        Some(json!({"data": {"a": 1}, "source": "mcp"})),
+    )
+    .await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    proxy.cut();
+    let started = Instant::now();
+    for _ in 0..200 {
+        let stranger = ApiKey::generate().unwrap();
+        let response = send(
+            &app,
+            Method::GET,
+            "/contexts/cached",
+            Some(stranger.expose()),
+            None,
+        )
+        .await;
+        problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The admin key is known from memory: its read is served from the cache.
+    let cached = send(
+        &app,
+        Method::GET,
+        "/contexts/cached",
+        Some(admin.expose()),
+        None,
+    )
+    .await;
+    assert_eq!(cached.status(), StatusCode::OK);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("contextd_auth_failures_total{reason=\"unknown\"} 200"),
+        "{metrics}"
+    );
+}
+
 crate::on_both_stores!(
+    the_bearer_scheme_is_matched_in_any_case,
     every_route_answers_each_role_as_its_policy_says,
     bad_keys_answer_401_and_are_counted_by_reason,
     keys_are_listed_without_secrets_and_revoked_for_good,
