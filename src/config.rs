@@ -239,6 +239,10 @@ pub struct McpSettings {
     pub max_sessions: usize,
     /// Seconds a session may stay idle before it is closed.
     pub session_idle_seconds: u64,
+    /// GET streams one session may hold open at once; one more answers 503.
+    pub max_streams_per_session: usize,
+    /// Long-lived MCP streams (GET streams, `subscriptions/listen`) open at once in all.
+    pub max_streams: usize,
     /// `Host` values `/mcp` answers (DNS-rebinding protection). Empty: the same as every
     /// route (`server.allowed_hosts`).
     pub allowed_hosts: Vec<String>,
@@ -440,6 +444,8 @@ impl Default for McpSettings {
             enabled: true,
             max_sessions: 1000,
             session_idle_seconds: 300,
+            max_streams_per_session: 4,
+            max_streams: 4096,
             allowed_hosts: Vec::new(),
         }
     }

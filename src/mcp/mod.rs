@@ -11,18 +11,16 @@
 //! (`mcp.max_sessions`, then 503) and idle time (`mcp.session_idle_seconds`), and all of them
 //! end when the server shuts down.
 
+mod limits;
 pub mod subscriptions;
 mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{
     CacheScope, Implementation, ListResourceTemplatesResult, ListResourcesResult,
@@ -346,6 +344,7 @@ pub fn router(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> axum::Router {
+    let metrics = state.metrics.clone();
     let shared = Arc::new(Shared {
         state,
         subscriptions,
@@ -375,64 +374,10 @@ pub fn router(
         sessions.clone(),
         config,
     );
-    let limit = SessionLimit {
-        sessions,
-        max: settings.mcp.max_sessions,
-    };
+    let limits = Arc::new(limits::McpLimits::new(
+        settings, sessions, body_limit, metrics,
+    ));
     axum::Router::new()
         .fallback_service(service)
-        .layer(middleware::from_fn_with_state(limit, limit_sessions))
-}
-
-#[derive(Clone)]
-struct SessionLimit {
-    sessions: Arc<LocalSessionManager>,
-    max: usize,
-}
-
-/// Largest body read to tell whether a session-less POST is an `initialize` (one is a few
-/// hundred bytes).
-const PEEK_LIMIT: u64 = 64 * 1024;
-
-/// Refuses an `initialize` (which opens a session) with 503 while `mcp.max_sessions` are open.
-/// Everything else passes untouched; a body is read only while the limit is reached, and only
-/// a small one with a `Content-Length`.
-async fn limit_sessions(
-    State(limit): State<SessionLimit>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let opens_session =
-        request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
-    if !opens_session || limit.sessions.sessions.read().await.len() < limit.max {
-        return next.run(request).await;
-    }
-    let small = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|length| length <= PEEK_LIMIT);
-    if !small {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    let bytes = match to_bytes(body, PEEK_LIMIT as usize).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            return AppError::BadRequest(format!("cannot read the request body: {e}"))
-                .into_response();
-        }
-    };
-    let is_initialize = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .is_ok_and(|message| message["method"] == "initialize");
-    if is_initialize {
-        return AppError::Unavailable(format!(
-            "{} MCP sessions are open, the most this server keeps (mcp.max_sessions); retry \
-             shortly",
-            limit.max
-        ))
-        .into_response();
-    }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+        .layer(middleware::from_fn_with_state(limits, limits::enforce))
 }

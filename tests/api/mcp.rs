@@ -612,6 +612,129 @@ async fn sessions_are_bounded_and_refused_with_503(store: Setup) {
     }
 }
 
+/// The body of an `initialize`, with `padding` bytes of client description.
+fn initialize_body(padding: usize) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "curl", "version": "1", "title": "x".repeat(padding)}}}))
+    .unwrap()
+}
+
+async fn the_session_bound_holds_for_a_chunked_or_large_initialize(store: Setup) {
+    let app = TestApp::spawn_with(store, |s| s.mcp.max_sessions = 1).await;
+    let (first, _) = legacy(&app, ProtocolVersion::V_2025_11_25).await;
+    let chunked = |body: Vec<u8>| {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(7).map(|c| Ok(c.to_vec())).collect();
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+    };
+    for body in [
+        chunked(initialize_body(0)),
+        reqwest::Body::from(initialize_body(100 * 1024)),
+        chunked(initialize_body(100 * 1024)),
+    ] {
+        let refused = app
+            .http
+            .post(app.url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        problem(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+    }
+    first.cancel().await.unwrap();
+}
+
+/// A session opened by hand: its id.
+async fn raw_session(app: &TestApp) -> String {
+    let opened = app
+        .http
+        .post(app.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize_body(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = app
+        .http
+        .post(app.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        initialized.status().is_success(),
+        "{}",
+        initialized.status()
+    );
+    session
+}
+
+async fn get_stream(app: &TestApp, session: &str) -> reqwest::Response {
+    app.http
+        .get(app.url("/mcp"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn streams_are_bounded_per_session_and_in_total(store: Setup) {
+    let app = TestApp::spawn_with(store, |s| {
+        s.mcp.max_streams_per_session = 2;
+        s.mcp.max_streams = 3;
+    })
+    .await;
+    let (a, b) = (raw_session(&app).await, raw_session(&app).await);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = get_stream(&app, &a).await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        held.push(stream);
+    }
+    let refused = problem(get_stream(&app, &a).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mcp.max_streams_per_session"),
+        "{refused}"
+    );
+    let third = get_stream(&app, &b).await;
+    assert_eq!(third.status(), StatusCode::OK);
+    let refused = problem(get_stream(&app, &b).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mcp.max_streams)"),
+        "{refused}"
+    );
+    // A closed stream gives its place back.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while get_stream(&app, &a).await.status() != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn discovery_answers_a_plain_post(store: Setup) {
     let app = TestApp::spawn(store).await;
     let response = app
@@ -672,6 +795,8 @@ crate::on_both_stores!(
     a_listener_hears_every_kind_of_change,
     a_2025_session_subscriber_hears_changes,
     sessions_are_bounded_and_refused_with_503,
+    the_session_bound_holds_for_a_chunked_or_large_initialize,
+    streams_are_bounded_per_session_and_in_total,
     discovery_answers_a_plain_post,
     shutdown_ends_open_streams_at_once,
 );
