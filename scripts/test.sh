@@ -136,6 +136,20 @@ if redis_answers; then say "Redis: reusing $CONTEXTD_TEST_REDIS_URL"
 else start_redis; say "Redis: started throwaway server at $CONTEXTD_TEST_REDIS_URL"; fi
 apt_install prometheus have promtool  # tests check /metrics with promtool
 
+# Python test tools (schemathesis, hadolint, the Standard Webhooks reference library the
+# webhook tests verify with), pinned in scripts/requirements-test.txt, in a venv under target/.
+VENV=target/test-venv
+python_tools() {
+  if [[ ! -x $VENV/bin/schemathesis || scripts/requirements-test.txt -nt $VENV/bin/schemathesis ]]; then
+    python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv python3 -m ensurepip --version && python3 -m venv "$VENV"; }
+    "$VENV/bin/pip" install -q -r scripts/requirements-test.txt
+    touch "$VENV/bin/schemathesis"
+  fi
+}
+
+python_tools
+export CONTEXTD_TEST_PYTHON="$PWD/$VENV/bin/python"
+
 have cargo || { say "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 echo "==> cargo fmt"
 cargo fmt --all -- --check
@@ -150,16 +164,6 @@ cargo test --all-targets --locked "$@"
 # schemathesis fuzzes the running server against its own OpenAPI document: no 500s, only
 # documented status codes and content types, responses matching their schemas. Skipped when
 # arguments narrow the run to some tests.
-# Python test tools (schemathesis, hadolint), pinned in scripts/requirements-test.txt.
-VENV=target/test-venv
-python_tools() {
-  if [[ ! -x $VENV/bin/schemathesis || scripts/requirements-test.txt -nt $VENV/bin/schemathesis ]]; then
-    python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv python3 -m ensurepip --version && python3 -m venv "$VENV"; }
-    "$VENV/bin/pip" install -q -r scripts/requirements-test.txt
-    touch "$VENV/bin/schemathesis"
-  fi
-}
-
 # run_schemathesis DATABASE_URL: the debug server on that store, with auth on, fuzzed through
 # its document with an admin key (and, by its auth checks, without one and with a wrong one).
 # Revocation is left out: fuzzed with the listed ids, it revokes the very key the run uses
@@ -203,7 +207,6 @@ schemathesis_on_both_stores() {
   return "$status"
 }
 if [[ $# -eq 0 ]]; then
-  python_tools
   # No Docker engine is needed: docker-compose parses and validates compose.yaml by itself.
   apt_install docker-compose have docker-compose
   HADOLINT="$VENV/bin/hadolint" scripts/check-docker.sh

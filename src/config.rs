@@ -160,7 +160,10 @@ pub struct SyncSettings {
 pub struct FactorySettings {
     /// Where every change is POSTed as `{changes: [...]}`; unset: no push.
     pub webhook_url: Option<String>,
-    /// Signs each push: `X-Contextd-Signature: sha256=<hex HMAC of the body>`. A secret.
+    /// Signs each push per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), and with `X-Contextd-Signature: sha256=<hex HMAC of the body>`
+    /// for older receivers. A `whsec_` secret is base64 after the prefix; any other is used as
+    /// its UTF-8 bytes. A secret.
     pub secret: Option<Secret<String>>,
     /// Milliseconds a delivery may take before it counts as failed.
     pub timeout_ms: u64,
@@ -813,6 +816,15 @@ impl Settings {
                 origins,
                 "sync.factory.webhook_url".to_owned(),
                 "must be an http:// or https:// URL",
+            ));
+        }
+        if let Some(secret) = &self.sync.factory.secret
+            && let Err(message) = crate::sync::webhook_key(secret.expose())
+        {
+            return Err(key_error(
+                origins,
+                "sync.factory.secret".to_owned(),
+                &message,
             ));
         }
         if !(1..=1000).contains(&self.sync.factory.batch_size) {

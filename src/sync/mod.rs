@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use indexer::{Indexer, IndexerState, entry_of};
-pub use pusher::{Pusher, signature};
+pub use pusher::{Pusher, signature, standard_signature, webhook_id, webhook_key};
 
 use crate::background::every;
 use crate::config::SyncSettings;

@@ -1,6 +1,9 @@
 //! The webhook pusher: every committed change POSTed to `sync.factory.webhook_url` as
 //! `{changes: [...]}`, in `seq` order, at least once, retried with capped exponential backoff
-//! and jitter while the receiver fails, and signed when `sync.factory.secret` is set.
+//! and jitter while the receiver fails, and signed when `sync.factory.secret` is set, per
+//! Standard Webhooks (standardwebhooks.com): `webhook-id` names the changes (the same on
+//! every retry of them, so a receiver can drop a repeat), `webhook-timestamp` is the attempt's
+//! time (so a receiver can refuse a replay), and `webhook-signature` covers both and the body.
 //!
 //! The store claims each batch (one pusher in the whole cluster at a time, rows locked with
 //! `FOR UPDATE SKIP LOCKED`) and records the outcome; this module only wakes at the right
@@ -23,7 +26,58 @@ use crate::metrics::Metrics;
 use crate::service::ChangeOut;
 use crate::store::{Change, Deliver, DeliverOutcome, Delivery, Store};
 
-/// The signature header's value for `body`: `sha256=<hex HMAC-SHA256 of the body>`.
+/// The key a secret signs with: a `whsec_` secret is the base64 of the key after the prefix
+/// (as Standard Webhooks' libraries make them), any other secret is its UTF-8 bytes.
+pub fn webhook_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let Some(encoded) = secret.strip_prefix("whsec_") else {
+        return Ok(secret.as_bytes().to_vec());
+    };
+    let key = LENIENT_BASE64
+        .decode(encoded)
+        .map_err(|e| format!("a whsec_ secret must be base64 after the prefix: {e}"))?;
+    if key.is_empty() {
+        return Err("a whsec_ secret must hold a key after the prefix".to_owned());
+    }
+    Ok(key)
+}
+
+/// Standard base64, padded or not.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The `webhook-id` of a batch: the same for the same changes, whatever the attempt. Change
+/// numbers are gap-free, so the first, the last and the count name the set.
+pub fn webhook_id(seqs: &[i64]) -> String {
+    let (first, last) = (seqs.first().copied(), seqs.last().copied());
+    format!(
+        "msg_{}_{}_{}",
+        first.unwrap_or(0),
+        last.unwrap_or(0),
+        seqs.len()
+    )
+}
+
+/// The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+pub fn standard_signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The `X-Contextd-Signature` value for `body`, kept for older receivers:
+/// `sha256=<hex HMAC-SHA256 of the body>` keyed with the secret's UTF-8 bytes.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(body);
@@ -44,6 +98,8 @@ pub struct Pusher {
     http: reqwest::Client,
     url: String,
     secret: Option<Secret<String>>,
+    /// The Standard Webhooks key of `secret`.
+    key: Option<Secret<Vec<u8>>>,
     batch_size: usize,
     retry_initial: Duration,
     retry_max: Duration,
@@ -68,10 +124,18 @@ impl Pusher {
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
             .build()?;
+        let key = match &settings.secret {
+            None => None,
+            Some(secret) => Some(Secret::new(
+                webhook_key(secret.expose())
+                    .map_err(|e| anyhow::anyhow!("sync.factory.secret: {e}"))?,
+            )),
+        };
         Ok(Some(Self {
             store,
             http,
             url,
+            key,
             secret: settings.secret.clone(),
             batch_size: settings.batch_size,
             retry_initial: Duration::from_millis(settings.retry_initial_ms),
@@ -152,20 +216,30 @@ impl Pusher {
 
     /// One delivery: the batch as `{changes: [...]}`, signed, POSTed within the timeout.
     fn deliver(&self) -> Deliver {
-        let (http, url, secret) = (self.http.clone(), self.url.clone(), self.secret.clone());
+        let (http, url) = (self.http.clone(), self.url.clone());
+        let (secret, key) = (self.secret.clone(), self.key.clone());
         let (initial, max) = (self.retry_initial, self.retry_max);
         Box::new(move |changes: Vec<Change>| {
             async move {
                 let attempts = changes.first().map_or(0, |c| c.attempts);
+                let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
                 let entries: Vec<ChangeOut> = changes.into_iter().map(ChangeOut::from).collect();
                 let body = serde_json::to_vec(&serde_json::json!({ "changes": entries }))
                     .expect("changes always serialize");
                 let mut request = http
                     .post(&url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json");
-                if let Some(secret) = &secret {
-                    request =
-                        request.header("X-Contextd-Signature", signature(secret.expose(), &body));
+                if let (Some(secret), Some(key)) = (&secret, &key) {
+                    let id = webhook_id(&seqs);
+                    let timestamp = Utc::now().timestamp();
+                    request = request
+                        .header(
+                            "webhook-signature",
+                            standard_signature(key.expose(), &id, timestamp, &body),
+                        )
+                        .header("webhook-id", id)
+                        .header("webhook-timestamp", timestamp)
+                        .header("X-Contextd-Signature", signature(secret.expose(), &body));
                 }
                 let error = match request.body(body).send().await {
                     Ok(response) if response.status().is_success() => return Delivery::Delivered,
@@ -204,6 +278,43 @@ mod tests {
             signature("Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_whsec_secret_is_base64_and_any_other_its_bytes() {
+        // The key of Standard Webhooks' own test vectors.
+        assert_eq!(
+            webhook_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            [
+                49, 242, 144, 246, 191, 6, 41, 138, 171, 79, 8, 212, 60, 63, 8, 44, 246, 72, 163,
+                98, 218, 45, 164, 176
+            ]
+        );
+        assert_eq!(webhook_key("hunter2").unwrap(), b"hunter2");
+        assert!(webhook_key("whsec_not base64!").is_err());
+        assert!(webhook_key("whsec_").is_err());
+    }
+
+    #[test]
+    fn the_standard_signature_matches_the_specifications_example() {
+        // standard-webhooks/spec test vector (libraries' shared tests).
+        let key = webhook_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            standard_signature(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn a_batch_is_named_by_its_changes_alone() {
+        assert_eq!(webhook_id(&[7, 8, 9]), "msg_7_9_3");
+        assert_eq!(webhook_id(&[7, 8, 9]), webhook_id(&[7, 8, 9]));
+        assert_ne!(webhook_id(&[7, 8, 9]), webhook_id(&[7, 8, 9, 10]));
     }
 
     #[test]

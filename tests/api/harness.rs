@@ -691,3 +691,98 @@ impl Drop for Receiver {
         self.task.abort();
     }
 }
+
+/// The Python that has the test tools (`standardwebhooks`): `CONTEXTD_TEST_PYTHON`, as
+/// `scripts/test.sh` sets it, else the venv it makes under `target/`.
+pub fn test_python() -> String {
+    std::env::var("CONTEXTD_TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-venv/bin/python").to_owned()
+    })
+}
+
+/// A webhook receiver that verifies pushes with Standard Webhooks' reference library
+/// (`tests/support/standard_webhooks_receiver.py`), answering 500 to its first `fail_first`
+/// verified pushes.
+pub struct StandardReceiver {
+    pub url: String,
+    child: std::process::Child,
+    records: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl StandardReceiver {
+    pub fn start(secret: &str, fail_first: usize) -> Self {
+        use std::io::BufRead;
+        let python = test_python();
+        let mut child = std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/standard_webhooks_receiver.py"
+            ))
+            .arg(secret)
+            .arg(fail_first.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {python}: {e}. Run scripts/test.sh, which installs the test tools."
+                )
+            });
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines
+            .next()
+            .expect("the receiver printed its port")
+            .unwrap();
+        let port = first
+            .strip_prefix("port ")
+            .expect("`port N` first")
+            .to_owned();
+        let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = records.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        Self {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            child,
+            records,
+        }
+    }
+
+    /// What the receiver saw of each request so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` pushes were verified and accepted.
+    pub async fn wait_for_accepted(&self, n: usize, limit: std::time::Duration) -> Vec<Value> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let accepted: Vec<Value> = self
+                .records()
+                .into_iter()
+                .filter(|r| r["status"] == 204)
+                .collect();
+            if accepted.len() >= n {
+                return accepted;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "only {} of {n} pushes were accepted: {:?}",
+                accepted.len(),
+                self.records()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for StandardReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -9,7 +9,7 @@ use contextd::config::Secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Receiver, Setup, TestApp, TestDb, problem};
+use crate::harness::{Backend, Receiver, Setup, StandardReceiver, TestApp, TestDb, problem};
 
 async fn ingest(app: &TestApp, body: Value) -> Vec<Value> {
     let response = app.post("/sync/factory", body).await;
@@ -336,6 +336,48 @@ async fn every_change_is_pushed_in_order_and_signed(store: Setup) {
     assert!(summary["sync"]["last_latency_ms"].as_f64().unwrap() >= 0.0);
 }
 
+/// Signed per Standard Webhooks, checked by its reference library: each push verifies (a
+/// `whsec_` secret and a plain one), a retry carries the same `webhook-id` with a fresh
+/// signature, and the timestamp is the attempt's.
+async fn pushes_verify_with_the_standard_webhooks_reference_library(store: Setup) {
+    for secret in ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain s3cret"] {
+        let receiver = StandardReceiver::start(secret, 1);
+        let app = TestApp::spawn_with(store, |s| {
+            s.sync.factory.webhook_url = Some(receiver.url.clone());
+            s.sync.factory.secret = Some(contextd::config::Secret::new(secret.to_owned()));
+            s.sync.factory.retry_initial_ms = 20;
+            s.sync.factory.retry_max_ms = 200;
+        })
+        .await;
+        app.put_data("signed", json!({"n": 1})).await;
+        let accepted = receiver.wait_for_accepted(1, Duration::from_secs(10)).await;
+        let records = receiver.records();
+        assert!(records.iter().all(|r| r["verified"] == true), "{records:?}");
+        let (failed, delivered) = (&records[0], &accepted[0]);
+        assert_eq!(failed["status"], 500);
+        assert_eq!(failed["id"], delivered["id"], "a retry keeps its id");
+        assert_eq!(failed["seqs"], delivered["seqs"]);
+        assert!(failed["id"].as_str().unwrap().starts_with("msg_"));
+        let now = chrono::Utc::now().timestamp();
+        let sent: i64 = delivered["timestamp"].as_str().unwrap().parse().unwrap();
+        assert!((now - 60..=now).contains(&sent), "{sent} vs {now}");
+    }
+    // The reference library does refuse a push signed with another secret.
+    let receiver = StandardReceiver::start("the receiver's secret", 0);
+    let app = TestApp::spawn_with(store, |s| {
+        s.sync.factory.webhook_url = Some(receiver.url.clone());
+        s.sync.factory.secret = Some(contextd::config::Secret::new("another".to_owned()));
+    })
+    .await;
+    app.put_data("forged", json!({"n": 1})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.records().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing was pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receiver.records()[0]["verified"], false);
+}
+
 async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(store: Setup) {
     let receiver = Receiver::start().await;
     receiver.fail_next(3);
@@ -430,5 +472,6 @@ crate::on_both_stores!(
     a_recreated_context_never_shows_its_predecessors_content_in_the_feed,
     every_change_is_pushed_in_order_and_signed,
     a_failing_receiver_gets_everything_in_order_once_it_recovers,
+    pushes_verify_with_the_standard_webhooks_reference_library,
     a_dead_receiver_never_slows_a_write_and_changes_wait,
 );
