@@ -223,6 +223,14 @@ impl From<StoreError> for AppError {
                 tracing::warn!(error = format!("{cause:#}"), "store unavailable");
                 AppError::Unavailable("the store is unavailable; retry shortly".to_owned())
             }
+            StoreError::Refusing(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "the store refuses writes");
+                AppError::Unavailable(
+                    "the store refuses writes now (its disk is full, or it is read-only); \
+                     reads go on; retry later"
+                        .to_owned(),
+                )
+            }
             StoreError::Rejected(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "the store refused a value");
                 AppError::Unprocessable(

@@ -228,6 +228,7 @@ impl Ops {
     pub async fn readiness(&self) -> Readiness {
         let store = async {
             match tokio::time::timeout(PROBE_TIMEOUT, self.store.ping()).await {
+                Ok(Ok(())) if self.store.refusing_writes() => Check::Degraded,
                 Ok(Ok(())) => Check::Ok,
                 Ok(Err(e)) => {
                     tracing::warn!(

@@ -28,6 +28,10 @@ pub enum StoreError {
     /// The database cannot be reached (refused, timed out, connection lost): worth a retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The database refuses to write anything now: its disk is full, or it is read-only.
+    /// Reads go on; writes answer 503 and readiness says `degraded` until one succeeds.
+    #[error("the store refuses writes")]
+    Refusing(#[source] anyhow::Error),
     /// The database refused a value of the request (Postgres's data exceptions): the request's
     /// fault, though the rules should have caught it first.
     #[error("the store refused a value")]
@@ -264,10 +268,36 @@ pub struct Counts {
     pub versions: i64,
 }
 
+/// Whether the store refuses writes: set by a write that failed with a refusal (disk full,
+/// read-only), cleared by the next write that succeeds.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl WriteGate {
+    /// Notes how a write ended.
+    pub fn observe<T>(&self, result: &Result<T, StoreError>) {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(_) => self.refusing.store(false, Ordering::Relaxed),
+            Err(StoreError::Refusing(_)) => self.refusing.store(true, Ordering::Relaxed),
+            Err(_) => {}
+        }
+    }
+
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The backend's name, as `/readyz` reports it.
     fn backend(&self) -> &'static str;
+
+    /// Whether the last write failed because the store refuses writes (disk full, read-only).
+    fn refusing_writes(&self) -> bool;
 
     /// Cheap round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -5,12 +5,15 @@
 //! together, answered in order), so a write costs four round trips whatever it touches.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
@@ -19,8 +22,8 @@ use tokio_postgres::{NoTls, Row};
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts,
     Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery,
-    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteOutcome,
-    WriteView, migrate,
+    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteGate,
+    WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
@@ -254,6 +257,11 @@ const CONNECT_ATTEMPTS: u32 = 5;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// The most one operation may take.
+    deadline: Duration,
+    /// Connections made before this instant are not reused (see [`PostgresStore::bounded`]).
+    tainted_before: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    writes: WriteGate,
     commits: broadcast::Sender<CommitNotice>,
     /// Listens for every instance's commits; ends with the store.
     listener: tokio::task::JoinHandle<()>,
@@ -283,7 +291,19 @@ impl PostgresStore {
             },
         );
         let timeout = Some(Duration::from_secs(settings.connect_timeout_seconds));
+        // A connection that was open when an operation ran out of time may be one that stopped
+        // answering (a blackholed network keeps it open): none made before then is reused.
+        let tainted_before = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+        let taint = tainted_before.clone();
         let pool = Pool::builder(manager)
+            .post_recycle(Hook::sync_fn(move |_, metrics| {
+                match *taint.lock().expect("never poisoned") {
+                    Some(before) if metrics.created < before => Err(HookError::message(
+                        "made before an operation timed out; replaced",
+                    )),
+                    _ => Ok(()),
+                }
+            }))
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(timeout)
@@ -300,11 +320,41 @@ impl PostgresStore {
             pool,
             commits,
             listener,
+            deadline: Duration::from_secs(settings.connect_timeout_seconds),
+            tainted_before,
+            writes: WriteGate::default(),
         })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one store operation within `database.connect_timeout_seconds` (waiting for a
+    /// connection included): a Postgres that stops answering fails the operation with
+    /// `Unavailable` then, rather than holding it until TCP gives up. After a timeout, no
+    /// connection made before it is used again. `writes` says whether the operation writes,
+    /// for the [`WriteGate`].
+    async fn bounded<T>(
+        &self,
+        writes: bool,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.deadline, operation).await {
+            Ok(result) => result,
+            Err(_) => {
+                *self.tainted_before.lock().expect("never poisoned") =
+                    Some(std::time::Instant::now());
+                Err(StoreError::Unavailable(anyhow!(
+                    "Postgres did not answer within {:?} (database.connect_timeout_seconds)",
+                    self.deadline
+                )))
+            }
+        };
+        if writes {
+            self.writes.observe(&result);
+        }
+        result
     }
 }
 
@@ -315,7 +365,22 @@ fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_postgr
         .context("database.url (DATABASE_URL) is not set")?;
     let mut config = tokio_postgres::Config::from_str(url.expose())
         .with_context(|| format!("bad database URL {}", redact_url(url.expose())))?;
-    config.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
+    let timeout = Duration::from_secs(settings.connect_timeout_seconds);
+    config.connect_timeout(timeout);
+    // A peer that vanishes is noticed by TCP within about the timeout, and the server gives up
+    // a statement that runs longer than the client would wait for it.
+    config
+        .keepalives(true)
+        .keepalives_idle(timeout)
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3)
+        .tcp_user_timeout(timeout);
+    let statement_timeout = format!("-c statement_timeout={}", timeout.as_millis());
+    let options = match config.get_options() {
+        Some(given) if !given.is_empty() => format!("{given} {statement_timeout}"),
+        _ => statement_timeout,
+    };
+    config.options(options);
     if config.get_application_name().is_none() {
         config.application_name("contextd");
     }
@@ -462,7 +527,17 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
                 .contains(code)
         }
     };
-    if transient {
+    let refusing = e.code().is_some_and(|code| {
+        [
+            SqlState::DISK_FULL,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::INSUFFICIENT_RESOURCES,
+        ]
+        .contains(code)
+    });
+    if refusing {
+        StoreError::Refusing(e.into())
+    } else if transient {
         StoreError::Unavailable(e.into())
     } else if e.code().is_some_and(|c| c.code().starts_with("22")) {
         // A data exception: a value the rules let through that Postgres cannot hold.
@@ -669,66 +744,79 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn refusing_writes(&self) -> bool {
+        self.writes.refusing()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(db_error)?;
-        Ok(())
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(db_error)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_CURRENT)
-            .await
-            .map_err(db_error)?;
-        let row = client
-            .query_opt(&statement, &[&id.as_str()])
-            .await
-            .map_err(db_error)?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let id = id.clone();
-                off_runtime(&row, 3, move |row| context_from_row(&id, row))
-                    .await
-                    .map(Some)
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(SELECT_CURRENT)
+                .await
+                .map_err(db_error)?;
+            let row = client
+                .query_opt(&statement, &[&id.as_str()])
+                .await
+                .map_err(db_error)?;
+            match row {
+                None => Ok(None),
+                Some(row) => {
+                    let id = id.clone();
+                    off_runtime(&row, 3, move |row| context_from_row(&id, row))
+                        .await
+                        .map(Some)
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn get_version(&self, id: &ContextId, version: i64) -> Result<VersionLookup, StoreError> {
-        let client = self.client().await?;
-        let (current, record) = tokio::try_join!(
-            client.prepare_cached(SELECT_CURRENT_VERSION),
-            client.prepare_cached(SELECT_VERSION),
-        )
-        .map_err(db_error)?;
-        let key = id.as_str();
-        let (by_id, by_version): (Params, Params) = (&[&key], &[&key, &version]);
-        let (current, record) = tokio::try_join!(
-            client.query_opt(&current, by_id),
-            client.query_opt(&record, by_version),
-        )
-        .map_err(db_error)?;
-        Ok(VersionLookup {
-            current_version: current
-                .as_ref()
-                .map(|row| row.try_get(0))
-                .transpose()
-                .map_err(column_error)?,
-            created_at: current
-                .as_ref()
-                .map(|row| row.try_get(1))
-                .transpose()
-                .map_err(column_error)?,
-            record: match record {
-                None => None,
-                Some(row) => {
-                    let id = id.clone();
-                    Some(off_runtime(&row, 9, move |row| record_from_row(&id, row)).await?)
-                }
-            },
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let (current, record) = tokio::try_join!(
+                client.prepare_cached(SELECT_CURRENT_VERSION),
+                client.prepare_cached(SELECT_VERSION),
+            )
+            .map_err(db_error)?;
+            let key = id.as_str();
+            let (by_id, by_version): (Params, Params) = (&[&key], &[&key, &version]);
+            let (current, record) = tokio::try_join!(
+                client.query_opt(&current, by_id),
+                client.query_opt(&record, by_version),
+            )
+            .map_err(db_error)?;
+            Ok(VersionLookup {
+                current_version: current
+                    .as_ref()
+                    .map(|row| row.try_get(0))
+                    .transpose()
+                    .map_err(column_error)?,
+                created_at: current
+                    .as_ref()
+                    .map(|row| row.try_get(1))
+                    .transpose()
+                    .map_err(column_error)?,
+                record: match record {
+                    None => None,
+                    Some(row) => {
+                        let id = id.clone();
+                        Some(off_runtime(&row, 9, move |row| record_from_row(&id, row)).await?)
+                    }
+                },
+            })
         })
+        .await
     }
 
     async fn write(
@@ -737,64 +825,69 @@ impl Store for PostgresStore {
         load_version: Option<i64>,
         decide: Decide,
     ) -> Result<WriteOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let (lock, current, load) = tokio::try_join!(
-            client.prepare_cached(LOCK_CONTEXT),
-            client.prepare_cached(SELECT_CURRENT),
-            client.prepare_cached(SELECT_VERSION),
-        )
-        .map_err(db_error)?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        self.bounded(true, async move {
+            let mut client = self.client().await?;
+            let (lock, current, load) = tokio::try_join!(
+                client.prepare_cached(LOCK_CONTEXT),
+                client.prepare_cached(SELECT_CURRENT),
+                client.prepare_cached(SELECT_VERSION),
+            )
+            .map_err(db_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
 
-        // Lock, then read: pipelined, and the reads run after the lock is granted. `biased`
-        // polls in the order written, so the statements go out in that order.
-        let key = id.as_str();
-        let by_id: Params = &[&key];
-        let (locked, current, loaded) = tokio::join!(
-            biased;
-            tx.execute(&lock, by_id),
-            tx.query_opt(&current, by_id),
-            async {
-                match load_version {
-                    Some(v) => tx.query_opt(&load, &[&key, &v]).await,
-                    None => Ok(None),
+            // Lock, then read: pipelined, and the reads run after the lock is granted. `biased`
+            // polls in the order written, so the statements go out in that order.
+            let key = id.as_str();
+            let by_id: Params = &[&key];
+            let (locked, current, loaded) = tokio::join!(
+                biased;
+                tx.execute(&lock, by_id),
+                tx.query_opt(&current, by_id),
+                async {
+                    match load_version {
+                        Some(v) => tx.query_opt(&load, &[&key, &v]).await,
+                        None => Ok(None),
+                    }
+                },
+            );
+            locked.map_err(db_error)?;
+            let (current, loaded) = (current.map_err(db_error)?, loaded.map_err(db_error)?);
+            let synced_at = current
+                .as_ref()
+                .map(|row| row.try_get::<_, Option<DateTime<Utc>>>(9))
+                .transpose()
+                .map_err(column_error)?
+                .flatten();
+            let current = current.map(|row| context_from_row(id, &row)).transpose()?;
+            let loaded = loaded.map(|row| record_from_row(id, &row)).transpose()?;
+
+            let decision = decide(WriteView {
+                current: current.as_ref(),
+                loaded: loaded.as_ref(),
+                synced_at,
+            });
+            let new = match decision {
+                Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
+                Decision::Unchanged => {
+                    let current = current.ok_or_else(|| {
+                        StoreError::Internal(anyhow!(
+                            "the rules called a missing context unchanged"
+                        ))
+                    })?;
+                    return Ok(WriteOutcome::Unchanged(current));
                 }
-            },
-        );
-        locked.map_err(db_error)?;
-        let (current, loaded) = (current.map_err(db_error)?, loaded.map_err(db_error)?);
-        let synced_at = current
-            .as_ref()
-            .map(|row| row.try_get::<_, Option<DateTime<Utc>>>(9))
-            .transpose()
-            .map_err(column_error)?
-            .flatten();
-        let current = current.map(|row| context_from_row(id, &row)).transpose()?;
-        let loaded = loaded.map(|row| record_from_row(id, &row)).transpose()?;
+                Decision::Write(new) => new,
+            };
 
-        let decision = decide(WriteView {
-            current: current.as_ref(),
-            loaded: loaded.as_ref(),
-            synced_at,
-        });
-        let new = match decision {
-            Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
-            Decision::Unchanged => {
-                let current = current.ok_or_else(|| {
-                    StoreError::Internal(anyhow!("the rules called a missing context unchanged"))
-                })?;
-                return Ok(WriteOutcome::Unchanged(current));
-            }
-            Decision::Write(new) => new,
-        };
+            store_versions(&tx, &[(id, &new)]).await?;
+            tx.commit().await.map_err(db_error)?;
 
-        store_versions(&tx, &[(id, &new)]).await?;
-        tx.commit().await.map_err(db_error)?;
-
-        Ok(WriteOutcome::Written {
-            created: current.is_none(),
-            context: new.into_context(id),
+            Ok(WriteOutcome::Written {
+                created: current.is_none(),
+                context: new.into_context(id),
+            })
         })
+        .await
     }
 
     async fn delete(
@@ -802,48 +895,51 @@ impl Store for PostgresStore {
         id: &ContextId,
         decide: DecideDelete,
     ) -> Result<DeleteOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let (lock, current, delete, outbox, notify) = tokio::try_join!(
-            client.prepare_cached(LOCK_CONTEXT),
-            client.prepare_cached(SELECT_CURRENT),
-            client.prepare_cached(DELETE_CONTEXT),
-            client.prepare_cached(APPEND_OUTBOX),
-            client.prepare_cached(NOTIFY_CHANGE),
-        )
-        .map_err(db_error)?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        let key = id.as_str();
-        let by_id: Params = &[&key];
-        let (locked, current) =
-            tokio::join!(biased; tx.execute(&lock, by_id), tx.query_opt(&current, by_id));
-        locked.map_err(db_error)?;
-        let current = current.map_err(db_error)?;
-        let Some(current) = current.map(|row| context_from_row(id, &row)).transpose()? else {
-            return Ok(DeleteOutcome::Refused(Refusal::NotFound));
-        };
-        if let Err(refusal) = decide(&current) {
-            return Ok(DeleteOutcome::Refused(refusal));
-        }
-        let no_change_type: Option<&str> = None;
-        let outbox_params: Params = &[
-            &key,
-            &current.version,
-            &current.created_at,
-            &"delete",
-            &no_change_type,
-        ];
-        let results = tokio::join!(
-            biased;
-            tx.execute(&delete, by_id),
-            tx.execute(&outbox, outbox_params),
-            tx.execute(&notify, by_id),
-        );
-        first_failure([results.0, results.1, results.2])?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(DeleteOutcome::Deleted {
-            version: current.version,
-            created_at: current.created_at,
+        self.bounded(true, async move {
+            let mut client = self.client().await?;
+            let (lock, current, delete, outbox, notify) = tokio::try_join!(
+                client.prepare_cached(LOCK_CONTEXT),
+                client.prepare_cached(SELECT_CURRENT),
+                client.prepare_cached(DELETE_CONTEXT),
+                client.prepare_cached(APPEND_OUTBOX),
+                client.prepare_cached(NOTIFY_CHANGE),
+            )
+            .map_err(db_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            let key = id.as_str();
+            let by_id: Params = &[&key];
+            let (locked, current) =
+                tokio::join!(biased; tx.execute(&lock, by_id), tx.query_opt(&current, by_id));
+            locked.map_err(db_error)?;
+            let current = current.map_err(db_error)?;
+            let Some(current) = current.map(|row| context_from_row(id, &row)).transpose()? else {
+                return Ok(DeleteOutcome::Refused(Refusal::NotFound));
+            };
+            if let Err(refusal) = decide(&current) {
+                return Ok(DeleteOutcome::Refused(refusal));
+            }
+            let no_change_type: Option<&str> = None;
+            let outbox_params: Params = &[
+                &key,
+                &current.version,
+                &current.created_at,
+                &"delete",
+                &no_change_type,
+            ];
+            let results = tokio::join!(
+                biased;
+                tx.execute(&delete, by_id),
+                tx.execute(&outbox, outbox_params),
+                tx.execute(&notify, by_id),
+            );
+            first_failure([results.0, results.1, results.2])?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(DeleteOutcome::Deleted {
+                version: current.version,
+                created_at: current.created_at,
+            })
         })
+        .await
     }
 
     async fn list(
@@ -852,43 +948,46 @@ impl Store for PostgresStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ContextSummary>, StoreError> {
-        // One statement per combination of filters, so each can use its index.
-        let source = filter.source.map(Source::as_str);
-        let parent = filter.parent_id.as_ref().map(ContextId::as_str);
-        let limit = limit as i64;
-        let mut conditions = Vec::new();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-        if let Some(source) = &source {
-            params.push(source);
-            conditions.push(format!("m.source = ${}", params.len()));
-        }
-        if let Some(parent) = &parent {
-            params.push(parent);
-            conditions.push(format!("m.parent_id = ${}", params.len()));
-        }
-        if let Some(prefix) = &filter.id_prefix {
-            params.push(prefix);
-            conditions.push(format!(
-                "left(m.context_id, length(${0})) = ${0}",
-                params.len()
-            ));
-        }
-        if let Some(after) = &after {
-            params.push(after);
-            conditions.push(format!("m.context_id > ${}", params.len()));
-        }
-        params.push(&limit);
-        let mut sql = LIST_COLUMNS.to_owned();
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(&format!(" ORDER BY m.context_id LIMIT ${}", params.len()));
+        self.bounded(false, async move {
+            // One statement per combination of filters, so each can use its index.
+            let source = filter.source.map(Source::as_str);
+            let parent = filter.parent_id.as_ref().map(ContextId::as_str);
+            let limit = limit as i64;
+            let mut conditions = Vec::new();
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+            if let Some(source) = &source {
+                params.push(source);
+                conditions.push(format!("m.source = ${}", params.len()));
+            }
+            if let Some(parent) = &parent {
+                params.push(parent);
+                conditions.push(format!("m.parent_id = ${}", params.len()));
+            }
+            if let Some(prefix) = &filter.id_prefix {
+                params.push(prefix);
+                conditions.push(format!(
+                    "left(m.context_id, length(${0})) = ${0}",
+                    params.len()
+                ));
+            }
+            if let Some(after) = &after {
+                params.push(after);
+                conditions.push(format!("m.context_id > ${}", params.len()));
+            }
+            params.push(&limit);
+            let mut sql = LIST_COLUMNS.to_owned();
+            if !conditions.is_empty() {
+                sql.push_str(" WHERE ");
+                sql.push_str(&conditions.join(" AND "));
+            }
+            sql.push_str(&format!(" ORDER BY m.context_id LIMIT ${}", params.len()));
 
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-        let rows = client.query(&statement, &params).await.map_err(db_error)?;
-        rows.iter().map(summary_from_row).collect()
+            let client = self.client().await?;
+            let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client.query(&statement, &params).await.map_err(db_error)?;
+            rows.iter().map(summary_from_row).collect()
+        })
+        .await
     }
 
     async fn versions(
@@ -897,109 +996,118 @@ impl Store for PostgresStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Option<Vec<VersionInfo>>, StoreError> {
-        let client = self.client().await?;
-        let (current, list) = tokio::try_join!(
-            client.prepare_cached(SELECT_CURRENT_VERSION),
-            client.prepare_cached(LIST_VERSIONS),
-        )
-        .map_err(db_error)?;
-        let before = before.unwrap_or(i64::MAX);
-        let limit = limit as i64;
-        let key = id.as_str();
-        let (by_id, page): (Params, Params) = (&[&key], &[&key, &before, &limit]);
-        let (current, rows) =
-            tokio::try_join!(client.query_opt(&current, by_id), client.query(&list, page),)
-                .map_err(db_error)?;
-        if current.is_none() {
-            return Ok(None);
-        }
-        rows.iter()
-            .map(info_from_row)
-            .collect::<Result<_, _>>()
-            .map(Some)
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let (current, list) = tokio::try_join!(
+                client.prepare_cached(SELECT_CURRENT_VERSION),
+                client.prepare_cached(LIST_VERSIONS),
+            )
+            .map_err(db_error)?;
+            let before = before.unwrap_or(i64::MAX);
+            let limit = limit as i64;
+            let key = id.as_str();
+            let (by_id, page): (Params, Params) = (&[&key], &[&key, &before, &limit]);
+            let (current, rows) =
+                tokio::try_join!(client.query_opt(&current, by_id), client.query(&list, page),)
+                    .map_err(db_error)?;
+            if current.is_none() {
+                return Ok(None);
+            }
+            rows.iter()
+                .map(info_from_row)
+                .collect::<Result<_, _>>()
+                .map(Some)
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
-        let client = self.client().await?;
-        let row = client.query_one(COUNTS, &[]).await.map_err(db_error)?;
-        Ok(Counts {
-            contexts: row.try_get(0).map_err(column_error)?,
-            versions: row.try_get(1).map_err(column_error)?,
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let row = client.query_one(COUNTS, &[]).await.map_err(db_error)?;
+            Ok(Counts {
+                contexts: row.try_get(0).map_err(column_error)?,
+                versions: row.try_get(1).map_err(column_error)?,
+            })
         })
+        .await
     }
 
     async fn write_batch(
         &self,
         items: Vec<(ContextId, Decide)>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut client = self.client().await?;
-        let (lock, currents) = tokio::try_join!(
-            client.prepare_cached(LOCK_CONTEXT),
-            client.prepare_cached(SELECT_CURRENTS),
-        )
-        .map_err(db_error)?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        self.bounded(true, async move {
+            let mut client = self.client().await?;
+            let (lock, currents) = tokio::try_join!(
+                client.prepare_cached(LOCK_CONTEXT),
+                client.prepare_cached(SELECT_CURRENTS),
+            )
+            .map_err(db_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
 
-        // Lock every context, in id order so that two batches never wait on each other in a
-        // circle, then read them all: pipelined, one round trip.
-        let mut keys: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let lock_params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
-            keys.iter().map(|k| [k as _]).collect();
-        let locks = futures_util::future::join_all(
-            lock_params.iter().map(|params| tx.execute(&lock, params)),
-        );
-        let by_ids: Params = &[&keys];
-        let (locks, rows) = tokio::join!(biased; locks, tx.query(&currents, by_ids));
-        for locked in locks {
-            locked.map_err(db_error)?;
-        }
-        let mut state: std::collections::HashMap<ContextId, (Context, Option<DateTime<Utc>>)> =
-            std::collections::HashMap::new();
-        for row in rows.map_err(db_error)? {
-            let raw: &str = row.try_get(0).map_err(column_error)?;
-            let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
-            let context = context_from_columns(&id, &row, 1)?;
-            let synced_at = row.try_get(10).map_err(column_error)?;
-            state.insert(id, (context, synced_at));
-        }
+            // Lock every context, in id order so that two batches never wait on each other in a
+            // circle, then read them all: pipelined, one round trip.
+            let mut keys: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let lock_params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+                keys.iter().map(|k| [k as _]).collect();
+            let locks = futures_util::future::join_all(
+                lock_params.iter().map(|params| tx.execute(&lock, params)),
+            );
+            let by_ids: Params = &[&keys];
+            let (locks, rows) = tokio::join!(biased; locks, tx.query(&currents, by_ids));
+            for locked in locks {
+                locked.map_err(db_error)?;
+            }
+            let mut state: std::collections::HashMap<ContextId, (Context, Option<DateTime<Utc>>)> =
+                std::collections::HashMap::new();
+            for row in rows.map_err(db_error)? {
+                let raw: &str = row.try_get(0).map_err(column_error)?;
+                let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
+                let context = context_from_columns(&id, &row, 1)?;
+                let synced_at = row.try_get(10).map_err(column_error)?;
+                state.insert(id, (context, synced_at));
+            }
 
-        // Decide in order; each decision sees what the ones before it wrote.
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut writes: Vec<(ContextId, NewVersion)> = Vec::new();
-        for (id, decide) in items {
-            let current = state.get(&id);
-            let decision = decide(WriteView {
-                current: current.map(|(context, _)| context),
-                loaded: None,
-                synced_at: current.and_then(|(_, synced_at)| *synced_at),
-            });
-            let outcome = match decision {
-                Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
-                Decision::Unchanged => match current {
-                    Some((context, _)) => WriteOutcome::Unchanged(context.clone()),
-                    None => {
-                        return Err(StoreError::Internal(anyhow!(
-                            "the rules called a missing context unchanged"
-                        )));
+            // Decide in order; each decision sees what the ones before it wrote.
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut writes: Vec<(ContextId, NewVersion)> = Vec::new();
+            for (id, decide) in items {
+                let current = state.get(&id);
+                let decision = decide(WriteView {
+                    current: current.map(|(context, _)| context),
+                    loaded: None,
+                    synced_at: current.and_then(|(_, synced_at)| *synced_at),
+                });
+                let outcome = match decision {
+                    Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
+                    Decision::Unchanged => match current {
+                        Some((context, _)) => WriteOutcome::Unchanged(context.clone()),
+                        None => {
+                            return Err(StoreError::Internal(anyhow!(
+                                "the rules called a missing context unchanged"
+                            )));
+                        }
+                    },
+                    Decision::Write(new) => {
+                        let created = current.is_none();
+                        let context = new.clone().into_context(&id);
+                        state.insert(id.clone(), (context.clone(), new.synced_at));
+                        writes.push((id, new));
+                        WriteOutcome::Written { context, created }
                     }
-                },
-                Decision::Write(new) => {
-                    let created = current.is_none();
-                    let context = new.clone().into_context(&id);
-                    state.insert(id.clone(), (context.clone(), new.synced_at));
-                    writes.push((id, new));
-                    WriteOutcome::Written { context, created }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        let staged: Vec<(&ContextId, &NewVersion)> =
-            writes.iter().map(|(id, new)| (id, new)).collect();
-        store_versions(&tx, &staged).await?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(outcomes)
+                };
+                outcomes.push(outcome);
+            }
+            let staged: Vec<(&ContextId, &NewVersion)> =
+                writes.iter().map(|(id, new)| (id, new)).collect();
+            store_versions(&tx, &staged).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(outcomes)
+        })
+        .await
     }
 
     fn signal_spans_processes(&self) -> bool {
@@ -1011,15 +1119,18 @@ impl Store for PostgresStore {
     }
 
     async fn sequence_outbox(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        // One simple query, so the server runs the lock before the UPDATE takes its snapshot.
-        // (Two pipelined unprepared statements are prepared first, and `join!` may then send
-        // the UPDATE ahead of the lock: two sequencers would then number the same rows.)
-        tx.batch_execute(&format!("{SEQUENCER_LOCK}; {SEQUENCE_OUTBOX}"))
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
+        self.bounded(true, async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            // One simple query, so the server runs the lock before the UPDATE takes its snapshot.
+            // (Two pipelined unprepared statements are prepared first, and `join!` may then send
+            // the UPDATE ahead of the lock: two sequencers would then number the same rows.)
+            tx.batch_execute(&format!("{SEQUENCER_LOCK}; {SEQUENCE_OUTBOX}"))
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)
+        })
+        .await
     }
 
     async fn changes(
@@ -1028,18 +1139,21 @@ impl Store for PostgresStore {
         limit: usize,
         id_prefix: Option<&str>,
     ) -> Result<Vec<Change>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!(
-            "{CHANGE_COLUMNS} WHERE o.seq > $1 \
-             AND ($3::text IS NULL OR left(o.context_id, length($3)) = $3) \
-             ORDER BY o.seq LIMIT $2"
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-        let rows = client
-            .query(&statement, &[&since, &(limit as i64), &id_prefix])
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(change_from_row).collect()
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let sql = format!(
+                "{CHANGE_COLUMNS} WHERE o.seq > $1 \
+                 AND ($3::text IS NULL OR left(o.context_id, length($3)) = $3) \
+                 ORDER BY o.seq LIMIT $2"
+            );
+            let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = client
+                .query(&statement, &[&since, &(limit as i64), &id_prefix])
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(change_from_row).collect()
+        })
+        .await
     }
 
     async fn deliver_pending(
@@ -1096,9 +1210,12 @@ impl Store for PostgresStore {
     }
 
     async fn latest_seq(&self) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        let row = client.query_one(LATEST_SEQ, &[]).await.map_err(db_error)?;
-        row.try_get(0).map_err(column_error)
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let row = client.query_one(LATEST_SEQ, &[]).await.map_err(db_error)?;
+            row.try_get(0).map_err(column_error)
+        })
+        .await
     }
 
     async fn with_embeddings(
@@ -1106,78 +1223,91 @@ impl Store for PostgresStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Context>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(WITH_EMBEDDINGS, &[&after.unwrap_or(""), &(limit as i64)])
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                let raw: &str = row.try_get(10).map_err(column_error)?;
-                let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
-                context_from_row(&id, row)
-            })
-            .collect()
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(WITH_EMBEDDINGS, &[&after.unwrap_or(""), &(limit as i64)])
+                .await
+                .map_err(db_error)?;
+            rows.iter()
+                .map(|row| {
+                    let raw: &str = row.try_get(10).map_err(column_error)?;
+                    let id =
+                        ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
+                    context_from_row(&id, row)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                INSERT_KEY,
-                &[
-                    &key.id,
-                    &key.name,
-                    &key.role.as_str(),
-                    &key.prefix,
-                    &key.key_hash.as_slice(),
-                    &key.created_at,
-                ],
-            )
-            .await
-            .map_err(db_error)?;
-        // Every instance loads the new key (the others hold no key they did not load).
-        client
-            .execute(NOTIFY_KEYS_CHANGED, &[])
-            .await
-            .map_err(db_error)?;
-        Ok(())
-    }
-
-    async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let changed = client
-            .query_opt(
-                ENSURE_KEY,
-                &[
-                    &key.id,
-                    &key.name,
-                    &key.role.as_str(),
-                    &key.prefix,
-                    &key.key_hash.as_slice(),
-                    &key.created_at,
-                ],
-            )
-            .await
-            .map_err(db_error)?
-            .map(|row| row.try_get::<_, bool>(0))
-            .transpose()
-            .map_err(column_error)?
-            .unwrap_or(false);
-        if changed {
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    INSERT_KEY,
+                    &[
+                        &key.id,
+                        &key.name,
+                        &key.role.as_str(),
+                        &key.prefix,
+                        &key.key_hash.as_slice(),
+                        &key.created_at,
+                    ],
+                )
+                .await
+                .map_err(db_error)?;
+            // Every instance loads the new key (the others hold no key they did not load).
             client
                 .execute(NOTIFY_KEYS_CHANGED, &[])
                 .await
                 .map_err(db_error)?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            let changed = client
+                .query_opt(
+                    ENSURE_KEY,
+                    &[
+                        &key.id,
+                        &key.name,
+                        &key.role.as_str(),
+                        &key.prefix,
+                        &key.key_hash.as_slice(),
+                        &key.created_at,
+                    ],
+                )
+                .await
+                .map_err(db_error)?
+                .map(|row| row.try_get::<_, bool>(0))
+                .transpose()
+                .map_err(column_error)?
+                .unwrap_or(false);
+            if changed {
+                client
+                    .execute(NOTIFY_KEYS_CHANGED, &[])
+                    .await
+                    .map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("{KEY_COLUMNS} ORDER BY created_at, id");
-        let rows = client.query(&sql, &[]).await.map_err(db_error)?;
-        rows.iter().map(key_from_row).collect()
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let sql = format!("{KEY_COLUMNS} ORDER BY created_at, id");
+            let rows = client.query(&sql, &[]).await.map_err(db_error)?;
+            rows.iter().map(key_from_row).collect()
+        })
+        .await
     }
 
     async fn revoke_key(
@@ -1185,75 +1315,95 @@ impl Store for PostgresStore {
         id: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        let found = tx
-            .execute(REVOKE_KEY, &[&id, &at])
-            .await
-            .map_err(db_error)?;
-        if found == 0 {
-            return Ok(None);
-        }
-        tx.execute(NOTIFY_KEYS_CHANGED, &[])
-            .await
-            .map_err(db_error)?;
-        let row = tx
-            .query_one(&format!("{KEY_COLUMNS} WHERE id = $1"), &[&id])
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        key_from_row(&row).map(Some)
+        self.bounded(true, async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            let found = tx
+                .execute(REVOKE_KEY, &[&id, &at])
+                .await
+                .map_err(db_error)?;
+            if found == 0 {
+                return Ok(None);
+            }
+            tx.execute(NOTIFY_KEYS_CHANGED, &[])
+                .await
+                .map_err(db_error)?;
+            let row = tx
+                .query_one(&format!("{KEY_COLUMNS} WHERE id = $1"), &[&id])
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            key_from_row(&row).map(Some)
+        })
+        .await
     }
 
     async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
-        if used.is_empty() {
-            return Ok(());
-        }
-        let client = self.client().await?;
-        let touch = client.prepare_cached(TOUCH_KEY).await.map_err(db_error)?;
-        type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
-        let params: Vec<[Param<'_>; 2]> = used.iter().map(|(id, at)| [id as _, at as _]).collect();
-        let results =
-            futures_util::future::join_all(params.iter().map(|p| client.execute(&touch, p))).await;
-        for result in results {
-            result.map_err(db_error)?;
-        }
-        Ok(())
+        self.bounded(true, async move {
+            if used.is_empty() {
+                return Ok(());
+            }
+            let client = self.client().await?;
+            let touch = client.prepare_cached(TOUCH_KEY).await.map_err(db_error)?;
+            type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+            let params: Vec<[Param<'_>; 2]> =
+                used.iter().map(|(id, at)| [id as _, at as _]).collect();
+            let results =
+                futures_util::future::join_all(params.iter().map(|p| client.execute(&touch, p)))
+                    .await;
+            for result in results {
+                result.map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(INDEXER_CURSOR, &[&name])
-            .await
-            .map_err(db_error)?;
-        row.map_or(Ok(0), |row| row.try_get(0).map_err(column_error))
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(INDEXER_CURSOR, &[&name])
+                .await
+                .map_err(db_error)?;
+            row.map_or(Ok(0), |row| row.try_get(0).map_err(column_error))
+        })
+        .await
     }
 
     async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(SET_INDEXER_CURSOR, &[&name, &seq])
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(SET_INDEXER_CURSOR, &[&name, &seq])
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn pending_changes(&self) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(PENDING_CHANGES, &[])
-            .await
-            .map_err(db_error)?;
-        row.try_get(0).map_err(column_error)
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(PENDING_CHANGES, &[])
+                .await
+                .map_err(db_error)?;
+            row.try_get(0).map_err(column_error)
+        })
+        .await
     }
 
     async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(PRUNE_OUTBOX, &[&before, &all])
-            .await
-            .map_err(db_error)
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(PRUNE_OUTBOX, &[&before, &all])
+                .await
+                .map_err(db_error)
+        })
+        .await
     }
 
     fn has_cache_table(&self) -> bool {
@@ -1261,57 +1411,72 @@ impl Store for PostgresStore {
     }
 
     async fn cache_get(&self, id: &ContextId) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_CACHE_ENTRY)
-            .await
-            .map_err(db_error)?;
-        let row = client
-            .query_opt(&statement, &[&cache_key(id)])
-            .await
-            .map_err(db_error)?;
-        row.map(|row| row.try_get(0).map_err(column_error))
-            .transpose()
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(SELECT_CACHE_ENTRY)
+                .await
+                .map_err(db_error)?;
+            let row = client
+                .query_opt(&statement, &[&cache_key(id)])
+                .await
+                .map_err(db_error)?;
+            row.map(|row| row.try_get(0).map_err(column_error))
+                .transpose()
+        })
+        .await
     }
 
     async fn cache_touch(&self, counts: Vec<(ContextId, i64)>) -> Result<(), StoreError> {
-        if counts.is_empty() {
-            return Ok(());
-        }
-        let (keys, ns): (Vec<String>, Vec<i64>) = counts
-            .into_iter()
-            .map(|(id, n)| (cache_key(&id), n))
-            .unzip();
-        let client = self.client().await?;
-        client
-            .execute(TOUCH_CACHE_ENTRIES, &[&keys, &ns])
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.bounded(true, async move {
+            if counts.is_empty() {
+                return Ok(());
+            }
+            let (keys, ns): (Vec<String>, Vec<i64>) = counts
+                .into_iter()
+                .map(|(id, n)| (cache_key(&id), n))
+                .unzip();
+            let client = self.client().await?;
+            client
+                .execute(TOUCH_CACHE_ENTRIES, &[&keys, &ns])
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn cache_cleanup(&self) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(DELETE_EXPIRED_CACHE_ENTRIES, &[])
-            .await
-            .map_err(db_error)
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(DELETE_EXPIRED_CACHE_ENTRIES, &[])
+                .await
+                .map_err(db_error)
+        })
+        .await
     }
 
     async fn cache_hottest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(SELECT_HOTTEST_CACHE_ENTRIES, &[&(limit as i64)])
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| row.try_get(0).map_err(column_error))
-            .collect()
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(SELECT_HOTTEST_CACHE_ENTRIES, &[&(limit as i64)])
+                .await
+                .map_err(db_error)?;
+            rows.iter()
+                .map(|row| row.try_get(0).map_err(column_error))
+                .collect()
+        })
+        .await
     }
 
     async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {
-        let client = self.client().await?;
-        select_history(&client, id).await
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            select_history(&client, id).await
+        })
+        .await
     }
 
     async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {

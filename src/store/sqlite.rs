@@ -20,8 +20,8 @@ use tokio::sync::broadcast;
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts,
     Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery,
-    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteOutcome,
-    WriteView, migrate,
+    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteGate,
+    WriteOutcome, WriteView, migrate,
 };
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
@@ -177,6 +177,7 @@ pub struct SqliteStore {
     commits: broadcast::Sender<CommitNotice>,
     /// One pusher at a time.
     pusher: tokio::sync::Mutex<()>,
+    writes: WriteGate,
 }
 
 impl SqliteStore {
@@ -205,6 +206,7 @@ impl SqliteStore {
             next_reader: AtomicUsize::new(0),
             commits: broadcast::channel(COMMIT_SIGNAL_CAPACITY).0,
             pusher: tokio::sync::Mutex::new(()),
+            writes: WriteGate::default(),
         })
     }
 
@@ -214,9 +216,11 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&writer)))
+        let result = tokio::task::spawn_blocking(move || f(&mut lock(&writer)))
             .await
-            .map_err(|e| StoreError::Internal(anyhow!("a SQLite task failed: {e}")))?
+            .map_err(|e| StoreError::Internal(anyhow!("a SQLite task failed: {e}")))?;
+        self.writes.observe(&result);
+        result
     }
 
     /// Runs `f` with one of the reader connections on the blocking pool.
@@ -287,15 +291,19 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 
 /// A busy or unreachable file is worth a retry (503); anything else is a bug (500).
 fn db_error(e: rusqlite::Error) -> StoreError {
+    if matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DiskFull | ErrorCode::ReadOnly)
+    ) {
+        return StoreError::Refusing(e.into());
+    }
     let transient = matches!(
         e.sqlite_error_code(),
         Some(
             ErrorCode::DatabaseBusy
                 | ErrorCode::DatabaseLocked
                 | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
                 | ErrorCode::CannotOpen
-                | ErrorCode::ReadOnly
         )
     );
     if transient {
@@ -653,6 +661,10 @@ fn store_new_version(conn: &Connection, id: &ContextId, new: &NewVersion) -> rus
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn refusing_writes(&self) -> bool {
+        self.writes.refusing()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

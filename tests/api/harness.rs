@@ -510,52 +510,48 @@ pub async fn problem(response: Response, status: StatusCode) -> Value {
     body
 }
 
-/// A TCP proxy to Postgres that a test can cut and restore, to take the store down for real.
+/// A TCP proxy to Postgres that a test can cut (connections dropped, new ones refused),
+/// blackhole (connections kept open, nothing forwarded either way, as when a network drops
+/// packets) and restore, to take the store down for real.
 pub struct PgProxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
-    cut: Arc<Notify>,
+    state: Arc<ProxyState>,
     task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    up: AtomicBool,
+    blackholed: AtomicBool,
+    cut: Notify,
+    /// Woken on every change of mode.
+    changed: Notify,
 }
 
 impl PgProxy {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(Notify::new());
+        let state = Arc::new(ProxyState::default());
+        state.up.store(true, Ordering::SeqCst);
         let (host, pg_port) = host_port();
         let task = {
-            let (up, cut) = (up.clone(), cut.clone());
+            let state = state.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
+                    let Ok((inbound, _)) = listener.accept().await else {
                         continue;
                     };
-                    if !up.load(Ordering::SeqCst) {
+                    if !state.up.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
                     let target = format!("{host}:{pg_port}");
-                    let cut = cut.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.notified() => {}
-                        }
-                    });
+                    tokio::spawn(proxy_connection(inbound, target, state.clone()));
                 }
             })
         };
-        Self {
-            port,
-            up,
-            cut,
-            task,
-        }
+        Self { port, state, task }
     }
 
     /// A database URL that goes through the proxy.
@@ -567,12 +563,46 @@ impl PgProxy {
 
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
+        self.state.up.store(false, Ordering::SeqCst);
+        self.state.cut.notify_waiters();
+    }
+
+    /// Keeps every connection, and accepts new ones, but forwards nothing.
+    pub fn blackhole(&self) {
+        self.state.blackholed.store(true, Ordering::SeqCst);
+        self.state.changed.notify_waiters();
     }
 
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.state.up.store(true, Ordering::SeqCst);
+        self.state.blackholed.store(false, Ordering::SeqCst);
+        self.state.changed.notify_waiters();
+    }
+}
+
+/// Forwards one connection until the proxy cuts it; while blackholed, holds it silent.
+async fn proxy_connection(mut inbound: TcpStream, target: String, state: Arc<ProxyState>) {
+    let blackholed = || state.blackholed.load(Ordering::SeqCst);
+    while blackholed() {
+        state.changed.notified().await;
+    }
+    let Ok(mut outbound) = TcpStream::connect(target).await else {
+        return;
+    };
+    loop {
+        let changed = state.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if blackholed() {
+            // Hold both sockets open, read nothing, send nothing.
+            changed.await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+            _ = state.cut.notified() => return,
+            _ = changed => {}
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod concurrency;
 mod contexts;
 mod errors;
+mod failures;
 mod lifecycle;
 mod limits;
 mod mcp;
