@@ -235,13 +235,11 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with the gauges set from `counts` (when the store answered) and
+    /// The text exposition, with the gauges set from `counts` and
     /// the cache's own counters.
-    pub fn render(&self, counts: Option<Counts>, cache: &CacheStats) -> String {
-        if let Some(counts) = counts {
-            self.contexts.set(counts.contexts);
-            self.versions.set(counts.versions);
-        }
+    pub fn render(&self, counts: Counts, cache: &CacheStats) -> String {
+        self.contexts.set(counts.contexts);
+        self.versions.set(counts.versions);
         self.l1_entries.set(cache.l1.entries as i64);
         self.l1_bytes.set(cache.l1.bytes as i64);
         // The layers count on their own; copy their totals so nothing is counted twice.

@@ -21,7 +21,7 @@ use crate::config::{Settings, StoreLocation, redact_url};
 use crate::mcp::{self, subscriptions::Subscriptions};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, KeyService, Ops, SearchService};
-use crate::store::{PostgresStore, SqliteStore, Store};
+use crate::store::{PostgresStore, SqliteStore, Store, Tally};
 use crate::sync::{self, Indexer, IndexerState, Pusher, SyncState};
 use crate::vector::VectorIndex;
 use crate::vector::embedded::EmbeddedIndex;
@@ -118,15 +118,13 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let mut background = maintenance::spawn(cache.clone(), &settings.cache, stopped.clone());
         let sync_state = Arc::new(SyncState::new(settings.sync.factory.webhook_url.is_some()));
-        if let Some(pusher) = Pusher::new(
+        let pusher = Pusher::new(
             store.clone(),
             &settings.sync.factory,
             Duration::from_secs(settings.sync.interval_seconds),
             metrics.clone(),
             sync_state.clone(),
-        )? {
-            background.push(pusher.spawn(stopped.clone()));
-        }
+        )?;
         background.push(sync::spawn_pruner(
             store.clone(),
             &settings.sync,
@@ -150,6 +148,11 @@ impl App {
         };
         background.push(indexer.spawn(start, stopped.clone()));
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
+        let tally = contexts.tally().clone();
+        background.push(recount(store.clone(), tally.clone(), stopped.clone()));
+        if let Some(pusher) = pusher {
+            background.push(pusher.with_tally(tally.clone()).spawn(stopped.clone()));
+        }
         auth::ensure_bootstrap_key(settings, store.as_ref())
             .await
             .context("auth.bootstrap_key")?;
@@ -188,6 +191,7 @@ impl App {
             contexts,
             ops: Arc::new(Ops::new(
                 store,
+                tally,
                 cache,
                 sync_state,
                 (index, indexer_state),
@@ -273,6 +277,36 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How often the store's contexts and versions are counted again, to correct the running
+/// counts for what other instances wrote (the first count is right after start).
+const RECOUNT_PERIOD: Duration = Duration::from_secs(60);
+
+/// Counts the store now and every [`RECOUNT_PERIOD`], off any request, into `tally`.
+fn recount(
+    store: Arc<dyn Store>,
+    tally: Arc<Tally>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let once = {
+        let (store, tally) = (store.clone(), tally.clone());
+        move || {
+            let (store, tally) = (store.clone(), tally.clone());
+            async move {
+                match store.counts().await {
+                    Ok(counts) => tally.set_counts(counts),
+                    Err(e) => tracing::warn!(error = %e, "cannot count the contexts now"),
+                }
+            }
+        }
+    };
+    let first = once.clone();
+    let periodic = crate::background::every(RECOUNT_PERIOD, stop, once);
+    tokio::spawn(async move {
+        first().await;
+        let _ = periodic.await;
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when

@@ -9,7 +9,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::error::{AppError, Problem};
 use crate::service::{Check, Summary};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -105,28 +104,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus metrics
 ///
-/// The text exposition format. Context counts are read from the store at scrape time; when it
-/// is down they keep their last value.
+/// The text exposition format. No scrape queries the store: the counts are kept as writes
+/// commit and recounted in the background.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let counts = match state.contexts.counts().await {
-        Ok(counts) => Some(counts),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: the store did not answer; keeping the last counts");
-            None
-        }
-    };
-    match state.ops.pending_pushes().await {
-        Ok(pending) => state.metrics.set_sync_pending(pending),
-        Err(e) => tracing::warn!(error = %e, "metrics: the store did not count pending pushes"),
-    }
+    state.metrics.set_sync_pending(state.ops.pending_pushes());
     state
         .metrics
         .set_inflight_body_bytes(state.bodies.in_flight_bytes());
     let body = state
         .metrics
-        .render(counts, &state.contexts.cache().stats());
+        .render(state.contexts.counts(), &state.contexts.cache().stats());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -137,8 +126,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics/summary", tag = "operations",
     responses(
         (status = 200, description = "The summary", body = Summary),
-        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn metrics_summary(State(state): State<AppState>) -> Result<axum::Json<Summary>, AppError> {
-    Ok(axum::Json(state.ops.summary().await?))
+async fn metrics_summary(State(state): State<AppState>) -> axum::Json<Summary> {
+    axum::Json(state.ops.summary())
 }

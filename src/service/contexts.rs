@@ -13,7 +13,7 @@ use crate::domain::{
 };
 use crate::error::AppError;
 use crate::store::{
-    Counts, Decide, Decision, DeleteOutcome, ListFilter, Store, VersionLookup, WriteOutcome,
+    Counts, Decide, Decision, DeleteOutcome, ListFilter, Store, Tally, VersionLookup, WriteOutcome,
     WriteView,
 };
 
@@ -42,6 +42,8 @@ pub struct Page<T> {
 pub struct ContextService {
     pub(super) store: Arc<dyn Store>,
     pub(super) cache: Arc<TieredCache>,
+    /// Counts for `/metrics`, moved by each write here.
+    pub(super) tally: Arc<Tally>,
     pub(super) retention: i64,
     max_context_bytes: usize,
     dimensions: usize,
@@ -84,6 +86,7 @@ impl ContextService {
         Self {
             store,
             cache,
+            tally: Arc::default(),
             retention: i64::from(settings.versions.retention),
             max_context_bytes: settings.limits.max_context_bytes,
             dimensions: settings.vector.dimensions,
@@ -96,6 +99,19 @@ impl ContextService {
 
     pub fn cache(&self) -> &Arc<TieredCache> {
         &self.cache
+    }
+
+    /// The running counts this service's writes move.
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
+
+    /// Moves the counts by a committed write of `version`: one more context when it was
+    /// created, one more version unless retention pruned one (the history is full), and one
+    /// more change for the webhook.
+    pub(super) fn count_write(&self, version: i64, created: bool) {
+        let versions = i64::from(version <= self.retention);
+        self.tally.add(i64::from(created), versions, 1);
     }
 
     /// Wraps the rules of a write so that a version they decide to store carries its L3 entry,
@@ -392,6 +408,7 @@ impl ContextService {
         if status == WriteStatus::Unchanged {
             self.cache.fill(&context);
         } else {
+            self.count_write(context.version, status == WriteStatus::Created);
             self.cache.written(&context).await;
         }
         Ok(Written { context, status })
@@ -425,7 +442,11 @@ impl ContextService {
             )
             .await?;
         match outcome {
-            DeleteOutcome::Deleted { created_at, .. } => {
+            DeleteOutcome::Deleted {
+                created_at,
+                version,
+            } => {
+                self.tally.add(-1, -version.min(self.retention), 1);
                 self.cache.deleted(id, created_at).await;
                 Ok(())
             }
@@ -595,8 +616,9 @@ impl ContextService {
         Ok(Page { items, next_cursor })
     }
 
-    pub async fn counts(&self) -> Result<Counts, AppError> {
-        Ok(self.store.counts().await?)
+    /// How many contexts and versions are stored: the running counts (no query).
+    pub fn counts(&self) -> Counts {
+        self.tally.counts()
     }
 }
 

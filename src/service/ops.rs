@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::cache::TieredCache;
 use crate::config::Settings;
-use crate::store::Store;
+use crate::store::{Store, Tally};
 use crate::sync::{IndexerState, SyncState};
 use crate::vector::VectorIndex;
 
@@ -57,6 +57,7 @@ impl Readiness {
 
 pub struct Ops {
     store: Arc<dyn Store>,
+    tally: Arc<Tally>,
     cache: Arc<TieredCache>,
     sync: Arc<SyncState>,
     index: Arc<dyn VectorIndex>,
@@ -151,6 +152,7 @@ fn percent(hits: u64, total: u64) -> f64 {
 impl Ops {
     pub fn new(
         store: Arc<dyn Store>,
+        tally: Arc<Tally>,
         cache: Arc<TieredCache>,
         sync: Arc<SyncState>,
         (index, indexer): (Arc<dyn VectorIndex>, Arc<IndexerState>),
@@ -158,6 +160,7 @@ impl Ops {
     ) -> Self {
         Self {
             store,
+            tally,
             cache,
             sync,
             index,
@@ -168,22 +171,22 @@ impl Ops {
     }
 
     /// Changes waiting for the webhook; 0 when there is none to push to.
-    pub async fn pending_pushes(&self) -> Result<i64, crate::store::StoreError> {
+    pub fn pending_pushes(&self) -> i64 {
         if self.sync.configured {
-            self.store.pending_changes().await
+            self.tally.pending()
         } else {
-            Ok(0)
+            0
         }
     }
 
-    /// The numbers of `/metrics/summary`; the context counts come from the store.
-    pub async fn summary(&self) -> Result<Summary, crate::store::StoreError> {
-        let counts = self.store.counts().await?;
+    /// The numbers of `/metrics/summary`, from the running counts (no query).
+    pub fn summary(&self) -> Summary {
+        let counts = self.tally.counts();
         let stats = self.cache.stats();
         let l2 = stats.l2.unwrap_or_default();
         let requests = stats.requests();
         let hit_rate = percent(stats.hits(), requests);
-        Ok(Summary {
+        Summary {
             contexts: ContextsSummary {
                 total: counts.contexts,
                 versions: counts.versions,
@@ -219,10 +222,10 @@ impl Ops {
             sync: SyncSummary {
                 interval_seconds: self.sync_interval_seconds,
                 running: self.sync.running(),
-                pending: self.pending_pushes().await?.max(0) as u64,
+                pending: self.pending_pushes().max(0) as u64,
                 last_latency_ms: self.sync.last_latency_ms(),
             },
-        })
+        }
     }
 
     pub async fn readiness(&self) -> Readiness {

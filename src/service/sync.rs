@@ -169,6 +169,7 @@ impl ContextService {
             let result = match outcome {
                 WriteOutcome::Written { context, created } => {
                     let context = Arc::new(CachedContext::new(context));
+                    self.count_write(context.version, created);
                     self.cache.written(&context).await;
                     SyncResult {
                         id: context.id.clone(),

@@ -8,6 +8,7 @@
 mod migrate;
 pub mod postgres;
 pub mod sqlite;
+mod tally;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,6 +22,7 @@ use crate::domain::{
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use tally::Tally;
 
 /// A failure of the database itself, never of the request.
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use super::SyncState;
 use crate::config::{FactorySettings, Secret};
 use crate::metrics::Metrics;
 use crate::service::ChangeOut;
-use crate::store::{Change, Deliver, DeliverOutcome, Delivery, Store};
+use crate::store::{Change, Deliver, DeliverOutcome, Delivery, Store, Tally};
 
 /// The key a secret signs with: a `whsec_` secret is the base64 of the key after the prefix
 /// (as Standard Webhooks' libraries make them), any other secret is its UTF-8 bytes.
@@ -106,6 +106,8 @@ pub struct Pusher {
     poll: Duration,
     metrics: Arc<Metrics>,
     state: Arc<SyncState>,
+    /// Told how many changes wait after each round.
+    tally: Option<Arc<Tally>>,
 }
 
 impl Pusher {
@@ -143,7 +145,14 @@ impl Pusher {
             poll,
             metrics,
             state,
+            tally: None,
         }))
+    }
+
+    /// Keeps `tally`'s count of waiting changes true after each round.
+    pub fn with_tally(mut self, tally: Arc<Tally>) -> Self {
+        self.tally = Some(tally);
+        self
     }
 
     /// Runs until `stop` turns true; a push in progress finishes first.
@@ -153,6 +162,12 @@ impl Pusher {
             self.state.set_running(true);
             loop {
                 let wake = self.push_all().await;
+                if let Some(tally) = &self.tally {
+                    match self.store.pending_changes().await {
+                        Ok(pending) => tally.set_pending(pending),
+                        Err(e) => tracing::debug!(error = %e, "cannot count pending changes now"),
+                    }
+                }
                 let deadline = match wake {
                     Wake::OnCommit => Instant::now() + self.poll,
                     Wake::At(at) => at,

@@ -180,6 +180,38 @@ async fn metrics_gauge_contexts_and_kept_versions(store: Setup) {
     );
 }
 
+/// Postgres only (the proxy): a scrape asks the store nothing, so it answers with the store
+/// cut off, and its counts follow this instance's writes and deletes at once.
+#[tokio::test]
+async fn metrics_come_from_running_counts_without_a_query_per_scrape() {
+    let db = Arc::new(TestDb::new(crate::harness::Backend::Postgres).await);
+    let proxy = PgProxy::start().await;
+    let settings = TestApp::settings_for(&proxy.url_for(&db.name));
+    let app = TestApp::start(db, settings).await;
+    for id in ["a", "b", "c"] {
+        app.put_data(id, json!({"v": 1})).await;
+    }
+    app.put_data("a", json!({"v": 2})).await;
+    assert_eq!(
+        app.delete("/contexts/b").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let text = metrics_text(&app).await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    assert_eq!(sample(&text, "contextd_contexts"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(&text, "contextd_context_versions"),
+        Some(3.0),
+        "{text}"
+    );
+    let summary = app.get("/metrics/summary").await;
+    assert_eq!(summary.status(), StatusCode::OK);
+    let summary: Value = summary.json().await.unwrap();
+    assert_eq!(summary["contexts"]["total"], 2, "{summary}");
+}
+
 async fn metrics_pass_promtool_check_metrics(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("a", json!({})).await;
