@@ -30,6 +30,8 @@ struct Entry {
 struct Shard {
     entries: LruCache<ContextId, Entry>,
     bytes: usize,
+    /// This shard's part of `max_bytes`.
+    max_bytes: usize,
 }
 
 /// Counters for `/metrics`.
@@ -43,7 +45,6 @@ pub struct L1Stats {
 
 pub struct L1 {
     shards: Vec<Mutex<Shard>>,
-    max_bytes_per_shard: usize,
     ttl: Duration,
     hasher: BuildHasherDefault<DefaultHasher>,
     hits: AtomicU64,
@@ -53,21 +54,23 @@ pub struct L1 {
 impl L1 {
     /// An L1 bounded as `settings` say; `max_entries: 0` gives one that holds nothing.
     pub fn new(settings: &L1Settings) -> Self {
-        let per_shard = settings.max_entries.div_ceil(SHARDS);
-        let shards = match NonZeroUsize::new(per_shard) {
-            Some(capacity) => (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        entries: LruCache::new(capacity),
-                        bytes: 0,
-                    })
+        // The bounds are split exactly over the shards (fewer shards than entries when the
+        // bound is small), so together the shards never hold more than configured.
+        let count = SHARDS.min(settings.max_entries);
+        let share = |total: usize, i: usize| total / count + usize::from(i < total % count);
+        let shards = (0..count)
+            .map(|i| {
+                let capacity = NonZeroUsize::new(share(settings.max_entries, i))
+                    .expect("each shard gets at least one entry");
+                Mutex::new(Shard {
+                    entries: LruCache::new(capacity),
+                    bytes: 0,
+                    max_bytes: share(settings.max_bytes, i),
                 })
-                .collect(),
-            None => Vec::new(),
-        };
+            })
+            .collect();
         Self {
             shards,
-            max_bytes_per_shard: settings.max_bytes / SHARDS,
             ttl: Duration::from_secs(settings.ttl_seconds),
             hasher: BuildHasherDefault::default(),
             hits: AtomicU64::new(0),
@@ -141,10 +144,10 @@ impl L1 {
         let Some(shard) = self.shard(&id) else {
             return;
         };
-        if bytes > self.max_bytes_per_shard {
+        let mut shard = lock(shard);
+        if bytes > shard.max_bytes {
             return;
         }
-        let mut shard = lock(shard);
         if let Some(existing) = shard.entries.peek(&id)
             && existing.stamp > stamp
         {
@@ -161,7 +164,7 @@ impl L1 {
         if let Some((_, old)) = shard.entries.push(id, entry) {
             shard.bytes -= old.bytes;
         }
-        while shard.bytes > self.max_bytes_per_shard {
+        while shard.bytes > shard.max_bytes {
             match shard.entries.pop_lru() {
                 Some((_, old)) => shard.bytes -= old.bytes,
                 None => break,
@@ -303,6 +306,24 @@ mod tests {
         );
         assert!(stats.entries <= SHARDS * 2, "{stats:?}");
         assert!(stats.entries > 0);
+    }
+
+    #[test]
+    fn the_bounds_hold_exactly_as_configured_whatever_the_shards() {
+        // Rounded up per shard, 200 entries over 16 shards once allowed 208.
+        for max in [1, 5, 16, 17, 200, 1001] {
+            let cache = l1(max, 1 << 30);
+            for i in 0..max * 4 {
+                cache.put(context(&format!("k{i}"), 1, 0));
+            }
+            assert!(cache.stats().entries <= max, "{max}: {:?}", cache.stats());
+        }
+        let bytes = 5 * (ENTRY_OVERHEAD + 8) + 3;
+        let cache = l1(10_000, bytes);
+        for i in 0..1000 {
+            cache.put(context(&format!("k{i}"), 1, 0));
+        }
+        assert!(cache.stats().bytes <= bytes, "{:?}", cache.stats());
     }
 
     #[test]

@@ -473,21 +473,15 @@ impl ContextService {
                 ids.len()
             )));
         }
-        // Ids outside the caller's prefix are left out (API.md: merge leaves them out), unread,
-        // so whether they exist never shows; of the rest, every missing one is named.
-        let visible: Vec<&ContextId> = ids.iter().filter(|id| who.sees(id)).collect();
-        if visible.is_empty() {
-            return Err(AppError::NotFound(format!(
-                "no such contexts: {}",
-                ids.iter()
-                    .map(ContextId::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let mut contexts = Vec::with_capacity(visible.len());
+        // An id outside the caller's prefix does not exist for it: named among the missing,
+        // unread, exactly as a missing one, so whether it exists never shows.
+        let mut contexts = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
-        for id in visible {
+        for id in ids {
+            if !who.sees(id) {
+                missing.push(id.as_str());
+                continue;
+            }
             match self.store.get(id).await? {
                 Some(context) => contexts.push(context),
                 None => missing.push(id.as_str()),
