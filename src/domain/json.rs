@@ -493,7 +493,8 @@ impl<'de> Visitor<'de> for Canonical<'_> {
         let start = self.out.len();
         self.out.push(b'{');
         // Each member's span `"key":value` in `out`, and whether keys arrived sorted and unique.
-        let mut spans: Vec<(usize, usize)> = Vec::new();
+        // Offsets as u32: a body is far below 4 GiB, and the spans are half the size.
+        let mut spans: Vec<(u32, u32)> = Vec::new();
         let mut previous: Option<Cow<'de, str>> = None;
         let mut sorted = true;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
@@ -518,31 +519,35 @@ impl<'de> Visitor<'de> for Canonical<'_> {
                 failure: self.failure,
                 top: false,
             })?;
-            spans.push((member_start, self.out.len()));
+            spans.push((offset(member_start), offset(self.out.len())));
         }
         if !sorted {
-            sort_members(self.out, start + 1, &spans);
+            sort_members(self.out, start + 1, &mut spans);
         }
         self.out.push(b'}');
         Ok(())
     }
 }
 
+/// A position in the canonical text, as the member spans keep it.
+fn offset(position: usize) -> u32 {
+    u32::try_from(position).expect("a JSON text under 4 GiB")
+}
+
 /// Re-sorts the members written at `spans` (all after `from` in `out`) by key, keeping the last
 /// of each repeated key, and rewrites them in place. Keys are compared as written where they
 /// hold no escapes (their bytes then sort as their characters do), decoded where they do.
-fn sort_members(out: &mut Vec<u8>, from: usize, spans: &[(usize, usize)]) {
+fn sort_members(out: &mut Vec<u8>, from: usize, spans: &mut [(u32, u32)]) {
     let written = out.split_off(from);
-    let member = |&(start, end): &(usize, usize)| &written[start - from..end - from];
-    let mut order: Vec<usize> = (0..spans.len()).collect();
+    let member = |&(start, end): &(u32, u32)| &written[start as usize - from..end as usize - from];
     // Stable: repeated keys stay in arrival order, so the last of a run is the one to keep.
-    order.sort_by(|&a, &b| compare_keys(member(&spans[a]), member(&spans[b])));
+    spans.sort_by(|a, b| compare_keys(member(a), member(b)));
     let mut first = true;
-    for (i, &index) in order.iter().enumerate() {
-        let key = written_key(member(&spans[index]));
-        if order
+    for (i, span) in spans.iter().enumerate() {
+        let key = written_key(member(span));
+        if spans
             .get(i + 1)
-            .is_some_and(|&next| written_key(member(&spans[next])) == key)
+            .is_some_and(|next| written_key(member(next)) == key)
         {
             continue;
         }
@@ -550,7 +555,7 @@ fn sort_members(out: &mut Vec<u8>, from: usize, spans: &[(usize, usize)]) {
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(member(&spans[index]));
+        out.extend_from_slice(member(span));
     }
 }
 

@@ -500,7 +500,27 @@ impl ContextService {
                 updated_at: c.updated_at,
             })
             .collect();
-        let data = merge_data(strategy, &inputs);
+        // Merging takes CPU in proportion to the inputs: large ones on the CPU pool.
+        let work: usize = contexts.iter().map(|c| c.content.data.len()).sum();
+        let data = if work < crate::cpu::HEAVY_BYTES {
+            merge_data(strategy, &inputs)
+        } else {
+            let owned: Vec<(JsonObject, DateTime<Utc>)> = contexts
+                .iter()
+                .map(|c| (c.content.data.clone(), c.updated_at))
+                .collect();
+            crate::cpu::run(move || {
+                let inputs: Vec<MergeInput<'_>> = owned
+                    .iter()
+                    .map(|(data, updated_at)| MergeInput {
+                        data,
+                        updated_at: *updated_at,
+                    })
+                    .collect();
+                merge_data(strategy, &inputs)
+            })
+            .await
+        };
         let lineage: Vec<serde_json::Value> = contexts
             .iter()
             .map(|c| serde_json::json!({"context_id": c.id.as_str(), "version": c.version}))

@@ -858,14 +858,32 @@ impl Store for PostgresStore {
                 .transpose()
                 .map_err(column_error)?
                 .flatten();
-            let current = current.map(|row| context_from_row(id, &row)).transpose()?;
-            let loaded = loaded.map(|row| record_from_row(id, &row)).transpose()?;
-
-            let decision = decide(WriteView {
-                current: current.as_ref(),
-                loaded: loaded.as_ref(),
-                synced_at,
-            });
+            // Reading the JSON back and weighing the rules (a three-way merge) take CPU in
+            // proportion to the context: large ones go to the CPU pool.
+            let size = |row: &Option<Row>, column: usize| -> Result<usize, StoreError> {
+                row.as_ref()
+                    .map(|row| row.try_get::<_, i64>(column))
+                    .transpose()
+                    .map(|size| size.unwrap_or(0).max(0) as usize)
+                    .map_err(column_error)
+            };
+            let work = size(&current, 3)? + size(&loaded, 9)?;
+            let owned_id = id.clone();
+            let (decision, current) = crate::cpu::run_sized(work, move || {
+                let current = current
+                    .map(|row| context_from_row(&owned_id, &row))
+                    .transpose()?;
+                let loaded = loaded
+                    .map(|row| record_from_row(&owned_id, &row))
+                    .transpose()?;
+                let decision = decide(WriteView {
+                    current: current.as_ref(),
+                    loaded: loaded.as_ref(),
+                    synced_at,
+                });
+                Ok::<_, StoreError>((decision, current))
+            })
+            .await?;
             let new = match decision {
                 Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
                 Decision::Unchanged => {
@@ -1061,46 +1079,15 @@ impl Store for PostgresStore {
             for locked in locks {
                 locked.map_err(db_error)?;
             }
-            let mut state: std::collections::HashMap<ContextId, (Context, Option<DateTime<Utc>>)> =
-                std::collections::HashMap::new();
-            for row in rows.map_err(db_error)? {
-                let raw: &str = row.try_get(0).map_err(column_error)?;
-                let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
-                let context = context_from_columns(&id, &row, 1)?;
-                let synced_at = row.try_get(10).map_err(column_error)?;
-                state.insert(id, (context, synced_at));
+            let rows = rows.map_err(db_error)?;
+            // Reading the JSON back and deciding take CPU in proportion to the contexts: a
+            // large batch goes to the CPU pool.
+            let mut work = 0usize;
+            for row in &rows {
+                work += row.try_get::<_, i64>(4).map_err(column_error)?.max(0) as usize;
             }
-
-            // Decide in order; each decision sees what the ones before it wrote.
-            let mut outcomes = Vec::with_capacity(items.len());
-            let mut writes: Vec<(ContextId, NewVersion)> = Vec::new();
-            for (id, decide) in items {
-                let current = state.get(&id);
-                let decision = decide(WriteView {
-                    current: current.map(|(context, _)| context),
-                    loaded: None,
-                    synced_at: current.and_then(|(_, synced_at)| *synced_at),
-                });
-                let outcome = match decision {
-                    Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
-                    Decision::Unchanged => match current {
-                        Some((context, _)) => WriteOutcome::Unchanged(context.clone()),
-                        None => {
-                            return Err(StoreError::Internal(anyhow!(
-                                "the rules called a missing context unchanged"
-                            )));
-                        }
-                    },
-                    Decision::Write(new) => {
-                        let created = current.is_none();
-                        let context = new.clone().into_context(&id);
-                        state.insert(id.clone(), (context.clone(), new.synced_at));
-                        writes.push((id, new));
-                        WriteOutcome::Written { context, created }
-                    }
-                };
-                outcomes.push(outcome);
-            }
+            let (outcomes, writes) =
+                crate::cpu::run_sized(work, move || decide_batch(rows, items)).await?;
             let staged: Vec<(&ContextId, &NewVersion)> =
                 writes.iter().map(|(id, new)| (id, new)).collect();
             store_versions(&tx, &staged).await?;
@@ -1595,6 +1582,54 @@ async fn replace_history(
     .await
     .map_err(db_error)?;
     Ok(())
+}
+
+/// The rules of a batch, in order, against the current rows of its contexts: each decision
+/// sees what the ones before it wrote. The outcomes, and the versions to store.
+#[allow(clippy::type_complexity)]
+fn decide_batch(
+    rows: Vec<Row>,
+    items: Vec<(ContextId, Decide)>,
+) -> Result<(Vec<WriteOutcome>, Vec<(ContextId, NewVersion)>), StoreError> {
+    let mut state: std::collections::HashMap<ContextId, (Context, Option<DateTime<Utc>>)> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let raw: &str = row.try_get(0).map_err(column_error)?;
+        let id = ContextId::parse(raw).map_err(|e| corrupt(format!("id {raw:?}: {e}")))?;
+        let context = context_from_columns(&id, &row, 1)?;
+        let synced_at = row.try_get(10).map_err(column_error)?;
+        state.insert(id, (context, synced_at));
+    }
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut writes: Vec<(ContextId, NewVersion)> = Vec::new();
+    for (id, decide) in items {
+        let current = state.get(&id);
+        let decision = decide(WriteView {
+            current: current.map(|(context, _)| context),
+            loaded: None,
+            synced_at: current.and_then(|(_, synced_at)| *synced_at),
+        });
+        let outcome = match decision {
+            Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
+            Decision::Unchanged => match current {
+                Some((context, _)) => WriteOutcome::Unchanged(context.clone()),
+                None => {
+                    return Err(StoreError::Internal(anyhow!(
+                        "the rules called a missing context unchanged"
+                    )));
+                }
+            },
+            Decision::Write(new) => {
+                let created = current.is_none();
+                let context = new.clone().into_context(&id);
+                state.insert(id.clone(), (context.clone(), new.synced_at));
+                writes.push((id, new));
+                WriteOutcome::Written { context, created }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, writes))
 }
 
 fn change_from_row(row: &Row) -> Result<Change, StoreError> {

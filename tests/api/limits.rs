@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -362,6 +363,145 @@ async fn server_allowed_hosts_replaces_the_loopback_names(store: Setup) {
         StatusCode::OK
     );
     problem(host("localhost").await.unwrap(), StatusCode::FORBIDDEN).await;
+}
+
+/// The peak resident memory of a process, in bytes (`VmHWM` of /proc/PID/status).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A body of `keys` small keys (`"k<i>":0`), arriving in an order that is not the sorted one.
+fn many_keys(keys: usize) -> Vec<u8> {
+    let mut body = String::from("{\"source\":\"mcp\",\"data\":{");
+    for i in 0..keys {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("\"k{i}\":0"));
+    }
+    body.push_str("}}");
+    body.into_bytes()
+}
+
+/// The real binary on SQLite: hostile bodies (many small keys; more values than the limit)
+/// leave the process within a small multiple of what they weigh, and /healthz answers
+/// meanwhile. Memory is the kernel's own account of the process (/proc), not an estimate.
+#[tokio::test]
+async fn hostile_bodies_keep_memory_bounded_and_health_answering() {
+    let dir = std::env::temp_dir().join(format!("contextd-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = crate::harness::contextd()
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}/contextd.db", dir.display()),
+        )
+        .env("CONTEXTD__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("CONTEXTD__VECTOR__DIMENSIONS", "4")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the server never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = peak_rss(child.id());
+
+    // Four at once of ~4 MB each, 400k keys apiece (under the 1M values of the limit), and
+    // four of 2M values (over it).
+    let keys = many_keys(400_000);
+    let objects = {
+        let mut body = b"{\"source\":\"mcp\",\"data\":{\"l\":[".to_vec();
+        for i in 0..1_000_000 {
+            body.extend_from_slice(if i == 0 {
+                b"{\"a\":{}}"
+            } else {
+                b",{\"a\":{}}"
+            });
+        }
+        body.extend_from_slice(b"]}}");
+        body
+    };
+    let weight = 4 * (keys.len() + objects.len()) as u64;
+    let health = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                let started = Instant::now();
+                let response = http.get(format!("{base}/healthz")).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                worst = worst.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            worst
+        })
+    };
+    let puts: Vec<_> = (0..8)
+        .map(|i| {
+            let body = if i % 2 == 0 {
+                keys.clone()
+            } else {
+                objects.clone()
+            };
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                http.put(format!("{base}/contexts/hostile{i}"))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for put in puts {
+        statuses.push(put.await.unwrap().as_u16());
+    }
+    let worst = health.await.unwrap();
+    let grown = peak_rss(child.id()).saturating_sub(before);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    eprintln!(
+        "hostile bodies: grew {} MB for {} MB of bodies; /healthz worst {worst:?}; {statuses:?}",
+        grown >> 20,
+        weight >> 20
+    );
+    for (i, status) in statuses.iter().enumerate() {
+        let expected: &[u16] = if i % 2 == 0 { &[201, 503] } else { &[413, 503] };
+        assert!(expected.contains(status), "PUT {i}: {status}");
+    }
+    assert!(
+        statuses.iter().step_by(2).any(|s| *s == 201),
+        "{statuses:?}"
+    );
+    // The bodies weigh 52 MB; the process grew by at most a few times that (the four stored
+    // contexts stay in L1 as well, text and rendering: 32 MB of it).
+    assert!(
+        grown < 3 * weight,
+        "grew {} MB for {} MB of bodies",
+        grown >> 20,
+        weight >> 20
+    );
+    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
 }
 
 crate::on_both_stores!(
