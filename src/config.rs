@@ -924,15 +924,11 @@ mod tests {
     fn the_committed_config_file_loads_and_matches_the_defaults() {
         let yaml = include_str!("../config/context.yaml");
         let settings = load(yaml, &[]).unwrap();
-        let defaults = Settings::default();
-        assert_eq!(settings.server.bind, defaults.server.bind);
-        assert_eq!(settings.versions.retention, defaults.versions.retention);
+        // Every key, compared through Debug (secrets are all unset here).
         assert_eq!(
-            settings.limits.max_context_bytes,
-            defaults.limits.max_context_bytes
+            format!("{settings:?}"),
+            format!("{:?}", Settings::default())
         );
-        assert_eq!(settings.cache.l1.max_entries, defaults.cache.l1.max_entries);
-        assert_eq!(settings.vector.dimensions, defaults.vector.dimensions);
     }
 
     #[test]

@@ -55,7 +55,18 @@ pub struct AppState {
         title = "contextd",
         description = "Versioned JSON contexts for AI agent platforms: history, retention, \
                        optimistic concurrency, merging, sync with Factory AI, a three-layer \
-                       cache, and the operations endpoints.",
+                       cache, and the operations endpoints.\n\n\
+                       Limits (defaults; the server's configuration may set others): a \
+                       context's compact `data` + `metadata` at most 10485760 bytes \
+                       (`limits.max_context_bytes`, 413 with `limit` and `actual`); a request \
+                       body at most 1000000 JSON values (`limits.max_json_nodes`, 413 with \
+                       `limit` and `actual`) and about twice the context limit in bytes (413); \
+                       bodies in flight at most 67108864 bytes together \
+                       (`limits.max_inflight_body_bytes`: 503 with `Retry-After` beyond it); a \
+                       request head within 10 s (`server.header_timeout_seconds`); at most \
+                       10000 connections (`server.max_connections`, then 503); request line \
+                       and headers within hyper's limits (414 or 431). Every error is \
+                       `application/problem+json`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
