@@ -209,6 +209,8 @@ schemathesis_on_both_stores() {
 if [[ $# -eq 0 ]]; then
   # No Docker engine is needed: docker-compose parses and validates compose.yaml by itself.
   apt_install docker-compose have docker-compose
+  apt_install jq have jq
+  apt_install openssl have openssl
   HADOLINT="$VENV/bin/hadolint" scripts/check-docker.sh
   schemathesis_on_both_stores
 fi
