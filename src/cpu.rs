@@ -5,7 +5,7 @@
 //! or one exact scan of 100k vectors would stall every other request (health checks, cached
 //! reads) for as long as it takes. Work below [`HEAVY_BYTES`] runs inline, where handing it
 //! to another thread would cost more than it saves; above it, on tokio's blocking threads,
-//! at most as many at once as the machine has cores, so a flood of big requests queues here
+//! at most one fewer at once than the machine has cores, so a flood of big requests queues here
 //! instead of oversubscribing the CPU.
 
 use std::sync::LazyLock;
@@ -16,10 +16,11 @@ use tokio::sync::Semaphore;
 /// 100 µs, the point where another thread starts to pay).
 pub const HEAVY_BYTES: usize = 64 * 1024;
 
-/// One permit per core: what the pool runs at once, whatever the number of callers.
+/// What the pool runs at once, whatever the number of callers: one less than the cores (at
+/// least one), so that a core is always left to the request runtime.
 static POOL: LazyLock<Semaphore> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    Semaphore::new(cores)
+    Semaphore::new(cores.saturating_sub(1).max(1))
 });
 
 /// Runs `work` on the pool and waits for it, without holding a runtime worker meanwhile. A

@@ -235,11 +235,14 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with the gauges set from `counts` and
+    /// The text exposition, with the gauges set from `counts` (left out while `None`: the store
+    /// was not counted yet) and
     /// the cache's own counters.
-    pub fn render(&self, counts: Counts, cache: &CacheStats) -> String {
-        self.contexts.set(counts.contexts);
-        self.versions.set(counts.versions);
+    pub fn render(&self, counts: Option<Counts>, cache: &CacheStats) -> String {
+        if let Some(counts) = counts {
+            self.contexts.set(counts.contexts);
+            self.versions.set(counts.versions);
+        }
         self.l1_entries.set(cache.l1.entries as i64);
         self.l1_bytes.set(cache.l1.bytes as i64);
         // The layers count on their own; copy their totals so nothing is counted twice.
@@ -265,7 +268,20 @@ impl Metrics {
 
         let mut buffer = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
+            .encode(
+                &self
+                    .registry
+                    .gather()
+                    .into_iter()
+                    // Until the store was first counted, no count is better than a wrong one.
+                    .filter(|family| {
+                        counts.is_some()
+                            || !["contextd_contexts", "contextd_context_versions"]
+                                .contains(&family.name())
+                    })
+                    .collect::<Vec<_>>(),
+                &mut buffer,
+            )
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }

@@ -149,7 +149,7 @@ impl App {
         background.push(indexer.spawn(start, stopped.clone()));
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
         let tally = contexts.tally().clone();
-        background.push(recount(store.clone(), tally.clone(), stopped.clone()));
+        background.push(recount(store.clone(), tally.clone(), stopped.clone()).await);
         if let Some(pusher) = pusher {
             background.push(pusher.with_tally(tally.clone()).spawn(stopped.clone()));
         }
@@ -283,8 +283,13 @@ impl App {
 /// counts for what other instances wrote (the first count is right after start).
 const RECOUNT_PERIOD: Duration = Duration::from_secs(60);
 
-/// Counts the store now and every [`RECOUNT_PERIOD`], off any request, into `tally`.
-fn recount(
+/// How long start-up waits for the first count: a small store is counted before serving (so
+/// the first scrape has its counts), a large one in the background.
+const FIRST_COUNT_WAIT: Duration = Duration::from_secs(1);
+
+/// Counts the store now and every [`RECOUNT_PERIOD`], off any request, into `tally`; returns
+/// once the first count is done or [`FIRST_COUNT_WAIT`] has passed.
+async fn recount(
     store: Arc<dyn Store>,
     tally: Arc<Tally>,
     stop: watch::Receiver<bool>,
@@ -301,10 +306,15 @@ fn recount(
             }
         }
     };
-    let first = once.clone();
+    let mut first = tokio::spawn(once());
+    let first_done = tokio::time::timeout(FIRST_COUNT_WAIT, &mut first)
+        .await
+        .is_ok();
     let periodic = crate::background::every(RECOUNT_PERIOD, stop, once);
     tokio::spawn(async move {
-        first().await;
+        if !first_done {
+            let _ = first.await;
+        }
         let _ = periodic.await;
     })
 }

@@ -115,7 +115,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .set_inflight_body_bytes(state.bodies.in_flight_bytes());
     let body = state
         .metrics
-        .render(state.contexts.counts(), &state.contexts.cache().stats());
+        .render(state.contexts.counted(), &state.contexts.cache().stats());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

@@ -630,9 +630,10 @@ impl ContextService {
         Ok(Page { items, next_cursor })
     }
 
-    /// How many contexts and versions are stored: the running counts (no query).
-    pub fn counts(&self) -> Counts {
-        self.tally.counts()
+    /// How many contexts and versions are stored: the running counts (no query); `None` until
+    /// the store was first counted after start.
+    pub fn counted(&self) -> Option<Counts> {
+        self.tally.counted().then(|| self.tally.counts())
     }
 }
 

@@ -4,12 +4,14 @@
 //! changes, the pusher after each round) corrects them for what other instances did and for
 //! what the deltas cannot know exactly (versions pruned out of order, imports).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::Counts;
 
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Whether the store was counted once: before, the counts are only this instance's deltas.
+    counted: AtomicBool,
     contexts: AtomicI64,
     versions: AtomicI64,
     pending: AtomicI64,
@@ -27,6 +29,12 @@ impl Tally {
     pub fn set_counts(&self, counts: Counts) {
         self.contexts.store(counts.contexts, Ordering::Relaxed);
         self.versions.store(counts.versions, Ordering::Relaxed);
+        self.counted.store(true, Ordering::Release);
+    }
+
+    /// Whether the counts are the store's (it was counted at least once since start).
+    pub fn counted(&self) -> bool {
+        self.counted.load(Ordering::Acquire)
     }
 
     pub fn set_pending(&self, pending: i64) {
