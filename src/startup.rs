@@ -149,7 +149,8 @@ impl App {
         background.push(indexer.spawn(start, stopped.clone()));
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
         let tally = contexts.tally().clone();
-        background.push(recount(store.clone(), tally.clone(), stopped.clone()).await);
+        let pushing = pusher.is_some();
+        background.push(recount(store.clone(), tally.clone(), pushing, stopped.clone()).await);
         if let Some(pusher) = pusher {
             background.push(pusher.with_tally(tally.clone()).spawn(stopped.clone()));
         }
@@ -287,11 +288,13 @@ const RECOUNT_PERIOD: Duration = Duration::from_secs(60);
 /// the first scrape has its counts), a large one in the background.
 const FIRST_COUNT_WAIT: Duration = Duration::from_secs(1);
 
-/// Counts the store now and every [`RECOUNT_PERIOD`], off any request, into `tally`; returns
+/// Counts the store (and, when `pushing`, the changes waiting for the webhook) now and every
+/// [`RECOUNT_PERIOD`], off any request, into `tally`; returns
 /// once the first count is done or [`FIRST_COUNT_WAIT`] has passed.
 async fn recount(
     store: Arc<dyn Store>,
     tally: Arc<Tally>,
+    pushing: bool,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let once = {
@@ -302,6 +305,14 @@ async fn recount(
                 match store.counts().await {
                     Ok(counts) => tally.set_counts(counts),
                     Err(e) => tracing::warn!(error = %e, "cannot count the contexts now"),
+                }
+                // Changes wait for the webhook only when there is one (without, every change
+                // in the outbox would count).
+                if pushing {
+                    match store.pending_changes().await {
+                        Ok(pending) => tally.set_pending(pending),
+                        Err(e) => tracing::warn!(error = %e, "cannot count pending changes now"),
+                    }
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! Running counts of what the store holds (contexts, versions, changes waiting for the
 //! webhook), so that `/metrics` and `/metrics/summary` never run a query that grows with the
-//! data. This instance's writes move them at once; a background recount (and, for pending
-//! changes, the pusher after each round) corrects them for what other instances did and for
-//! what the deltas cannot know exactly (versions pruned out of order, imports).
+//! data. This instance's writes (and its pusher's deliveries) move them at once; a background
+//! recount corrects them for what other instances did and for what the deltas cannot know
+//! exactly (versions pruned out of order, imports).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 

@@ -106,7 +106,7 @@ pub struct Pusher {
     poll: Duration,
     metrics: Arc<Metrics>,
     state: Arc<SyncState>,
-    /// Told how many changes wait after each round.
+    /// Told of each delivery, so its count of waiting changes goes down with them.
     tally: Option<Arc<Tally>>,
 }
 
@@ -149,7 +149,7 @@ impl Pusher {
         }))
     }
 
-    /// Keeps `tally`'s count of waiting changes true after each round.
+    /// Takes what it delivers off `tally`'s count of waiting changes.
     pub fn with_tally(mut self, tally: Arc<Tally>) -> Self {
         self.tally = Some(tally);
         self
@@ -162,12 +162,6 @@ impl Pusher {
             self.state.set_running(true);
             loop {
                 let wake = self.push_all().await;
-                if let Some(tally) = &self.tally {
-                    match self.store.pending_changes().await {
-                        Ok(pending) => tally.set_pending(pending),
-                        Err(e) => tracing::debug!(error = %e, "cannot count pending changes now"),
-                    }
-                }
                 let deadline = match wake {
                     Wake::OnCommit => Instant::now() + self.poll,
                     Wake::At(at) => at,
@@ -203,6 +197,9 @@ impl Pusher {
                 .await
             {
                 Ok(DeliverOutcome::Delivered(changes)) => {
+                    if let Some(tally) = &self.tally {
+                        tally.add(0, 0, -(changes.len() as i64));
+                    }
                     let now = Utc::now();
                     for change in &changes {
                         let latency = (now - change.committed_at).to_std().unwrap_or_default();
