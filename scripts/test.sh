@@ -111,10 +111,18 @@ start_postgres() {
   [[ $EUID -ne 0 ]] || chown postgres: "$PG_TMP"
   local port; port=$(free_port)
   pg_run "$PG_BIN/initdb" -D "$PG_TMP/data" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
+  # TLS, as the tests of sslmode need: a self-signed certificate for localhost (its own CA).
+  apt_install openssl have openssl
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$PG_TMP/server.key" -out "$PG_TMP/server.crt" 2>/dev/null
+  chmod 600 "$PG_TMP/server.key"
+  [[ $EUID -ne 0 ]] || chown postgres: "$PG_TMP/server.key" "$PG_TMP/server.crt"
   # Tests run in parallel, each with its own database: allow many connections.
   # fsync=off: the data is thrown away anyway, and it makes the tests faster.
   pg_run "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/postgres.log" -w start -o \
-    "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_TMP -c max_connections=300 -c fsync=off" >/dev/null ||
+    "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_TMP -c max_connections=300 -c fsync=off \
+     -c ssl=on -c ssl_cert_file=$PG_TMP/server.crt -c ssl_key_file=$PG_TMP/server.key" >/dev/null ||
     { say "throwaway Postgres did not start:"; cat "$PG_TMP/postgres.log" >&2; return 1; }
   CONTEXTD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }

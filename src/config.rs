@@ -65,6 +65,8 @@ pub struct DatabaseSettings {
     pub pool_size: usize,
     /// How long to wait for a connection (to open, or from the pool) before answering 503.
     pub connect_timeout_seconds: u64,
+    /// At start, how long to keep trying a Postgres that is not reachable yet before giving up.
+    pub startup_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -310,6 +312,7 @@ impl Default for DatabaseSettings {
             url: None,
             pool_size: 16,
             connect_timeout_seconds: 5,
+            startup_timeout_seconds: 60,
         }
     }
 }
@@ -492,10 +495,7 @@ impl DatabaseSettings {
         };
         let raw = url.expose();
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            return raw
-                .parse::<tokio_postgres::Config>()
-                .map(|_| StoreLocation::Postgres(url.clone()))
-                .map_err(|e| format!("is not a valid Postgres URL: {e}"));
+            return PostgresTarget::parse(raw).map(|_| StoreLocation::Postgres(url.clone()));
         }
         if let Some(rest) = raw.strip_prefix("sqlite:") {
             // `sqlite:PATH`, and the `sqlite://PATH` spelling other tools use.
@@ -507,6 +507,141 @@ impl DatabaseSettings {
         }
         Err("must be a postgres://, postgresql:// or sqlite: URL".to_owned())
     }
+}
+
+/// How contextd speaks TLS to Postgres: libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it (the default, as libpq's), plaintext otherwise; the
+    /// certificate is not checked.
+    Prefer,
+    /// TLS or nothing; the certificate is checked as `verify-ca` when `sslrootcert` is given,
+    /// not at all otherwise (libpq's rule).
+    Require,
+    /// TLS, the certificate signed by a trusted CA.
+    VerifyCa,
+    /// TLS, the certificate signed by a trusted CA and naming the host.
+    VerifyFull,
+}
+
+/// A Postgres URL taken apart: what tokio-postgres connects with, and the TLS parameters it
+/// does not know (`sslmode=verify-ca|verify-full`, `sslrootcert`), taken out of the URL.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    pub config: tokio_postgres::Config,
+    pub ssl_mode: SslMode,
+    /// `sslrootcert`: the CA file to trust (PEM); the system roots when absent.
+    pub root_cert: Option<PathBuf>,
+}
+
+impl PostgresTarget {
+    /// Parses a `postgres://` URL; the error says which part is wrong and how to fix it.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (base, query) = match raw.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (raw, ""),
+        };
+        let mut ssl_mode = SslMode::Prefer;
+        let mut root_cert = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "sslmode" => {
+                    ssl_mode = match percent_decode(value).as_str() {
+                        "disable" => SslMode::Disable,
+                        "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => {
+                            return Err(format!(
+                                "has sslmode={other:?}; contextd takes disable, prefer, require, \
+                                 verify-ca or verify-full"
+                            ));
+                        }
+                    }
+                }
+                "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(value))),
+                _ => kept.push(pair),
+            }
+        }
+        let rebuilt = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let mut config: tokio_postgres::Config = rebuilt.parse().map_err(|e| {
+            format!(
+                "is not a valid Postgres URL ({e}); a user name or password holding any of \
+                 @ : / ? # [ ] % or a space must be percent-encoded (%40 for @, %3A for :, %2F \
+                 for /, %25 for %)"
+            )
+        })?;
+        // A raw `@` in a password leaves the rest of it in the host name ("p@ss@db": host
+        // "ss@db"), which no host can have.
+        let bad_host = config.get_hosts().iter().any(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name.contains(['@', ' ', '/', '?', '#']) || name.is_empty()
+            }
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => false,
+        });
+        if bad_host {
+            return Err(
+                "has a host name no host can have, as when a user name or password holds a raw \
+                 @ (or : / ? #): percent-encode them in the URL (%40 for @, %3A for :, %2F for /, \
+                 %3F for ?, %23 for #, %25 for %)"
+                    .to_owned(),
+            );
+        }
+        config.ssl_mode(match ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        Ok(Self {
+            config,
+            ssl_mode,
+            root_cert,
+        })
+    }
+
+    /// How much of the server's certificate is checked.
+    pub fn verify(&self) -> crate::tls::Verify {
+        use crate::tls::Verify;
+        match self.ssl_mode {
+            SslMode::Disable | SslMode::Prefer => Verify::Nothing,
+            SslMode::Require if self.root_cert.is_none() => Verify::Nothing,
+            SslMode::Require | SslMode::VerifyCa => Verify::Chain,
+            SslMode::VerifyFull => Verify::Full,
+        }
+    }
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = raw
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A value that must never be shown: `Debug` and `Display` print `[redacted]`.
@@ -1057,6 +1192,50 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn postgres_tls_parameters_are_taken_out_of_the_url() {
+        use crate::tls::Verify;
+        let parse = |url: &str| PostgresTarget::parse(url).unwrap();
+        let plain = parse("postgres://u:p@db:5432/c?application_name=x");
+        assert_eq!(
+            (plain.ssl_mode, plain.verify()),
+            (SslMode::Prefer, Verify::Nothing)
+        );
+        assert_eq!(plain.config.get_application_name(), Some("x"));
+        let full = parse("postgres://u@db/c?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem");
+        assert_eq!(full.verify(), Verify::Full);
+        assert_eq!(full.root_cert, Some(PathBuf::from("/etc/ca x.pem")));
+        assert_eq!(
+            parse("postgres://db/c?sslmode=verify-ca").verify(),
+            Verify::Chain
+        );
+        assert_eq!(
+            parse("postgres://db/c?sslmode=require").verify(),
+            Verify::Nothing
+        );
+        assert_eq!(
+            parse("postgres://db/c?sslmode=require&sslrootcert=/ca.pem").verify(),
+            Verify::Chain
+        );
+        assert_eq!(
+            parse("postgres://db/c?sslmode=disable").ssl_mode,
+            SslMode::Disable
+        );
+        let bad = PostgresTarget::parse("postgres://db/c?sslmode=allow").unwrap_err();
+        assert!(bad.contains("verify-full"), "{bad}");
+    }
+
+    #[test]
+    fn a_password_with_raw_special_characters_gets_a_percent_encoding_hint() {
+        let err = load("", &[("DATABASE_URL", "postgres://u:p@ss@db/c")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("percent-encode"), "{err}");
+        assert!(!err.contains("p@ss"), "the password leaked: {err}");
+        // Percent-encoded, it is fine.
+        assert!(load("", &[("DATABASE_URL", "postgres://u:p%40ss@db/c")]).is_ok());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! named constants, prepared once per connection, and those of one step are pipelined (sent
 //! together, answered in order), so a write costs four round trips whatever it touches.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use tokio::sync::broadcast;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts,
@@ -252,9 +251,6 @@ pub fn cache_key(id: &ContextId) -> String {
 /// Statement parameters.
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
-/// How often start-up tries to reach Postgres before giving up.
-const CONNECT_ATTEMPTS: u32 = 5;
-
 pub struct PostgresStore {
     pool: Pool,
     /// The most one operation may take.
@@ -277,15 +273,16 @@ impl PostgresStore {
     /// Connects (creating the database when it does not exist yet), applies `schema.sql`, and
     /// opens the pool.
     pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Self> {
-        let config = connection_config(settings)?;
+        let (config, tls) = connection_config(settings)?;
         let url = settings.url.as_ref().expect("connection_config checked it");
-        let mut client = connect_creating_database(&config, url.expose()).await?;
+        let startup = Duration::from_secs(settings.startup_timeout_seconds);
+        let mut client = connect_creating_database(&config, &tls, url.expose(), startup).await?;
         migrate::run(&mut client).await?;
         drop(client);
 
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            config.clone(),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -312,10 +309,7 @@ impl PostgresStore {
             .build()
             .context("building the Postgres pool")?;
         let (commits, _) = broadcast::channel(COMMIT_SIGNAL_CAPACITY);
-        let listener = tokio::spawn(listen_for_commits(
-            connection_config(settings)?,
-            commits.clone(),
-        ));
+        let listener = tokio::spawn(listen_for_commits(config, tls, commits.clone()));
         Ok(Self {
             pool,
             commits,
@@ -358,13 +352,21 @@ impl PostgresStore {
     }
 }
 
-fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_postgres::Config> {
+/// The TLS connector of every Postgres connection: rustls, checking the server's certificate
+/// as the URL's `sslmode` says.
+type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+
+fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<(tokio_postgres::Config, Tls)> {
     let url = settings
         .url
         .as_ref()
         .context("database.url (DATABASE_URL) is not set")?;
-    let mut config = tokio_postgres::Config::from_str(url.expose())
-        .with_context(|| format!("bad database URL {}", redact_url(url.expose())))?;
+    let target = crate::config::PostgresTarget::parse(url.expose())
+        .map_err(|message| anyhow!("database.url {} {message}", redact_url(url.expose())))?;
+    let roots = crate::tls::roots(target.root_cert.as_deref(), false)
+        .context("database.url sslrootcert")?;
+    let tls = Tls::new(crate::tls::client_config(target.verify(), roots)?);
+    let mut config = target.config;
     let timeout = Duration::from_secs(settings.connect_timeout_seconds);
     config.connect_timeout(timeout);
     // A peer that vanishes is noticed by TCP within about the timeout, and the server gives up
@@ -384,7 +386,7 @@ fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_postgr
     if config.get_application_name().is_none() {
         config.application_name("contextd");
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// Forwards the commit notifications of every instance (`LISTEN`) to the commit signal, on a
@@ -392,12 +394,13 @@ fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_postgr
 /// commits may have happened while it was not listening.
 async fn listen_for_commits(
     config: tokio_postgres::Config,
+    tls: Tls,
     commits: broadcast::Sender<CommitNotice>,
 ) {
     use futures_util::StreamExt;
     let mut delay = Duration::from_millis(100);
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (notices, mut received) = tokio::sync::mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -440,28 +443,46 @@ async fn listen_for_commits(
 }
 
 /// Connects, and when the database does not exist, creates it from the `postgres` database
-/// first, so that a fresh Postgres needs no manual step.
+/// first, so that a fresh Postgres needs no manual step. A Postgres that is not reachable yet
+/// (starting beside contextd in compose or Kubernetes) is tried again with backoff for up to
+/// `startup`, each attempt logged; what no retry can mend (a refused password, a certificate
+/// that does not verify) stops at once, saying why.
 async fn connect_creating_database(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     url: &str,
+    startup: Duration,
 ) -> anyhow::Result<tokio_postgres::Client> {
+    let deadline = std::time::Instant::now() + startup;
+    let mut delay = Duration::from_millis(250);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match connect(config).await {
+        match connect(config, tls).await {
             Ok(client) => return Ok(client),
             Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
-                create_database(config).await?;
-            }
-            Err(e) if attempt < CONNECT_ATTEMPTS && e.as_db_error().is_none() => {
-                tracing::warn!(
-                    url = %redact_url(url), attempt, error = %e,
-                    "Postgres is not reachable yet; retrying"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                create_database(config, tls).await?;
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("connecting to {}", redact_url(url)));
+                let tls_failure = crate::tls::explain(&e);
+                let retryable = e.as_db_error().is_none() && tls_failure.is_none();
+                if retryable && std::time::Instant::now() + delay < deadline {
+                    tracing::warn!(
+                        url = %redact_url(url), attempt, error = %e, retry_in = ?delay,
+                        "Postgres is not reachable yet; retrying (database.startup_timeout_seconds)"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                let why = tls_failure.unwrap_or_else(|| e.to_string());
+                let gave_up = if retryable {
+                    format!(" (gave up after {attempt} attempts in {startup:?})")
+                } else {
+                    String::new()
+                };
+                return Err(anyhow!(e))
+                    .with_context(|| format!("connecting to {}: {why}{gave_up}", redact_url(url)));
             }
         }
     }
@@ -469,8 +490,9 @@ async fn connect_creating_database(
 
 async fn connect(
     config: &tokio_postgres::Config,
+    tls: &Tls,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = config.connect(tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Postgres connection closed");
@@ -479,14 +501,14 @@ async fn connect(
     Ok(client)
 }
 
-async fn create_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+async fn create_database(config: &tokio_postgres::Config, tls: &Tls) -> anyhow::Result<()> {
     let name = config
         .get_dbname()
         .context("the database URL names no database")?
         .to_owned();
     let mut maintenance = config.clone();
     maintenance.dbname("postgres");
-    let client = connect(&maintenance)
+    let client = connect(&maintenance, tls)
         .await
         .context("connecting to the `postgres` database to create ours")?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));

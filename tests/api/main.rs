@@ -19,5 +19,6 @@ mod merge;
 mod ops;
 mod search;
 mod sync;
+mod tls;
 mod transfer;
 mod versions;
