@@ -72,8 +72,13 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://host:port[/db]`; `REDIS_URL` sets it. Unset: no Redis.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS; `REDIS_URL` sets it.
+    /// Unset: no Redis.
     pub url: Option<Secret<String>>,
+    /// The URL's host is a seed node of a Redis Cluster (database 0 only).
+    pub cluster: bool,
+    /// A CA file (PEM) trusted for `rediss://`, beside the system roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,6 +76,8 @@ pub async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<Arc<Red
         ttl: Duration::from_secs(l2.ttl_seconds),
         version_ttl: Duration::from_secs(l2.version_ttl_seconds),
         command_timeout: Duration::from_millis(l2.command_timeout_ms),
+        cluster: settings.redis.cluster,
+        tls_ca_file: settings.redis.tls_ca_file.clone(),
     })
     .await
     .context("redis.url (REDIS_URL)")?;

@@ -31,6 +31,8 @@ fn settings(url: &str) -> L2Settings {
         ttl: Duration::from_secs(60),
         version_ttl: Duration::from_secs(60),
         command_timeout: Duration::from_millis(100),
+        cluster: false,
+        tls_ca_file: None,
     }
 }
 
@@ -504,4 +506,128 @@ async fn a_subscription_made_while_redis_is_down_resyncs_once_it_is_up() {
         || async { subscription.is_listening() && resyncs.load(Ordering::SeqCst) == 1 },
     )
     .await;
+}
+
+#[path = "common/redis_servers.rs"]
+mod redis_servers;
+
+use redis_servers::{RedisCluster, TlsRedis};
+
+/// `rediss://`: TLS with the test's own CA (given as `redis.tls_ca_file`), and never a
+/// plaintext fallback: a CA that did not sign the certificate leaves Redis unused.
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_speaks_tls_with_a_ca_file_and_never_falls_back_to_plaintext() {
+    let server = tokio::task::spawn_blocking(TlsRedis::start).await.unwrap();
+    let mut trusted = settings(&server.url());
+    trusted.tls_ca_file = Some(server.ca_file());
+    let l2 = connect(trusted).await;
+    let id = id("tls");
+    assert!(
+        l2.put(&id, stamp(0, 1), Bytes::from_static(b"over tls"))
+            .await
+    );
+    assert_eq!(
+        l2.get(&id).await,
+        L2Lookup::Hit(Bytes::from_static(b"over tls"))
+    );
+
+    let mut untrusted = settings(&server.url());
+    untrusted.tls_ca_file = Some(server.untrusted_ca_file());
+    let l2 = RedisL2::connect(untrusted).await.unwrap();
+    assert!(
+        !l2.ping().await,
+        "a certificate that does not verify was taken"
+    );
+    assert_eq!(l2.get(&id).await, L2Lookup::Unavailable);
+    // The same port with redis:// (plaintext) is not Redis either.
+    let plaintext = RedisL2::connect(settings(&format!("redis://127.0.0.1:{}", server.port())))
+        .await
+        .unwrap();
+    assert!(!plaintext.ping().await);
+}
+
+/// An ACL user over TLS, percent-encoded in the URL: works; a wrong password degrades L2
+/// (no error reaches a caller) and never stops it from coming back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acl_user_logs_in_over_tls_and_a_wrong_password_only_degrades() {
+    let server =
+        tokio::task::spawn_blocking(|| TlsRedis::start_with_password("ctx:d", "p@ss:w/rd"))
+            .await
+            .unwrap();
+    let mut right = settings(&server.url_with_credentials());
+    right.tls_ca_file = Some(server.ca_file());
+    let l2 = connect(right).await;
+    assert!(
+        l2.put(&id("acl"), stamp(0, 1), Bytes::from_static(b"x"))
+            .await
+    );
+
+    let wrong_url = server.url_with_credentials().replacen("p%40ss", "nope", 1);
+    assert_ne!(wrong_url, server.url_with_credentials());
+    let mut wrong = settings(&wrong_url);
+    wrong.tls_ca_file = Some(server.ca_file());
+    let l2 = RedisL2::connect(wrong).await.unwrap();
+    assert!(!l2.ping().await);
+    assert_eq!(l2.get(&id("acl")).await, L2Lookup::Unavailable);
+}
+
+/// A real three-master cluster: the keys of one context share a slot (scripts touch them
+/// together), contexts spread over the nodes, and invalidations reach a subscriber.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_cluster_spreads_contexts_over_its_nodes_and_carries_invalidations() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let mut config = settings(&cluster.seed_url());
+    config.cluster = true;
+    let prefix = config.key_prefix.clone();
+    let writer = connect(config.clone()).await;
+    let reader = connect(config).await;
+    let (seen, mut heard) = mpsc::unbounded_channel();
+    let _subscription = reader.subscribe(
+        move |id, _| {
+            let _ = seen.send(id);
+        },
+        || {},
+    );
+    for n in 0..30 {
+        let id = id(&format!("c{n}"));
+        assert!(
+            writer
+                .put(&id, stamp(0, 1), Bytes::from(format!("v{n}")))
+                .await,
+            "put {n}"
+        );
+        writer
+            .put_version(
+                &id,
+                chrono::DateTime::UNIX_EPOCH,
+                1,
+                Bytes::from(format!("v{n}")),
+            )
+            .await;
+        assert_eq!(
+            reader.get(&id).await,
+            L2Lookup::Hit(Bytes::from(format!("v{n}")))
+        );
+    }
+    let spread = cluster.keys_per_node(&format!("{prefix}*"));
+    assert!(
+        spread.iter().filter(|n| **n > 0).count() >= 2,
+        "every key on one node: {spread:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        writer.publish(&id("c0"), stamp(0, 2)).await;
+        match tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+            Ok(Some(heard)) => {
+                assert_eq!(heard, id("c0"));
+                break;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "no invalidation crossed the cluster"
+            ),
+        }
+    }
 }

@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fred::error::Error as RedisError;
 use fred::prelude::{
     Client, ClientLike, Config, ConnectionConfig, EventInterface, FromValue, HashesInterface,
     KeysInterface, LuaInterface, PerformanceConfig, PubsubInterface, ReconnectPolicy, Server,
-    TcpConfig, Value,
+    ServerConfig, TcpConfig, Value,
 };
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{ConnectHandle, Message};
@@ -137,6 +138,10 @@ pub struct L2Settings {
     pub version_ttl: Duration,
     /// The most a request waits for Redis, per command (50-100 ms: a miss is cheaper than a wait).
     pub command_timeout: Duration,
+    /// The URL's host is a seed node of a Redis Cluster; the client learns the others.
+    pub cluster: bool,
+    /// A CA file (PEM) to trust for `rediss://`, beside the system roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl L2Settings {
@@ -149,6 +154,8 @@ impl L2Settings {
             ttl: Duration::from_secs(300),
             version_ttl: Duration::from_secs(3600),
             command_timeout: Duration::from_millis(75),
+            cluster: false,
+            tls_ca_file: None,
         }
     }
 }
@@ -166,6 +173,8 @@ impl std::fmt::Debug for L2Settings {
             .field("ttl", &self.ttl)
             .field("version_ttl", &self.version_ttl)
             .field("command_timeout", &self.command_timeout)
+            .field("cluster", &self.cluster)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -193,7 +202,12 @@ pub struct L2Stats {
     pub errors: u64,
     pub breaker_open: bool,
     pub connected: bool,
+    /// Redis answered a command with an error within the last [`FAILING_FOR`].
+    pub failing: bool,
 }
+
+/// How long after a failed command Redis counts as failing (for `/readyz`).
+pub const FAILING_FOR: Duration = Duration::from_secs(10);
 
 /// The Redis L2. Cheap to share as `Arc<RedisL2>`: one multiplexed connection for commands,
 /// plus one per [`RedisL2::subscribe`].
@@ -228,6 +242,33 @@ impl RedisL2 {
         // password), so it can be passed on as is.
         let mut config = Config::from_url(&settings.url)
             .map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
+        if settings.url.starts_with("rediss://") {
+            // TLS, never plaintext: the system roots and `redis.tls_ca_file`, names checked.
+            let roots = crate::tls::roots(settings.tls_ca_file.as_deref(), true)
+                .context("redis.tls_ca_file")?;
+            let tls = crate::tls::client_config(crate::tls::Verify::Full, roots)?;
+            config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+        }
+        if settings.cluster {
+            let seed = match &config.server {
+                ServerConfig::Centralized { server } => server.clone(),
+                ServerConfig::Clustered { hosts, .. } => hosts
+                    .first()
+                    .cloned()
+                    .context("a Redis Cluster URL names no node")?,
+                _ => anyhow::bail!("redis.cluster takes a redis:// or rediss:// URL of one node"),
+            };
+            anyhow::ensure!(
+                config.database.unwrap_or(0) == 0,
+                "a Redis Cluster has database 0 only: drop the /N from REDIS_URL"
+            );
+            config.database = None;
+            config.server = ServerConfig::Clustered {
+                hosts: vec![seed],
+                // Follow the nodes the cluster reports, not only the seed given.
+                policy: fred::types::config::ClusterDiscoveryPolicy::UseCache,
+            };
+        }
         // Not being able to connect the first time is not an error either: keep trying.
         config.fail_fast = false;
         let command_timeout = settings.command_timeout.max(Duration::from_millis(1));
@@ -432,8 +473,18 @@ impl RedisL2 {
             broadcast_channel_capacity: LISTENER_BUFFER,
             ..PerformanceConfig::default()
         };
+        // On a Redis Cluster a published message reaches every node's subscribers (the cluster
+        // bus carries it), so the listener subscribes on one node, the seed, as a plain client.
+        let mut config = self.config.clone();
+        if let ServerConfig::Clustered { hosts, .. } = &config.server
+            && let Some(seed) = hosts.first()
+        {
+            config.server = ServerConfig::Centralized {
+                server: seed.clone(),
+            };
+        }
         let client = Client::new(
-            self.config.clone(),
+            config,
             Some(perf),
             Some(self.connection.clone()),
             Some(self.policy.clone()),
@@ -479,6 +530,12 @@ impl RedisL2 {
             errors: self.shared.errors.load(Ordering::Relaxed),
             breaker_open: self.shared.breaker.is_open(),
             connected: self.is_connected(),
+            failing: self
+                .shared
+                .last_failure
+                .lock()
+                .expect("never poisoned")
+                .is_some_and(|at| at.elapsed() < FAILING_FOR),
         }
     }
 
@@ -523,6 +580,8 @@ impl RedisL2 {
                 Some(value)
             }
             Ok(Err(error)) => {
+                // Redis answered, with an error: it is up, and failing.
+                *self.shared.last_failure.lock().expect("never poisoned") = Some(Instant::now());
                 self.shared.failed(permit, what, &error);
                 None
             }
@@ -752,7 +811,11 @@ async fn watch_connection(
             // seen late): taking errors first never leaves the link marked down while it is up.
             biased;
             error = errors.recv() => match error {
-                Ok(_) | Err(RecvError::Lagged(_)) => shared.link_down.store(true, Ordering::Relaxed),
+                Ok((error, _)) => {
+                    shared.link_down.store(true, Ordering::Relaxed);
+                    shared.note_refusal(&error);
+                }
+                Err(RecvError::Lagged(_)) => shared.link_down.store(true, Ordering::Relaxed),
                 Err(RecvError::Closed) => return,
             },
             reconnection = reconnections.recv() => match reconnection {
@@ -761,6 +824,9 @@ async fn watch_connection(
                     // a trial sent in between would fail the fail-fast check.
                     wait_connected(&client, CONNECT_TIMEOUT).await;
                     shared.link_down.store(false, Ordering::Relaxed);
+                    shared.refusal_logged.store(false, Ordering::Relaxed);
+                    // Failures of the connection that dropped say nothing of this one.
+                    *shared.last_failure.lock().expect("never poisoned") = None;
                     shared.breaker.retry_now();
                 }
                 Err(RecvError::Closed) => return,
@@ -824,9 +890,30 @@ impl LuaScript {
     }
 }
 
+/// Whether Redis refused contextd itself (a wrong password, a user without the permissions it
+/// needs), in the server's own words: what no retry mends and an operator must hear of.
+fn refusal(error: &RedisError) -> Option<String> {
+    let text = error.to_string();
+    let upper = text.to_ascii_uppercase();
+    [
+        "WRONGPASS",
+        "NOAUTH",
+        "NOPERM",
+        "INVALID USERNAME-PASSWORD",
+        "AUTH ",
+    ]
+    .iter()
+    .any(|word| upper.contains(word))
+    .then_some(text)
+}
+
 /// What a [`RedisL2`] shares with its connection watcher.
 #[derive(Default)]
 struct Shared {
+    /// Set once a refusal was logged; cleared when a connection is made.
+    refusal_logged: AtomicBool,
+    /// When Redis last answered a command with an error.
+    last_failure: Mutex<Option<Instant>>,
     breaker: Breaker,
     /// Set by fred's error events, cleared by its reconnections.
     link_down: AtomicBool,
@@ -837,6 +924,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Logs Redis's refusal of contextd once (until the next successful connection), at warn,
+    /// in Redis's words; the URL and its password are never part of it.
+    fn note_refusal(&self, error: &RedisError) {
+        if let Some(words) = refusal(error)
+            && !self.refusal_logged.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                redis = %words,
+                "Redis refused contextd's connection (check the user, password and ACL \
+                 permissions in REDIS_URL); contextd goes on without Redis meanwhile"
+            );
+        }
+    }
+
     fn count(&self, lookup: &L2Lookup) {
         let counter = match lookup {
             L2Lookup::Hit(_) => &self.hits,

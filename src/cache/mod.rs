@@ -21,7 +21,7 @@ use crate::domain::Context;
 
 pub use l1::{L1, L1Stats};
 pub use stamp::Stamp;
-pub use tiered::{CacheStats, TieredCache};
+pub use tiered::{CacheStats, RedisHealth, TieredCache};
 
 /// A context as the cache holds and hands it out: the value, and its rendering (the response
 /// body) made once, on first use, then shared by every reader without copying.

@@ -21,6 +21,15 @@ use crate::domain::ContextId;
 use crate::store::{CacheEntry, NewVersion, Store};
 
 /// Per-layer counters of one moment, for `/metrics` and `/metrics/summary`.
+/// What `/readyz` says of Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisHealth {
+    Up,
+    /// Reachable, but its commands fail.
+    Failing,
+    Down,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheStats {
     pub l1: L1Stats,
@@ -323,11 +332,19 @@ impl TieredCache {
     }
 
     /// Whether Redis answers now (`None`: not configured).
-    pub async fn redis_ready(&self) -> Option<bool> {
-        match &self.redis {
-            Some(redis) => Some(redis.ping().await),
-            None => None,
-        }
+    /// Redis's health for `/readyz`: `None` when none is configured.
+    pub async fn redis_ready(&self) -> Option<RedisHealth> {
+        let redis = self.redis.as_ref()?;
+        Some(if !redis.ping().await {
+            RedisHealth::Down
+        } else if redis.stats().failing {
+            // It answers PING, but its commands fail or failed in the last seconds (a cluster
+            // node answering MOVED to a client that does not know it is one, a permission
+            // missing): not ok.
+            RedisHealth::Failing
+        } else {
+            RedisHealth::Up
+        })
     }
 
     pub fn stats(&self) -> CacheStats {

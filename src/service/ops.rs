@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cache::TieredCache;
+use crate::cache::{RedisHealth, TieredCache};
 use crate::config::Settings;
 use crate::store::{Store, Tally};
 use crate::sync::{IndexerState, SyncState};
@@ -46,7 +46,8 @@ impl Readiness {
     pub fn status(&self) -> Check {
         if self.store == Check::Down {
             Check::Down
-        } else if [self.redis, self.vector].contains(&Check::Down) || self.store == Check::Degraded
+        } else if [self.redis, self.vector].contains(&Check::Down)
+            || [self.store, self.redis].contains(&Check::Degraded)
         {
             Check::Degraded
         } else {
@@ -246,8 +247,9 @@ impl Ops {
         let redis = async {
             match tokio::time::timeout(PROBE_TIMEOUT, self.cache.redis_ready()).await {
                 Ok(None) => Check::Disabled,
-                Ok(Some(true)) => Check::Ok,
-                Ok(Some(false)) | Err(_) => Check::Down,
+                Ok(Some(RedisHealth::Up)) => Check::Ok,
+                Ok(Some(RedisHealth::Failing)) => Check::Degraded,
+                Ok(Some(RedisHealth::Down)) | Err(_) => Check::Down,
             }
         };
         let vector = async {

@@ -2,6 +2,8 @@
 //! (cloned from a template migrated once), so the suite runs in parallel.
 
 mod harness;
+#[path = "../common/redis_servers.rs"]
+mod redis_servers;
 #[path = "../common/weaviate_fake.rs"]
 mod weaviate_fake;
 
@@ -17,6 +19,7 @@ mod limits;
 mod mcp;
 mod merge;
 mod ops;
+mod redis;
 mod search;
 mod sync;
 mod tls;
