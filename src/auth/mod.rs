@@ -261,7 +261,7 @@ impl Authenticator {
                 match notice {
                     Ok(CommitNotice::KeysChanged | CommitNotice::Unknown)
                     | Err(broadcast::error::RecvError::Lagged(_)) => auth.reload().await,
-                    Ok(CommitNotice::Changed(_)) => {}
+                    Ok(CommitNotice::Changed(..)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }

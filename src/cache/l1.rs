@@ -186,6 +186,17 @@ impl L1 {
         }
     }
 
+    /// Drops the entry of `id`, whatever it holds.
+    pub fn remove(&self, id: &ContextId) {
+        let Some(shard) = self.shard(id) else {
+            return;
+        };
+        let mut shard = lock(shard);
+        if let Some(old) = shard.entries.pop(id) {
+            shard.bytes -= old.bytes;
+        }
+    }
+
     /// Drops everything: invalidations may have been missed.
     pub fn clear(&self) {
         for shard in &self.shards {

@@ -23,6 +23,15 @@ impl Stamp {
         }
     }
 
+    /// The stamp of version `version` of the incarnation created at `created_at` (`i64::MAX`:
+    /// its delete).
+    pub fn new(created_at: DateTime<Utc>, version: i64) -> Self {
+        Self {
+            incarnation: created_at,
+            version,
+        }
+    }
+
     /// The stamp of the delete that ended the incarnation created at `created_at`.
     pub fn tombstone(created_at: DateTime<Utc>) -> Self {
         Self {

@@ -18,7 +18,7 @@ use super::l2::{L2Lookup, L2Stats, RedisL2, SubscriptionHandle};
 use super::{CacheOutcome, CachedContext, L1, L1Stats, Stamp, record};
 use crate::config::CacheSettings;
 use crate::domain::ContextId;
-use crate::store::{CacheEntry, NewVersion, Store};
+use crate::store::{CacheEntry, CommitNotice, NewVersion, Store};
 
 /// Per-layer counters of one moment, for `/metrics` and `/metrics/summary`.
 /// What `/readyz` says of Redis.
@@ -62,7 +62,36 @@ pub struct TieredCache {
     /// Reads per context since the last flush to L3's access counts (L3 only).
     reads: Mutex<HashMap<ContextId, i64>>,
     subscription: Option<SubscriptionHandle>,
+    /// Drops what other instances replaced, as the store's commit signal tells (Postgres).
+    commit_listener: Option<tokio::task::JoinHandle<()>>,
     last_l3_error: Mutex<Option<Instant>>,
+}
+
+impl Drop for TieredCache {
+    fn drop(&mut self) {
+        if let Some(listener) = self.commit_listener.take() {
+            listener.abort();
+        }
+    }
+}
+
+/// Drops from `l1` every entry a commit on any instance replaced, as the store's commit
+/// signal says (its payload carries the commit's stamp); clears it when the signal was
+/// interrupted, since anything may have changed meanwhile.
+async fn follow_commits(l1: Arc<L1>, mut commits: tokio::sync::broadcast::Receiver<CommitNotice>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match commits.recv().await {
+            Ok(CommitNotice::Changed(id, Some(committed))) => {
+                l1.invalidate(&id, Stamp::new(committed.created_at, committed.version));
+            }
+            // An older instance's notice names the id only: drop whatever is held.
+            Ok(CommitNotice::Changed(id, None)) => l1.remove(&id),
+            Ok(CommitNotice::KeysChanged) => {}
+            Ok(CommitNotice::Unknown) | Err(RecvError::Lagged(_)) => l1.clear(),
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// How often a failing L3 is logged at most.
@@ -87,6 +116,12 @@ impl TieredCache {
                 },
             )
         });
+        // Without Redis as well as with it: the store's commit signal reaches every instance on
+        // one Postgres, so each drops what another replaced within milliseconds (both paths
+        // may run; an invalidation is idempotent). SQLite has one instance: nothing to follow.
+        let commit_listener = store
+            .signal_spans_processes()
+            .then(|| tokio::spawn(follow_commits(l1.clone(), store.commits())));
         let l3_ttl = (settings.l3.enabled && store.has_cache_table())
             .then(|| Duration::from_secs(settings.l3.ttl_seconds));
         Self {
@@ -99,6 +134,7 @@ impl TieredCache {
             l3_misses: AtomicU64::new(0),
             reads: Mutex::new(HashMap::new()),
             subscription,
+            commit_listener,
             last_l3_error: Mutex::new(None),
         }
     }

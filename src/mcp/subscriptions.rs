@@ -202,7 +202,7 @@ impl Subscriptions {
             loop {
                 tokio::select! {
                     notice = commits.recv() => match notice {
-                        Ok(CommitNotice::Changed(id)) => hub.changed(&id),
+                        Ok(CommitNotice::Changed(id, _)) => hub.changed(&id),
                         Ok(CommitNotice::KeysChanged) => {}
                         Ok(CommitNotice::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             hub.changed_all();

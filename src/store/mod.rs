@@ -156,10 +156,48 @@ pub struct ImportSummary {
 /// on Postgres, any other), or the signal was interrupted and anything may have changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitNotice {
-    Changed(ContextId),
+    /// A change to `id`, and, when the signal carries it, what it committed.
+    Changed(ContextId, Option<Committed>),
     /// An API key was revoked (or re-enabled): verified keys cached in process are stale.
     KeysChanged,
     Unknown,
+}
+
+/// What a commit did to a context: its incarnation (`created_at`) and the version it now has,
+/// `i64::MAX` for a delete. Other instances compare it with what their cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub created_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl Committed {
+    /// The version a delete commits.
+    pub const DELETED: i64 = i64::MAX;
+
+    /// The commit signal's payload: `<id> <created_at in µs> <version>`.
+    pub fn payload(&self, id: &ContextId) -> String {
+        format!(
+            "{id} {} {}",
+            self.created_at.timestamp_micros(),
+            self.version
+        )
+    }
+
+    /// Reads a payload back; an id alone (an older instance's) carries no commit.
+    pub fn parse(payload: &str) -> Option<(ContextId, Option<Committed>)> {
+        let mut parts = payload.split(' ');
+        let id = ContextId::parse(parts.next()?).ok()?;
+        let committed = match (parts.next(), parts.next()) {
+            (Some(micros), Some(version)) => Some(Committed {
+                created_at: chrono::TimeZone::timestamp_micros(&Utc, micros.parse().ok()?)
+                    .single()?,
+                version: version.parse().ok()?,
+            }),
+            _ => None,
+        };
+        Some((id, committed))
+    }
 }
 
 /// A stored API key: everything but the key itself, of which only the SHA-256 is kept.

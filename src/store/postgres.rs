@@ -19,9 +19,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 
 use super::{
-    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts,
-    Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery,
-    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteGate,
+    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice,
+    Committed, Counts, Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome,
+    Delivery, ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteGate,
     WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
@@ -425,8 +425,8 @@ async fn listen_for_commits(
                         let notice = if payload == KEYS_CHANGED_PAYLOAD {
                             CommitNotice::KeysChanged
                         } else {
-                            ContextId::parse(&payload)
-                                .map(CommitNotice::Changed)
+                            Committed::parse(&payload)
+                                .map(|(id, committed)| CommitNotice::Changed(id, committed))
                                 .unwrap_or(CommitNotice::Unknown)
                         };
                         let _ = commits.send(notice);
@@ -966,11 +966,17 @@ impl Store for PostgresStore {
                 &"delete",
                 &no_change_type,
             ];
+            let notice = Committed {
+                created_at: current.created_at,
+                version: Committed::DELETED,
+            }
+            .payload(id);
+            let notice: Params = &[&notice];
             let results = tokio::join!(
                 biased;
                 tx.execute(&delete, by_id),
                 tx.execute(&outbox, outbox_params),
-                tx.execute(&notify, by_id),
+                tx.execute(&notify, notice),
             );
             first_failure([results.0, results.1, results.2])?;
             tx.commit().await.map_err(db_error)?;
@@ -1695,6 +1701,8 @@ struct Staged<'a> {
     change_type: &'static str,
     op: &'static str,
     cache_key: String,
+    /// The commit signal's payload.
+    notice: String,
 }
 
 impl<'a> Staged<'a> {
@@ -1712,6 +1720,11 @@ impl<'a> Staged<'a> {
             change_type: new.change_type.as_str(),
             op: "upsert",
             cache_key: cache_key(id),
+            notice: Committed {
+                created_at: new.created_at,
+                version: new.version,
+            }
+            .payload(id),
         }
     }
 }
@@ -1788,7 +1801,7 @@ async fn store_versions(
                 ],
             ));
         }
-        statements.push((&notify, vec![&s.key]));
+        statements.push((&notify, vec![&s.notice]));
     }
     let results = futures_util::future::join_all(
         statements

@@ -708,7 +708,7 @@ impl Store for SqliteStore {
     ) -> Result<WriteOutcome, StoreError> {
         let outcome = self.write_one(id, load_version, decide).await?;
         if matches!(outcome, WriteOutcome::Written { .. }) {
-            let _ = self.commits.send(CommitNotice::Changed(id.clone()));
+            let _ = self.commits.send(CommitNotice::Changed(id.clone(), None));
         }
         Ok(outcome)
     }
@@ -758,7 +758,9 @@ impl Store for SqliteStore {
             .await?;
         for outcome in &outcomes {
             if let WriteOutcome::Written { context, .. } = outcome {
-                let _ = self.commits.send(CommitNotice::Changed(context.id.clone()));
+                let _ = self
+                    .commits
+                    .send(CommitNotice::Changed(context.id.clone(), None));
             }
         }
         Ok(outcomes)
@@ -1065,7 +1067,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if matches!(outcome, DeleteOutcome::Deleted { .. }) {
-            let _ = self.commits.send(CommitNotice::Changed(id.clone()));
+            let _ = self.commits.send(CommitNotice::Changed(id.clone(), None));
         }
         Ok(outcome)
     }

@@ -17,10 +17,20 @@ use crate::harness::{Backend, Setup, TestApp, TestDb, problem, use_redis};
 
 /// Two instances on one database and one Redis, each with its own L1.
 async fn two_instances(configure: impl Fn(&mut contextd::config::Settings)) -> (TestApp, TestApp) {
+    two_instances_on(true, configure).await
+}
+
+/// Two instances on one database, with Redis or without, each with its own L1.
+async fn two_instances_on(
+    redis: bool,
+    configure: impl Fn(&mut contextd::config::Settings),
+) -> (TestApp, TestApp) {
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
     let prefix = format!("test:{}:", uuid());
     let mut settings = TestApp::settings_for(&db.url());
-    use_redis(&mut settings, &prefix);
+    if redis {
+        use_redis(&mut settings, &prefix);
+    }
     configure(&mut settings);
     let a = TestApp::start(db.clone(), settings.clone()).await;
     let b = TestApp::start(db, settings).await;
@@ -47,7 +57,18 @@ const COHERENCE_DEADLINE: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_write_on_one_instance_is_served_by_the_other_without_waiting_for_the_ttl() {
-    let (a, b) = two_instances(|_| {}).await;
+    served_by_the_other(true).await;
+}
+
+/// Without Redis the store's commit signal (Postgres NOTIFY) carries the invalidation; before,
+/// the other instance served its stale copy for up to the L1 TTL (300 s).
+#[tokio::test]
+async fn without_redis_a_write_on_one_instance_is_served_by_the_other_at_once() {
+    served_by_the_other(false).await;
+}
+
+async fn served_by_the_other(redis: bool) {
+    let (a, b) = two_instances_on(redis, |_| {}).await;
     a.put_data("shared", json!({"n": 0})).await;
     for n in 1..=10 {
         // B holds the current version in its L1...
@@ -65,7 +86,16 @@ async fn a_write_on_one_instance_is_served_by_the_other_without_waiting_for_the_
 
 #[tokio::test]
 async fn a_delete_on_one_instance_is_seen_by_the_other() {
-    let (a, b) = two_instances(|_| {}).await;
+    deleted_for_the_other(true).await;
+}
+
+#[tokio::test]
+async fn without_redis_a_delete_on_one_instance_is_seen_by_the_other() {
+    deleted_for_the_other(false).await;
+}
+
+async fn deleted_for_the_other(redis: bool) {
+    let (a, b) = two_instances_on(redis, |_| {}).await;
     a.put_data("doomed", json!({})).await;
     assert_eq!(b.get("/contexts/doomed").await.status(), StatusCode::OK);
     assert_eq!(b.get("/contexts/doomed").await.status(), StatusCode::OK);
