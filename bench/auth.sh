@@ -60,7 +60,7 @@ start_server() {
         "$BIN" serve >>"$RUN_DIR/server.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 1 200); do
-        curl -fs "$BASE/healthz" >/dev/null 2>&1 && return
+        curl -fs "$BASE/readyz" >/dev/null 2>&1 && return   # ready: the store is open
         sleep 0.05
     done
     die "the server did not start; see $RUN_DIR/server.log"

@@ -196,9 +196,9 @@ start_server() {
     SERVER_PID=$!
     local t0=$EPOCHREALTIME i
     for ((i = 0; ; i++)); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/healthz" || true) == 200 ]] && break
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz" || true) == 200 ]] && break
         check_server
-        (( i < 1200 )) || die "no 200 from /healthz after 120 s (see $SERVER_LOG)"
+        (( i < 1200 )) || die "no 200 from /readyz after 120 s (see $SERVER_LOG)"
         sleep 0.1
     done
     START_S=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')

@@ -96,7 +96,7 @@ check_server() {
 }
 trap 'exit 130' INT TERM
 
-# start_server DATABASE_URL LOG: runs the server on that store and waits for its /healthz.
+# start_server DATABASE_URL LOG: runs the server on that store and waits for its /readyz.
 start_server() {
     SERVER_LOG=$2
     DATABASE_URL=$1 \
@@ -106,13 +106,13 @@ start_server() {
         "$BIN" serve >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
 
-    echo "bench: waiting for $BASE/healthz ($STORE)"
+    echo "bench: waiting for $BASE/readyz ($STORE)"
     for ((i = 0; ; i++)); do
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/healthz" || true) == 200 ]]; then
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz" || true) == 200 ]]; then
             break
         fi
         check_server
-        (( i < 600 )) || die "no 200 from /healthz after 60 s (see $SERVER_LOG)"
+        (( i < 600 )) || die "no 200 from /readyz after 60 s (see $SERVER_LOG)"
         sleep 0.1
     done
 }

@@ -185,8 +185,12 @@ run_schemathesis() {
     CONTEXTD__AUTH__MODE=on CONTEXTD__AUTH__BOOTSTRAP_KEY="$key" \
     CONTEXTD__VECTOR__DIMENSIONS=4 RUST_LOG=warn target/debug/contextd serve >"$log" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do
-    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && break; sleep 0.1
+  # Ready: /readyz answers 200 once the store is open (it listens, answering 503, before).
+  for _ in $(seq 150); do
+    timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+      printf "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" >&3
+      read -r status <&3; [[ $status == "HTTP/1.1 200"* ]]' "$port" 2>/dev/null && break
+    sleep 0.1
   done
   local status=0
   "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \

@@ -12,7 +12,7 @@ use contextd::cache::TieredCache;
 use contextd::config::Settings;
 use contextd::domain::{Principal, Role};
 use contextd::service::{ContextService, KeyService};
-use contextd::startup::{App, open_store, shutdown_signal};
+use contextd::startup::{open_store, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -184,12 +184,7 @@ fn main() -> ExitCode {
         .expect("the tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve => {
-                App::build(&settings)
-                    .await?
-                    .run_until(shutdown_signal())
-                    .await
-            }
+            Command::Serve => contextd::startup::serve(&settings, shutdown_signal()).await,
             Command::Migrate => open_store(&settings).await.map(|_| {
                 tracing::info!("migrations are up to date");
             }),

@@ -30,6 +30,11 @@ use crate::vector::weaviate::WeaviateIndex;
 /// A bound, ready-to-serve contextd.
 pub struct App {
     listener: TcpListener,
+    parts: Assembled,
+}
+
+/// Everything of a contextd but its listener: the router, and what runs beside it.
+struct Assembled {
     router: axum::Router,
     grace: Duration,
     limits: crate::server::ServerLimits,
@@ -109,15 +114,162 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// How the server treats connections, from the settings.
+fn server_limits(settings: &Settings) -> crate::server::ServerLimits {
+    crate::server::ServerLimits {
+        header_timeout: Duration::from_secs(settings.server.header_timeout_seconds),
+        max_connections: settings.server.max_connections,
+    }
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(settings.server.bind)
+        .await
+        .with_context(|| format!("binding {}", settings.server.bind))
+}
+
 impl App {
     /// Connects and migrates the store, builds the services, and binds `server.bind`.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let parts = assemble(settings, metrics).await?;
+        let listener = bind(settings).await?;
+        Ok(Self { listener, parts })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes, then lets requests in flight finish (for at most
+    /// `server.shutdown_grace_seconds`).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let settings_grace = self.parts.grace();
+        let addr = self.local_addr();
+        let stopping = stop_on(shutdown, Some(self.parts.mcp_shutdown.clone()));
+        let metrics = self.parts.metrics();
+        let serve = crate::server::serve(
+            self.listener,
+            self.parts.router.clone(),
+            self.parts.limits(),
+            metrics,
+            stopping.clone(),
+        );
+        tracing::info!("listening on http://{addr}");
+        finish(serve, stopping, settings_grace, self.parts).await;
+        Ok(())
+    }
+}
+
+/// `contextd serve`: binds first and answers at once (`/healthz` 200, `/readyz` 503, the rest
+/// 503 "starting") while the store is reached and the services are built, which may take up to
+/// `database.startup_timeout_seconds` when Postgres starts beside contextd; then serves.
+pub async fn serve(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = bind(settings).await?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(std::sync::OnceLock::<axum::Router>::new());
+    let router = crate::api::starting::switch(settings, ready.clone());
+    let stopping = stop_on(shutdown, None);
+    let limits = server_limits(settings);
+    let mut server = tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        limits,
+        metrics.clone(),
+        stopping.clone(),
+    ));
+    tracing::info!("listening on http://{addr}");
+    let parts = tokio::select! {
+        built = assemble(settings, metrics) => built?,
+        () = stopping.cancelled() => {
+            tracing::info!("stopped before start-up was done");
+            let _ = (&mut server).await;
+            return Ok(());
+        }
+    };
+    let _ = ready.set(parts.router.clone());
+    // A shutdown from now on also ends the MCP streams.
+    let mcp_shutdown = parts.mcp_shutdown.clone();
+    let stopped = stopping.clone();
+    tokio::spawn(async move {
+        stopped.cancelled().await;
+        mcp_shutdown.cancel();
+    });
+    tracing::info!("ready");
+    let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
+    finish(
+        async move {
+            let _ = server.await;
+        },
+        stopping,
+        grace,
+        parts,
+    )
+    .await;
+    Ok(())
+}
+
+/// A token cancelled once `shutdown` completes (ending `mcp`'s streams too, when given).
+fn stop_on(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mcp: Option<CancellationToken>,
+) -> CancellationToken {
+    let stopping = CancellationToken::new();
+    let token = stopping.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        if let Some(mcp) = mcp {
+            mcp.cancel();
+        }
+        token.cancel();
+        tracing::info!("shutting down; letting requests in flight finish");
+    });
+    stopping
+}
+
+/// Waits for the server to end (or the grace period after `stopping`), then stops the
+/// background work and waits for it.
+async fn finish(
+    serve: impl Future<Output = ()>,
+    stopping: CancellationToken,
+    grace: Duration,
+    parts: Assembled,
+) {
+    tokio::select! {
+        () = serve => {}
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "requests still running after the grace period; stopping anyway"),
+    }
+    let _ = parts.stop.send(true);
+    for task in parts.background {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+}
+
+/// Connects and migrates the store, and builds the services and the router.
+async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<Assembled> {
+    {
         let store = open_store(settings).await?;
         let redis = connect_redis(settings).await?;
         let cache = Arc::new(TieredCache::new(&settings.cache, store.clone(), redis));
         cache.wait_until_subscribed(SUBSCRIBE_WAIT).await;
         let (stop, stopped) = watch::channel(false);
-        let metrics = Arc::new(Metrics::new());
         let mut background = maintenance::spawn(cache.clone(), &settings.cache, stopped.clone());
         let sync_state = Arc::new(SyncState::new(settings.sync.factory.webhook_url.is_some()));
         let pusher = Pusher::new(
@@ -200,7 +352,7 @@ impl App {
                 (index, indexer_state),
                 settings,
             )),
-            metrics,
+            metrics: metrics.clone(),
         };
         let subscriptions = Arc::new(Subscriptions::default());
         background.push(subscriptions.spawn_feed(state.contexts.store(), stopped.clone()));
@@ -209,76 +361,30 @@ impl App {
             .mcp
             .enabled
             .then(|| mcp::router(state.clone(), subscriptions, settings, mcp_shutdown.clone()));
-        let metrics = state.metrics.clone();
         let router = api::router(state, settings, mcp, authenticator);
-        let listener = TcpListener::bind(settings.server.bind)
-            .await
-            .with_context(|| format!("binding {}", settings.server.bind))?;
-        Ok(Self {
-            listener,
+        Ok(Assembled {
             router,
-            grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
-            limits: crate::server::ServerLimits {
-                header_timeout: Duration::from_secs(settings.server.header_timeout_seconds),
-                max_connections: settings.server.max_connections,
-            },
-            metrics,
             mcp_shutdown,
             stop,
             background,
+            grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
+            limits: server_limits(settings),
+            metrics,
         })
     }
+}
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+impl Assembled {
+    fn grace(&self) -> Duration {
+        self.grace
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
+    fn limits(&self) -> crate::server::ServerLimits {
+        self.limits.clone()
     }
 
-    /// Serves until `shutdown` completes, then lets requests in flight finish (for at most
-    /// `server.shutdown_grace_seconds`).
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let addr = self.local_addr();
-        let stopping = CancellationToken::new();
-        let signal = {
-            let (stopping, mcp_shutdown) = (stopping.clone(), self.mcp_shutdown.clone());
-            async move {
-                shutdown.await;
-                mcp_shutdown.cancel();
-                stopping.cancel();
-                tracing::info!("shutting down; letting requests in flight finish");
-            }
-        };
-        tokio::spawn(signal);
-        let serve = crate::server::serve(
-            self.listener,
-            self.router,
-            self.limits,
-            self.metrics,
-            stopping.clone(),
-        );
-        tracing::info!("listening on http://{addr}");
-        let grace = self.grace;
-        tokio::select! {
-            () = serve => {}
-            () = async {
-                stopping.cancelled().await;
-                tokio::time::sleep(grace).await;
-            } => tracing::warn!(?grace, "requests still running after the grace period; stopping anyway"),
-        }
-        let _ = self.stop.send(true);
-        for task in self.background {
-            let _ = task.await;
-        }
-        tracing::info!("stopped");
-        Ok(())
+    fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 }
 

@@ -13,6 +13,7 @@ mod keys;
 pub(crate) mod merge;
 mod ops;
 pub(crate) mod search;
+pub mod starting;
 mod sync;
 
 use std::sync::Arc;

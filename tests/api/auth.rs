@@ -855,6 +855,19 @@ async fn keys_never_reach_the_log() {
     let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let http = reqwest::Client::new();
     let base = format!("http://{addr}");
+    // It listens before the store is open: wait until it is ready.
+    let deadline = Instant::now() + PATIENCE;
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != StatusCode::OK
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let made: Value = http
         .post(format!("{base}/admin/keys"))
         .bearer_auth(admin.expose())

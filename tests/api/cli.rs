@@ -193,9 +193,10 @@ fn serve_with_no_database_url_uses_sqlite_in_data_and_says_so() {
     let mut log = Vec::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
-        let listening = line.contains("listening on http://");
+        // It listens at once, and says `ready` once the store is open.
+        let ready = line.ends_with(" ready");
         log.push(line);
-        if listening {
+        if ready {
             break;
         }
     }
@@ -212,3 +213,100 @@ fn serve_with_no_database_url_uses_sqlite_in_data_and_says_so() {
 }
 
 crate::on_both_stores!(migrate_creates_and_migrates_a_new_database_then_exits);
+
+/// Start-up before Postgres is there (compose, Kubernetes): the binary listens at once,
+/// answers /healthz 200 and /readyz 503 while it retries, serves once Postgres answers, and
+/// gives up with a message after `database.startup_timeout_seconds`.
+#[tokio::test]
+async fn serve_waits_for_a_postgres_that_comes_up_later_and_answers_meanwhile() {
+    let db = crate::harness::TestDb::migrated().await;
+    let proxy = crate::harness::PgProxy::start().await;
+    proxy.cut();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = contextd()
+        .arg("serve")
+        .env("DATABASE_URL", proxy.url_for(&db.name))
+        .env("CONTEXTD__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("CONTEXTD__DATABASE__CONNECT_TIMEOUT_SECONDS", "1")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        reqwest::StatusCode::OK
+    );
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let put = http
+        .put(format!("{base}/contexts/early"))
+        .json(&serde_json::json!({"data": {}, "source": "mcp"}))
+        .send()
+        .await
+        .unwrap();
+    crate::harness::problem(put, reqwest::StatusCode::SERVICE_UNAVAILABLE).await;
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if ready.status() == reqwest::StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let put = http
+        .put(format!("{base}/contexts/late"))
+        .json(&serde_json::json!({"data": {}, "source": "mcp"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), reqwest::StatusCode::CREATED);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn serve_gives_up_on_an_unreachable_postgres_after_the_startup_timeout() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let started = std::time::Instant::now();
+    let output = contextd()
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://u:hunter2@127.0.0.1:{dead_port}/db"),
+        )
+        .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
+        .env("CONTEXTD__DATABASE__STARTUP_TIMEOUT_SECONDS", "2")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert!(log.contains("not reachable yet; retrying"), "{log}");
+    assert!(log.contains("gave up after"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}

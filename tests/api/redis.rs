@@ -149,12 +149,16 @@ async fn a_wrong_redis_password_is_logged_once_in_redis_words_and_only_degrades(
             break addr.trim().to_owned();
         }
     };
-    let ready: Value = reqwest::get(format!("http://{addr}/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // It listens before the store is open: ask once it is ready (200, Redis down or not).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready: Value = loop {
+        let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        if response.status() == StatusCode::OK {
+            break response.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(ready["checks"]["redis"], "down", "{ready}");
     // fred retries every couple of seconds; each retry is refused again.
     tokio::time::sleep(Duration::from_secs(3)).await;
