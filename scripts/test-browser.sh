@@ -94,7 +94,7 @@ for _ in $(seq 150); do   # up to 15 s
   kill -0 "$SERVER_PID" 2>/dev/null || { say "contextd exited at start:"; cat "$TMP/server.log" >&2; exit 1; }
   sleep 0.1
 done
-healthz "$PORT" || { say "contextd did not answer /healthz within 15 s:"; cat "$TMP/server.log" >&2; exit 1; }
+ready "$PORT" || { say "contextd was not ready (/readyz) within 15 s:"; cat "$TMP/server.log" >&2; exit 1; }
 say "$("$BIN" --version 2>/dev/null || echo "$BIN") on http://127.0.0.1:$PORT, SQLite in $TMP"
 
 # --- The test (its own watchdog ends it within three minutes; timeout is the backstop).

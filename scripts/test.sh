@@ -225,4 +225,6 @@ if [[ $# -eq 0 ]]; then
   apt_install openssl have openssl
   HADOLINT="$VENV/bin/hadolint" scripts/check-docker.sh
   schemathesis_on_both_stores
+  echo "==> Swagger UI in Chromium"
+  scripts/test-browser.sh   # installs Chromium (Debian) and playwright-core (npm) when missing
 fi

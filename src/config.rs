@@ -416,10 +416,13 @@ impl Default for L1Settings {
     }
 }
 
+/// `vector.dimensions` when not configured: OpenAI's text-embedding-3-small and ada-002.
+pub const DEFAULT_DIMENSIONS: usize = 1536;
+
 impl Default for VectorSettings {
     fn default() -> Self {
         Self {
-            dimensions: 1536,
+            dimensions: DEFAULT_DIMENSIONS,
             backend: VectorBackend::Embedded,
             embedded: EmbeddedSettings::default(),
             weaviate: WeaviateSettings::default(),

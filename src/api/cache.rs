@@ -20,6 +20,7 @@ const MAX_WARM: usize = 1000;
 
 /// Contexts to load into the cache.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"context_ids": ["ctx_123", "ctx_456"]}))]
 pub struct WarmIn {
     /// 1..=1000 context ids.
     #[schema(min_items = 1, max_items = 1000)]

@@ -38,6 +38,12 @@ const DEFAULT_LIMIT: usize = 100;
 
 /// A context as written by `PUT /contexts/{id}` and `POST /contexts`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "data": {"user": "john", "task": "triage"},
+    "source": "factory",
+    "metadata": {"team": "support"},
+    "changed_by": "swagger-ui"
+}))]
 pub struct ContextIn {
     /// `POST` only: the id to create (1..=255 of `[A-Za-z0-9._:-]`); generated when absent.
     /// On `PUT` it may be given only if it equals the id in the path.
@@ -258,7 +264,7 @@ pub struct GetParams {
     #[param(value_type = Option<i64>, minimum = 1)]
     pub version: Option<String>,
     /// `embedding` adds the embedding to the response.
-    #[param(value_type = Option<String>, example = "embedding", pattern = "^(embedding)?$")]
+    #[param(value_type = Option<String>, pattern = "^(embedding)?$")]
     pub include: Option<String>,
 }
 
@@ -268,7 +274,7 @@ pub struct GetParams {
 pub struct WriteParams {
     /// With `If-Match` naming an old version: `reject` (412, the default), `overwrite`, or
     /// `merge` (three-way merge of top-level keys; 409 lists conflicting keys).
-    #[param(value_type = Option<String>, example = "merge")]
+    #[param(value_type = Option<String>, pattern = "^(reject|overwrite|merge)$")]
     pub on_conflict: Option<String>,
 }
 
@@ -395,7 +401,7 @@ pub(super) fn written_response(written: &Written) -> Response {
 /// `Cache-Status` tells which layer answered.
 #[utoipa::path(
     get, path = "/contexts/{id}", tag = "contexts",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"), GetParams,
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"), GetParams,
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag you hold, e.g. \"3\"")),
     responses(
         (status = 200, description = "The context", body = ContextOut,
@@ -457,7 +463,7 @@ async fn get_context(
 /// `If-None-Match: *` makes it create-only.
 #[utoipa::path(
     put, path = "/contexts/{id}", tag = "contexts",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"), WriteParams,
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"), WriteParams,
         ("If-Match" = Option<String>, Header, nullable = false, description = "The version you read, e.g. \"3\", or *", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#),
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "* to create only", pattern = r"^\*$")),
     request_body = ContextIn,
@@ -545,7 +551,7 @@ async fn create_context(
 /// that version.
 #[utoipa::path(
     delete, path = "/contexts/{id}", tag = "contexts",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"),
         ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only if this is the current version, e.g. \"3\"", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#)),
     responses(
         (status = 204, description = "Deleted"),
@@ -626,7 +632,7 @@ async fn list_contexts(
 /// Newest first; page with `cursor`.
 #[utoipa::path(
     get, path = "/contexts/{id}/versions", tag = "versions",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"), PageParams),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"), PageParams),
     responses(
         (status = 200, description = "One page", body = VersionPage),
         (status = 400, description = "Bad cursor", body = Problem, content_type = "application/problem+json"),
@@ -665,8 +671,8 @@ fn parse_version(id: &ContextId, raw: &str) -> Result<i64, AppError> {
 /// Get one version
 #[utoipa::path(
     get, path = "/contexts/{id}/versions/{n}", tag = "versions",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"),
-        ("n" = i64, Path, description = "Version number", minimum = 1)),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"),
+        ("n" = i64, Path, description = "Version number", minimum = 1, example = 1)),
     responses(
         (status = 200, description = "The version", body = VersionOut),
         (status = 400, description = "Malformed path", body = Problem, content_type = "application/problem+json"),
@@ -689,6 +695,7 @@ async fn get_version(
 
 /// Body of a restore (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({"changed_by": "swagger-ui"}))]
 pub struct RestoreIn {
     /// Who made the change, recorded in the history.
     pub changed_by: Option<String>,
@@ -699,8 +706,8 @@ pub struct RestoreIn {
 /// Makes a new version with that version's data and metadata (`change_type` `restore`).
 #[utoipa::path(
     post, path = "/contexts/{id}/versions/{n}/restore", tag = "versions",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$"),
-        ("n" = i64, Path, description = "Version to restore", minimum = 1),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"),
+        ("n" = i64, Path, description = "Version to restore", minimum = 1, example = 1),
         ("If-Match" = Option<String>, Header, nullable = false, description = "Restore only if this is the current version, e.g. \"3\"", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#)),
     request_body(content = Option<RestoreIn>, description = "Optional"),
     responses(

@@ -20,9 +20,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// What to merge, and how.
 #[derive(Debug, Deserialize, ToSchema, schemars::JsonSchema)]
+#[schema(example = json!({
+    "context_ids": ["ctx_123", "ctx_456"],
+    "strategy": "union",
+    "target_id": "ctx_merged"
+}))]
 pub struct MergeIn {
     /// 2..=100 existing context ids, in the order the strategy reads them.
-    #[schema(min_items = 2, max_items = 100, example = json!(["ctx_a", "ctx_b"]))]
+    #[schema(min_items = 2, max_items = 100, example = json!(["ctx_123", "ctx_456"]))]
     pub context_ids: Vec<String>,
     /// `latest`, `union`, `intersection` or `deep`.
     #[schema(value_type = MergeStrategy)]

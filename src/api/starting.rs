@@ -40,7 +40,7 @@ fn starting(settings: &Settings) -> Router {
         crate::config::VectorBackend::Embedded => "embedded",
         crate::config::VectorBackend::Weaviate => "weaviate",
     };
-    let document = super::openapi_json();
+    let document = super::openapi_json_for(settings.vector.dimensions);
     Router::new()
         .route(
             "/healthz",

@@ -49,6 +49,11 @@ pub struct FactoryContextIn {
 /// One Factory context, or a batch of them. (The body's schema: it is parsed by hand, so that
 /// a bad item is named by its index.)
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "ctx_456",
+    "data": {"user": "jane", "task": "billing"},
+    "metadata": {"team": "support"}
+}))]
 #[serde(untagged)]
 #[allow(dead_code)]
 pub enum IngestIn {
@@ -190,7 +195,7 @@ async fn ingest(
 /// `timestamp` is the context's `updated_at`.
 #[utoipa::path(
     get, path = "/sync/factory/{id}", tag = "sync",
-    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$")),
+    params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_456")),
     responses(
         (status = 200, description = "The context", body = FactoryContextOut),
         (status = 404, description = "No such context", body = Problem, content_type = "application/problem+json"),

@@ -64,10 +64,10 @@ const ORDER = [
   'GET /contexts/{id}/versions',
   'GET /contexts/{id}/versions/{n}',
   'POST /contexts/{id}/versions/{n}/restore',
+  'POST /sync/factory', //                    the second context the merge example names
   'POST /contexts/merge',
   'POST /contexts/search',
   'POST /cache/warm',
-  'POST /sync/factory',
   'GET /sync/factory/changes',
   'GET /sync/factory/{id}',
   'GET /healthz',
