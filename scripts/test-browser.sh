@@ -85,7 +85,7 @@ PORT=$(free_port)
 KEY=$("$BIN" keys generate)
 DATABASE_URL="sqlite:$TMP/contextd.db" CONTEXTD__SERVER__BIND="127.0.0.1:$PORT" \
   CONTEXTD__AUTH__MODE=on CONTEXTD__AUTH__BOOTSTRAP_KEY="$KEY" \
-  CONTEXTD__VECTOR__DIMENSIONS=4 RUST_LOG=warn CONTEXTD_CONFIG=config/context.yaml \
+  RUST_LOG=warn CONTEXTD_CONFIG=config/context.yaml \
   "$BIN" serve >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 

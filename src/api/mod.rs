@@ -16,7 +16,6 @@ pub(crate) mod search;
 pub mod starting;
 mod sync;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,48 +170,27 @@ fn declare_bearer_auth(doc: &mut OpenApiDoc) {
     }
 }
 
-/// The OpenAPI document committed in `openapi/openapi.json`: the one served with the default
-/// `vector.dimensions`.
+/// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.
+///
+/// Its search example carries a vector of the default `vector.dimensions` (a unit vector along
+/// the first axis), too long to write in the derive, so that Swagger UI's "Try it out" sends a
+/// request that succeeds as it stands on a server with the default configuration.
 pub fn openapi_json() -> String {
-    openapi_json_for(crate::config::DEFAULT_DIMENSIONS)
-}
-
-/// The OpenAPI document as served at `/openapi.json` by a server whose vectors have
-/// `dimensions` floats: the vectors' schemas say that length, and the search example carries a
-/// vector of it, so that Swagger UI's "Try it out" sends a request that succeeds as it stands.
-pub fn openapi_json_for(dimensions: usize) -> String {
-    use utoipa::openapi::{Object, RefOr, Schema};
-    fn object<'a>(schemas: &'a mut BTreeMap<String, RefOr<Schema>>, name: &str) -> &'a mut Object {
-        match schemas.get_mut(name) {
-            Some(RefOr::T(Schema::Object(object))) => object,
-            _ => unreachable!("{name} is an object schema of the document"),
-        }
-    }
+    use utoipa::openapi::{RefOr, Schema};
     let mut document = openapi();
     let schemas = &mut document
         .components
         .as_mut()
         .expect("the document has components")
         .schemas;
-    for (schema, property) in [
-        ("ContextIn", "embedding"),
-        ("FactoryContextIn", "embedding"),
-        ("SearchIn", "vector"),
-    ] {
-        match object(schemas, schema).properties.get_mut(property) {
-            Some(RefOr::T(Schema::Array(array))) => {
-                array.min_items = Some(dimensions);
-                array.max_items = Some(dimensions);
-            }
-            _ => unreachable!("{schema}.{property} is an array in the document"),
-        }
-    }
-    // A unit vector along the first axis: valid at any length.
-    let mut vector = vec![serde_json::Value::from(0.0); dimensions];
+    let Some(RefOr::T(Schema::Object(search))) = schemas.get_mut("SearchIn") else {
+        unreachable!("SearchIn is an object schema of the document")
+    };
+    let mut vector = vec![serde_json::Value::from(0.0); crate::config::DEFAULT_DIMENSIONS];
     vector[0] = 1.0.into();
     #[allow(deprecated)] // `example` is what Swagger UI pre-fills, as for the derived schemas
     {
-        object(schemas, "SearchIn").example = Some(serde_json::json!({
+        search.example = Some(serde_json::json!({
             "vector": vector,
             "limit": 5,
             "threshold": 0.5,
@@ -233,7 +211,7 @@ pub fn router(
     auth: Arc<Authenticator>,
 ) -> Router {
     let (router, _) = api_router().split_for_parts();
-    let spec = openapi_json_for(settings.vector.dimensions);
+    let spec = openapi_json();
     let body_limit = body_limit(settings);
     let timeout = Duration::from_secs(settings.server.request_timeout_seconds);
 

@@ -40,7 +40,7 @@ fn starting(settings: &Settings) -> Router {
         crate::config::VectorBackend::Embedded => "embedded",
         crate::config::VectorBackend::Weaviate => "weaviate",
     };
-    let document = super::openapi_json_for(settings.vector.dimensions);
+    let document = super::openapi_json();
     Router::new()
         .route(
             "/healthz",

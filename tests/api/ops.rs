@@ -248,31 +248,11 @@ async fn the_served_openapi_document_is_the_committed_one(store: Setup) {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
             .expect("openapi/openapi.json is committed");
     assert!(
-        contextd::api::openapi_json() == committed,
+        served == committed,
         "openapi/openapi.json is stale: run `cargo run -- openapi --output openapi/openapi.json`"
     );
-    // The served document is the committed one with the vectors' lengths of this server (4).
     let doc: Value = serde_json::from_str(&served).unwrap();
-    let mut expected: Value = serde_json::from_str(&committed).unwrap();
-    let schemas = &mut expected["components"]["schemas"];
-    for (schema, property) in [
-        ("ContextIn", "embedding"),
-        ("FactoryContextIn", "embedding"),
-        ("SearchIn", "vector"),
-    ] {
-        assert_eq!(schemas[schema]["properties"][property]["minItems"], 1536);
-        schemas[schema]["properties"][property]["minItems"] = 4.into();
-        schemas[schema]["properties"][property]["maxItems"] = 4.into();
-    }
-    schemas["SearchIn"]["example"]["vector"] = serde_json::json!([1.0, 0.0, 0.0, 0.0]);
-    assert_eq!(doc, expected, "served beside committed");
-    let search = app
-        .post(
-            "/contexts/search",
-            doc["components"]["schemas"]["SearchIn"]["example"].clone(),
-        )
-        .await;
-    assert_eq!(search.status(), 200, "the search example succeeds as sent");
+
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
         "/contexts",

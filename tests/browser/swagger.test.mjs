@@ -2,8 +2,8 @@
 //
 //   CONTEXTD_BASE_URL=http://127.0.0.1:PORT CONTEXTD_KEY=ctxd_... node swagger.test.mjs
 //
-// scripts/test-browser.sh starts a fresh server (auth on, an admin bootstrap key, 4-dimension
-// vectors) and runs this with its URL and key. Exit code 0 means every check passed:
+// scripts/test-browser.sh starts a fresh server (auth on, an admin bootstrap key, the default
+// configuration otherwise) and runs this with its URL and key. Exit code 0 means every check passed:
 //
 //   1. /swagger-ui/ loads and renders every operation of /openapi.json, and the page fetches
 //      nothing from outside loopback (every request of the browser is recorded; others are
