@@ -104,8 +104,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus metrics
 ///
-/// The text exposition format. No scrape queries the store: the counts are kept as writes
-/// commit and recounted in the background.
+/// The text exposition format. No scrape runs a query that grows with the data: the counts are
+/// kept as writes commit and recounted in the background; the store is pinged once.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -113,9 +113,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
         .set_inflight_body_bytes(state.bodies.in_flight_bytes());
-    let body = state
-        .metrics
-        .render(state.contexts.counted(), &state.contexts.cache().stats());
+    let cache = state.contexts.cache().stats();
+    let body = state.metrics.render(&crate::metrics::Scrape {
+        counts: state.contexts.counted(),
+        cache: &cache,
+        pool: state.ops.pool_status(),
+        redis: state.contexts.cache().redis_stats(),
+        store_up: state.ops.store_up(),
+        vector_backlog: state.ops.vector_backlog(),
+    });
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

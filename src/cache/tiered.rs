@@ -383,6 +383,11 @@ impl TieredCache {
         })
     }
 
+    /// Redis's connection and breaker, when Redis is configured (for L2, invalidation, or both).
+    pub fn redis_stats(&self) -> Option<L2Stats> {
+        self.redis.as_deref().map(RedisL2::stats)
+    }
+
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             l1: self.l1.stats(),

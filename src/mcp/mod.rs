@@ -135,6 +135,31 @@ impl ServerHandler for McpServer {
         .with_instructions(INSTRUCTIONS)
     }
 
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        let router = &self.shared.tool_router;
+        // The label is a tool of this server or `unknown`: bounded, whatever callers send.
+        let tool = if router.has_route(&request.name) {
+            request.name.to_string()
+        } else {
+            "unknown".to_owned()
+        };
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let result = router.call(call).await;
+        let outcome = match &result {
+            Ok(rmcp::model::CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
+                "error"
+            }
+            Ok(_) => "ok",
+            Err(_) => "invalid",
+        };
+        self.state().metrics.observe_mcp_tool_call(&tool, outcome);
+        result
+    }
+
     fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
         std::borrow::Cow::Borrowed(PROTOCOL_VERSIONS)
     }
@@ -355,6 +380,15 @@ pub fn router(
     session_config.keep_alive = Some(Duration::from_secs(settings.mcp.session_idle_seconds));
     sessions.session_config = session_config;
     let sessions = Arc::new(sessions);
+    metrics.know_mcp_tools(
+        shared
+            .tool_router
+            .list_all()
+            .iter()
+            .map(|tool| tool.name.as_ref()),
+    );
+    let counted = sessions.clone();
+    metrics.count_mcp_sessions_with(move || counted.sessions.try_read().ok().map(|s| s.len()));
     // Room for the largest context pretty-printed, plus an embedding, as on REST.
     let body_limit = crate::api::body_limit(settings);
     // A request answered by one message (every tool call) gets it as plain JSON; a stream

@@ -1,7 +1,9 @@
-//! Readiness: what `/readyz` reports about each dependency.
+//! Readiness and the operations numbers: what `/readyz`, `/metrics` and `/metrics/summary`
+//! report about each dependency.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -13,6 +15,22 @@ use crate::vector::VectorIndex;
 
 /// How long a readiness probe waits for a dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How old the store's last ping may be before `/metrics` starts another.
+const STORE_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The store's last ping, for `/metrics`.
+struct StoreWatch {
+    up: AtomicBool,
+    checked: Mutex<Instant>,
+    probing: AtomicBool,
+}
+
+impl StoreWatch {
+    fn record(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        *self.checked.lock().expect("not poisoned") = Instant::now();
+    }
+}
 
 /// The state of one dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -65,6 +83,7 @@ pub struct Ops {
     indexer: Arc<IndexerState>,
     target_hit_rate: f64,
     sync_interval_seconds: u64,
+    store_watch: Arc<StoreWatch>,
 }
 
 /// `/metrics/summary`, as the contract shapes it. Rates are percentages.
@@ -168,6 +187,12 @@ impl Ops {
             indexer,
             target_hit_rate: settings.cache.target_hit_rate,
             sync_interval_seconds: settings.sync.interval_seconds,
+            // The store was opened just before: up, as of now.
+            store_watch: Arc::new(StoreWatch {
+                up: AtomicBool::new(true),
+                checked: Mutex::new(Instant::now()),
+                probing: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -178,6 +203,36 @@ impl Ops {
         } else {
             0
         }
+    }
+
+    /// Whether the store answered its last ping, for `/metrics`: never waits. A result older
+    /// than [`STORE_WATCH_INTERVAL`] starts a new ping in the background (readiness checks
+    /// count too), so a scrape costs nothing whatever the store does.
+    pub fn store_up(&self) -> bool {
+        let watch = &self.store_watch;
+        let stale = watch.checked.lock().expect("not poisoned").elapsed() >= STORE_WATCH_INTERVAL;
+        if stale && !watch.probing.swap(true, Ordering::AcqRel) {
+            let (store, watch) = (self.store.clone(), self.store_watch.clone());
+            tokio::spawn(async move {
+                let up = matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+                    Ok(Ok(()))
+                );
+                watch.record(up);
+                watch.probing.store(false, Ordering::Release);
+            });
+        }
+        watch.up.load(Ordering::Acquire)
+    }
+
+    /// The store's connection pool now (Postgres).
+    pub fn pool_status(&self) -> Option<crate::store::PoolStatus> {
+        self.store.pool_status()
+    }
+
+    /// Changes committed but not yet applied to the vector index.
+    pub fn vector_backlog(&self) -> i64 {
+        self.indexer.backlog()
     }
 
     /// The numbers of `/metrics/summary`, from the running counts (no query).
@@ -261,6 +316,7 @@ impl Ops {
             }
         };
         let (store, redis, vector) = tokio::join!(store, redis, vector);
+        self.store_watch.record(store != Check::Down);
         Readiness {
             store_backend: self.store.backend(),
             store,

@@ -331,6 +331,16 @@ impl WriteGate {
     }
 }
 
+/// A connection pool's state: `open` connections of at most `max_size`, `idle` of them ready,
+/// `waiting` callers queued for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub max_size: usize,
+    pub open: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The backend's name, as `/readyz` reports it.
@@ -338,6 +348,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the last write failed because the store refuses writes (disk full, read-only).
     fn refusing_writes(&self) -> bool;
+
+    /// The connection pool's state now, for `/metrics`; `None` when the backend has none to
+    /// speak of (SQLite: one writer connection and its readers, always open).
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     /// Cheap round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;

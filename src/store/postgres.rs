@@ -21,8 +21,8 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checke
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice,
     Committed, Counts, Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome,
-    Delivery, ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteGate,
-    WriteOutcome, WriteView, migrate,
+    Delivery, ImportSummary, ListFilter, NewVersion, PoolStatus, Store, StoreError, VersionLookup,
+    WriteGate, WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
@@ -768,6 +768,16 @@ impl Store for PostgresStore {
 
     fn refusing_writes(&self) -> bool {
         self.writes.refusing()
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let status = self.pool.status();
+        Some(PoolStatus {
+            max_size: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

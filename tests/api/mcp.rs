@@ -566,6 +566,62 @@ async fn a_write_on_another_instance_reaches_the_subscriber() {
     assert_eq!(uri.as_deref(), Some("context://shared"));
 }
 
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
+async fn metrics_count_sessions_and_tool_calls_by_tool_and_outcome(store: Setup) {
+    let app = TestApp::spawn(store).await;
+    let scrape = || async { app.get("/metrics").await.text().await.unwrap() };
+    let before = scrape().await;
+    assert_eq!(
+        metric(&before, "contextd_mcp_sessions"),
+        Some(0.0),
+        "{before}"
+    );
+    for outcome in ["ok", "error", "invalid"] {
+        let series =
+            format!("contextd_mcp_tool_calls_total{{outcome=\"{outcome}\",tool=\"get_context\"}}");
+        assert_eq!(
+            metric(&before, &series),
+            Some(0.0),
+            "{series} shows at 0: {before}"
+        );
+    }
+    let (client, _updates) = legacy(&app, ProtocolVersion::V_2025_06_18).await;
+    ok(call(
+        &client,
+        "put_context",
+        json!({"context_id": "m", "data": {"v": 1}}),
+    )
+    .await);
+    ok(call(&client, "get_context", json!({"context_id": "m"})).await);
+    refused(
+        call(&client, "get_context", json!({"context_id": "nope"})).await,
+        404,
+    );
+    let bad = client
+        .call_tool(CallToolRequestParams::new("no_such_tool"))
+        .await;
+    assert!(bad.is_err(), "{bad:?}");
+    let text = scrape().await;
+    assert_eq!(metric(&text, "contextd_mcp_sessions"), Some(1.0), "{text}");
+    for (tool, outcome, calls) in [
+        ("put_context", "ok", 1.0),
+        ("get_context", "ok", 1.0),
+        ("get_context", "error", 1.0),
+        ("unknown", "invalid", 1.0),
+        ("search_contexts", "ok", 0.0),
+    ] {
+        let series =
+            format!("contextd_mcp_tool_calls_total{{outcome=\"{outcome}\",tool=\"{tool}\"}}");
+        assert_eq!(metric(&text, &series), Some(calls), "{series}: {text}");
+    }
+    client.cancel().await.unwrap();
+}
+
 async fn sessions_are_bounded_and_refused_with_503(store: Setup) {
     let app = TestApp::spawn_with(store, |s| s.mcp.max_sessions = 1).await;
     let (first, _) = legacy(&app, ProtocolVersion::V_2025_11_25).await;
@@ -794,6 +850,7 @@ crate::on_both_stores!(
     resources_page_through_every_context_and_read_from_the_cache,
     a_listener_hears_every_kind_of_change,
     a_2025_session_subscriber_hears_changes,
+    metrics_count_sessions_and_tool_calls_by_tool_and_outcome,
     sessions_are_bounded_and_refused_with_503,
     the_session_bound_holds_for_a_chunked_or_large_initialize,
     streams_are_bounded_per_session_and_in_total,

@@ -212,6 +212,120 @@ async fn metrics_come_from_running_counts_without_a_query_per_scrape() {
     assert_eq!(summary["contexts"]["total"], 2, "{summary}");
 }
 
+async fn metrics_show_the_build_the_process_the_pool_and_redis(store: Setup) {
+    let app = TestApp::spawn(store).await;
+    app.put_data("a", json!({"v": 1})).await;
+    let text = metrics_text(&app).await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("contextd_build_info{{version=\"{version}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let rss = sample(&text, "process_resident_memory_bytes").expect("RSS");
+    assert!((1e6..1e11).contains(&rss), "{rss}");
+    let fds = sample(&text, "process_open_fds").expect("open fds");
+    let max_fds = sample(&text, "process_max_fds").expect("max fds");
+    assert!(fds >= 3.0 && fds < max_fds, "{fds} of {max_fds}");
+    assert!(sample(&text, "process_cpu_seconds_total").expect("cpu") > 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample(&text, "process_start_time_seconds").expect("start time");
+    assert!(now - started >= 0.0 && now - started < 3600.0, "{started}");
+    assert_eq!(sample(&text, "contextd_store_up"), Some(1.0), "{text}");
+    assert!(sample(&text, "contextd_vector_backlog").is_some(), "{text}");
+    assert!(
+        sample(&text, "contextd_embedding_queue").is_some(),
+        "{text}"
+    );
+    match store.backend {
+        crate::harness::Backend::Postgres => {
+            let size = sample(&text, "contextd_db_pool_size").expect("pool size");
+            assert_eq!(size, app.settings.database.pool_size as f64);
+            let in_use = sample(&text, "contextd_db_pool_connections{state=\"in_use\"}");
+            let idle = sample(&text, "contextd_db_pool_connections{state=\"idle\"}");
+            let open = in_use.expect("in use") + idle.expect("idle");
+            assert!(open >= 1.0 && open <= size, "{text}");
+            assert_eq!(sample(&text, "contextd_db_pool_waiting"), Some(0.0));
+        }
+        crate::harness::Backend::Sqlite => {
+            assert!(
+                !text.contains("contextd_db_pool"),
+                "no pool to show: {text}"
+            );
+        }
+    }
+    if store == Setup::POSTGRES {
+        // Everything is on: the families are exactly those docker/metrics.txt lists (which the
+        // dashboard's and the alerts' expressions are checked against).
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .map(str::to_owned)
+            .collect();
+        let listed: std::collections::BTreeSet<String> =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/metrics.txt"))
+                .unwrap()
+                .lines()
+                .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+                .filter(|line| !line.starts_with("up "))
+                .map(str::to_owned)
+                .collect();
+        assert_eq!(
+            exported, listed,
+            "docker/metrics.txt is out of step with /metrics"
+        );
+    }
+    if store.redis {
+        assert_eq!(sample(&text, "contextd_redis_up"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "contextd_redis_breaker_open"), Some(0.0));
+    } else {
+        assert!(
+            !text.contains("contextd_redis_"),
+            "no Redis to show: {text}"
+        );
+    }
+}
+
+/// `contextd_store_up` follows the store without making a scrape wait for it.
+#[tokio::test]
+async fn store_up_falls_when_postgres_stops_answering_and_scrapes_stay_fast() {
+    let db = Arc::new(TestDb::new(crate::harness::Backend::Postgres).await);
+    let proxy = PgProxy::start().await;
+    let settings = TestApp::settings_for(&proxy.url_for(&db.name));
+    let app = TestApp::start(db, settings).await;
+    assert_eq!(
+        sample(&metrics_text(&app).await, "contextd_store_up"),
+        Some(1.0)
+    );
+    proxy.cut();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let started = std::time::Instant::now();
+        let text = metrics_text(&app).await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        if sample(&text, "contextd_store_up") == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store_up stayed 1: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sample(&metrics_text(&app).await, "contextd_store_up") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "store_up stayed 0");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 async fn metrics_pass_promtool_check_metrics(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("a", json!({})).await;
@@ -309,6 +423,7 @@ crate::on_both_stores!(
     metrics_count_requests_by_route_template_never_by_raw_path,
     metrics_gauge_contexts_and_kept_versions,
     metrics_pass_promtool_check_metrics,
+    metrics_show_the_build_the_process_the_pool_and_redis,
     the_served_openapi_document_is_the_committed_one,
     swagger_ui_is_served_with_its_assets_and_no_internet,
 );
