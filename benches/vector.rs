@@ -77,7 +77,7 @@ struct Mix {
 
 impl Mix {
     fn draw(&self, rng: &mut Rng) -> Vec<f32> {
-        let clustered = rng.next() % 2 == 0;
+        let clustered = rng.next().is_multiple_of(2);
         self.draw_kind(rng, clustered)
     }
 
@@ -140,7 +140,7 @@ fn entry(i: usize, vector: Vec<f32>) -> VectorEntry {
         version: 1,
         vector,
         // Every other one from Factory, for the filtered measurement.
-        source: if i % 2 == 0 {
+        source: if i.is_multiple_of(2) {
             Source::Factory
         } else {
             Source::Mcp
@@ -270,7 +270,7 @@ fn main() {
     };
     let vectors: Vec<Vec<f32>> = (0..total).map(|_| mix.draw(&mut rng)).collect();
     // Queries alternate: even ones clustered, odd ones uniform on the sphere.
-    let clustered = |i: usize| i % 2 == 0;
+    let clustered = |i: usize| i.is_multiple_of(2);
     let probes: Vec<Vec<f32>> = (0..nq)
         .map(|i| mix.draw_kind(&mut rng, clustered(i)))
         .collect();

@@ -1121,7 +1121,7 @@ mod tests {
         /// Half uniform on the sphere, half near one of `centres`.
         fn mixed(&mut self, centres: &[Vec<f32>]) -> Vec<f32> {
             let dims = centres[0].len();
-            if self.next() % 2 == 0 {
+            if self.next().is_multiple_of(2) {
                 self.gaussian(dims)
             } else {
                 let centre = &centres[(self.next() % centres.len() as u64) as usize];
@@ -1362,7 +1362,10 @@ mod tests {
                 let hits = index.search_now(&q).unwrap();
                 for hit in &hits {
                     let i: usize = hit.id.as_str()[1..].parse().unwrap();
-                    assert!(i % 400 == 5 && i % 3 == 0 && i % 600 != 17, "{hit:?}");
+                    assert!(
+                        i % 400 == 5 && i.is_multiple_of(3) && i % 600 != 17,
+                        "{hit:?}"
+                    );
                 }
                 assert_eq!(
                     hits.len(),

@@ -447,15 +447,15 @@ impl FakeState {
             );
         };
         let query = parse_query(query);
-        if let Some(level) = query.get("consistency_level") {
-            if !matches!(level.as_str(), "ONE" | "QUORUM" | "ALL") {
-                return error_response(
-                    400,
-                    &format!(
-                        "unrecognized consistency level '{level}', try one of the following: ['ONE', 'QUORUM', 'ALL']"
-                    ),
-                );
-            }
+        if let Some(level) = query.get("consistency_level")
+            && !matches!(level.as_str(), "ONE" | "QUORUM" | "ALL")
+        {
+            return error_response(
+                400,
+                &format!(
+                    "unrecognized consistency level '{level}', try one of the following: ['ONE', 'QUORUM', 'ALL']"
+                ),
+            );
         }
         let body = match self.checked_body(operation, method, target, headers, body) {
             Ok(body) => body,
@@ -744,13 +744,13 @@ impl<'a> SpecValidator<'a> {
                 return;
             }
         }
-        if let Some(allowed) = schema["enum"].as_array() {
-            if !allowed.contains(value) {
-                errors.push(format!(
-                    "{at} should be one of {}, found {value}",
-                    Value::Array(allowed.clone())
-                ));
-            }
+        if let Some(allowed) = schema["enum"].as_array()
+            && !allowed.contains(value)
+        {
+            errors.push(format!(
+                "{at} should be one of {}, found {value}",
+                Value::Array(allowed.clone())
+            ));
         }
         if let Some(text) = value.as_str() {
             self.check_string(schema, text, at, errors);
@@ -1465,11 +1465,9 @@ impl FakeState {
             .map(|(id, _)| id.clone())
             .take(QUERY_MAXIMUM_RESULTS)
             .collect();
-        if !dry_run {
-            if let Some(objects) = self.objects.get_mut(&class) {
-                for id in &matched {
-                    objects.remove(id);
-                }
+        if !dry_run && let Some(objects) = self.objects.get_mut(&class) {
+            for id in &matched {
+                objects.remove(id);
             }
         }
         let status = if dry_run { "DRYRUN" } else { "SUCCESS" };
@@ -2712,14 +2710,14 @@ impl FakeState {
                 if !matches!(metric.as_str(), "cosine" | "dot" | "l2-squared") {
                     return Err(format!("fake: the {metric} distance is not implemented"));
                 }
-                if let Some(&fixed) = self.dimensions.get(&field.name) {
-                    if fixed != query.len() {
-                        return Err(format!(
-                            "explorer: get class: vector search: object vector search at index {}: vector lengths don't match: {} vs {fixed}",
-                            field.name.to_ascii_lowercase(),
-                            query.len()
-                        ));
-                    }
+                if let Some(&fixed) = self.dimensions.get(&field.name)
+                    && fixed != query.len()
+                {
+                    return Err(format!(
+                        "explorer: get class: vector search: object vector search at index {}: vector lengths don't match: {} vs {fixed}",
+                        field.name.to_ascii_lowercase(),
+                        query.len()
+                    ));
                 }
                 let threshold = certainty.map(|c| (1.0 - c) * 2.0).or(max_distance);
                 let mut scored: Vec<_> = candidates
