@@ -42,6 +42,17 @@ enum Command {
         /// The JSON lines to read; stdin when absent.
         file: Option<PathBuf>,
     },
+    /// Drop stored embeddings whose length is not `vector.dimensions`, and rebuild the index.
+    ///
+    /// Such embeddings (stored under other `vector.dimensions`) are left out of vector search,
+    /// and `/readyz` says the vector check is `degraded`, until this drops them. Every
+    /// embedding is client-supplied today, so each is dropped: the context and its current
+    /// version stay, without an embedding. It is a repair, not a write: no new version, and
+    /// nothing in the change feed or the webhook. Then the index is rebuilt (Weaviate: every
+    /// embedding upserted again; the embedded index is rebuilt at each start), so the next
+    /// start is clean. Run it with the servers stopped (a running one stays degraded until it
+    /// restarts); running it again drops nothing.
+    Reindex,
     /// Manage API keys, in the store directly (no server needed).
     Keys {
         #[command(subcommand)]
@@ -214,6 +225,17 @@ fn main() -> ExitCode {
                     unchanged = summary.unchanged,
                     "imported"
                 );
+                Ok(())
+            }
+            Command::Reindex => {
+                let summary = contextd::startup::reindex(&settings).await?;
+                tracing::info!(
+                    backend = summary.backend,
+                    dropped = summary.dropped,
+                    indexed = summary.indexed,
+                    "reindexed"
+                );
+                println!("{summary}");
                 Ok(())
             }
             Command::Keys { command } => keys(&settings, command).await,

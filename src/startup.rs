@@ -64,6 +64,20 @@ fn open_vector_index(settings: &Settings) -> anyhow::Result<(Arc<dyn VectorIndex
     })
 }
 
+/// `contextd reindex`, with no server running: opens the store (migrating it, as `export`
+/// does), Redis when configured (to forget the cache entries of what is dropped) and the
+/// vector index the settings name, then repairs and rebuilds.
+pub async fn reindex(settings: &Settings) -> anyhow::Result<crate::service::ReindexSummary> {
+    let store = open_store(settings).await?;
+    let redis = if settings.cache.l2.enabled {
+        connect_redis(settings).await?
+    } else {
+        None
+    };
+    let (index, persistent) = open_vector_index(settings)?;
+    crate::service::reindex(store, index, persistent, redis).await
+}
+
 /// How long start-up waits for the invalidation channel before serving anyway.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 

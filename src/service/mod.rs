@@ -6,6 +6,7 @@
 mod contexts;
 mod keys;
 mod ops;
+pub mod reindex;
 pub mod rules;
 mod search;
 mod sync;
@@ -14,6 +15,7 @@ mod transfer;
 pub use contexts::{ContextService, Page, WriteStatus, Written, admit};
 pub use keys::{CreatedKey, KeyService};
 pub use ops::{Check, Ops, Readiness, Summary};
+pub use reindex::{ReindexSummary, reindex};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
 pub use search::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest, SearchService};
 pub use sync::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS, SyncResult, SyncStatus};

@@ -309,8 +309,12 @@ impl Ops {
         };
         let vector = async {
             match tokio::time::timeout(PROBE_TIMEOUT, self.index.ping()).await {
-                Ok(Ok(())) if self.indexer.healthy() => Check::Ok,
-                // Reachable, but changes are not being applied (yet): searchable, behind.
+                Ok(Ok(())) if self.indexer.healthy() && self.indexer.mismatched().count() == 0 => {
+                    Check::Ok
+                }
+                // Reachable, but changes are not being applied (yet), or stored embeddings of
+                // another length are left out (`contextd reindex` drops them): searchable, but
+                // not everything is found.
                 Ok(Ok(())) => Check::Degraded,
                 Ok(Err(_)) | Err(_) => Check::Down,
             }

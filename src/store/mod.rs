@@ -478,6 +478,27 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Context>, StoreError>;
 
+    /// Contexts whose current version has an embedding whose length is not `dimensions`, in
+    /// id order after `after`, at most `limit`, each with the length found: what the vector
+    /// index leaves out, and what `contextd reindex` drops.
+    async fn other_length_embeddings(
+        &self,
+        dimensions: usize,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(ContextId, usize)>, StoreError>;
+
+    /// Drops, in one transaction with the contexts locked, the embedding of the current
+    /// version of each of `ids` whose length is (still) not `dimensions`: the version's
+    /// embedding column becomes null and `has_embedding` false. It is a repair of stored data,
+    /// not a write: no new version, no outbox row (the change feed and the webhook do not see
+    /// it), no commit signal; the L3 entries of those contexts are deleted. The ids dropped.
+    async fn drop_embeddings(
+        &self,
+        ids: &[ContextId],
+        dimensions: usize,
+    ) -> Result<Vec<ContextId>, StoreError>;
+
     /// Stores a new API key.
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
 

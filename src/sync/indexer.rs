@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::domain::{Context, ContextId};
 use crate::store::Store;
-use crate::vector::{VectorEntry, VectorIndex};
+use crate::vector::{MISMATCH_REMEDY, Mismatched, VectorEntry, VectorIndex};
 
 /// Changes read from the outbox per round.
 const PAGE: usize = 500;
@@ -37,6 +37,10 @@ pub struct IndexerState {
     healthy: AtomicBool,
     /// Changes committed but not applied yet.
     backlog: AtomicI64,
+    /// Stored embeddings left out of the index for their length.
+    mismatched: Mismatched,
+    /// The start-up warning about them was logged.
+    warned: AtomicBool,
 }
 
 impl IndexerState {
@@ -47,6 +51,22 @@ impl IndexerState {
     pub fn backlog(&self) -> i64 {
         self.backlog.load(Ordering::Relaxed)
     }
+
+    /// The stored embeddings of another length than the index's, left out of it.
+    pub fn mismatched(&self) -> &Mismatched {
+        &self.mismatched
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The outbox position to go on from.
+    pub from: i64,
+    /// Embeddings loaded into the index.
+    pub loaded: usize,
+    /// Embeddings of another length, left out.
+    pub skipped: usize,
 }
 
 /// The entry of a context's current version; `None` when it has no embedding.
@@ -95,19 +115,40 @@ impl Indexer {
         format!("vector:{}", self.index.backend())
     }
 
-    /// Loads every current embedding into the index; returns the outbox position to go on from.
-    /// The position is read first, so changes committed during the scan are applied again
+    /// Whether the index takes this entry's vector: of its length (or it checks none).
+    fn fits(&self, entry: &VectorEntry) -> bool {
+        let dimensions = self.index.dimensions();
+        dimensions == 0 || entry.vector.len() == dimensions
+    }
+
+    /// Loads every current embedding of the index's length into the index, leaving the others
+    /// out (counted, and warned about once); returns the outbox position to go on from. The
+    /// position is read first, so changes committed during the scan are applied again
     /// (harmless: applying is idempotent).
     pub async fn rebuild(&self) -> anyhow::Result<i64> {
+        Ok(self.rebuild_counted().await?.from)
+    }
+
+    /// [`Indexer::rebuild`], saying how many embeddings it loaded and left out.
+    pub async fn rebuild_counted(&self) -> anyhow::Result<Rebuilt> {
         let from = self.store.latest_seq().await?;
         let mut after: Option<String> = None;
-        let mut loaded = 0usize;
+        let (mut loaded, mut skipped) = (0usize, 0usize);
         loop {
             let page = self
                 .store
                 .with_embeddings(after.as_deref(), REBUILD_PAGE)
                 .await?;
-            let entries: Vec<VectorEntry> = page.iter().filter_map(entry_of).collect();
+            let mut entries = Vec::with_capacity(page.len());
+            for entry in page.iter().filter_map(entry_of) {
+                let fits = self.fits(&entry);
+                self.state.mismatched.note(&entry.id, !fits);
+                if fits {
+                    entries.push(entry);
+                } else {
+                    skipped += 1;
+                }
+            }
             loaded += entries.len();
             if !entries.is_empty() {
                 self.index.upsert(entries).await?;
@@ -124,7 +165,100 @@ impl Indexer {
             loaded,
             "vector index rebuilt from the store"
         );
-        Ok(from)
+        self.warn_at_start(skipped);
+        Ok(Rebuilt {
+            from,
+            loaded,
+            skipped,
+        })
+    }
+
+    /// What `contextd reindex` does to the index once the store is repaired, with no server
+    /// running: a persistent index (Weaviate) gets every current embedding upserted again and
+    /// its cursor moved to where that scan began, so the next start resumes from there; the
+    /// embedded one, rebuilt from the store at every start, only has its embeddings counted.
+    pub async fn rebuild_offline(&self) -> anyhow::Result<Rebuilt> {
+        if self.persistent {
+            self.index.prepare().await?;
+            let rebuilt = self.rebuild_counted().await?;
+            self.store
+                .set_indexer_cursor(&self.name(), rebuilt.from)
+                .await?;
+            return Ok(rebuilt);
+        }
+        let from = self.store.latest_seq().await?;
+        let mut after: Option<String> = None;
+        let (mut loaded, mut skipped) = (0usize, 0usize);
+        loop {
+            let page = self
+                .store
+                .with_embeddings(after.as_deref(), REBUILD_PAGE)
+                .await?;
+            for entry in page.iter().filter_map(entry_of) {
+                if self.fits(&entry) {
+                    loaded += 1;
+                } else {
+                    skipped += 1;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == REBUILD_PAGE => {
+                    after = Some(last.id.as_str().to_owned());
+                }
+                _ => break,
+            }
+        }
+        Ok(Rebuilt {
+            from,
+            loaded,
+            skipped,
+        })
+    }
+
+    /// Finds the stored embeddings of another length without loading anything (a persistent
+    /// index resuming from its cursor never saw them: it would have refused them).
+    async fn survey(&self) -> anyhow::Result<()> {
+        let dimensions = self.index.dimensions();
+        if dimensions == 0 {
+            return Ok(());
+        }
+        let mut after: Option<String> = None;
+        let mut found = 0usize;
+        loop {
+            let page = self
+                .store
+                .other_length_embeddings(dimensions, after.as_deref(), REBUILD_PAGE)
+                .await?;
+            found += page.len();
+            for (id, _) in &page {
+                self.state.mismatched.note(id, true);
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == REBUILD_PAGE => {
+                    after = Some(last.as_str().to_owned());
+                }
+                _ => break,
+            }
+        }
+        self.warn_at_start(found);
+        Ok(())
+    }
+
+    /// One warning line for every embedding of another length found at start, naming the
+    /// remedy; logged once per process however often the start is retried.
+    fn warn_at_start(&self, found: usize) {
+        if found > 0 && !self.state.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                embeddings = found,
+                dimensions = self.index.dimensions(),
+                "{found} stored embedding{} of another length than vector.dimensions ({}) {} left \
+                 out of vector search; run `{MISMATCH_REMEDY}` to drop {}",
+                if found == 1 { "" } else { "s" },
+                self.index.dimensions(),
+                if found == 1 { "is" } else { "are" },
+                if found == 1 { "it" } else { "them" },
+            );
+        }
     }
 
     /// Runs until `stop` turns true, from the outbox position `start` (what `rebuild` returned),
@@ -191,7 +325,10 @@ impl Indexer {
                     match self.store.indexer_cursor(&self.name()).await? {
                         // Never applied anything: everything that exists goes in first.
                         0 => self.rebuild().await?,
-                        at => at,
+                        at => {
+                            self.survey().await?;
+                            at
+                        }
                     }
                 } else {
                     self.rebuild().await?
@@ -216,15 +353,41 @@ impl Indexer {
         }
     }
 
-    /// Makes the index match the store for these contexts.
+    /// Makes the index match the store for these contexts. An embedding of another length
+    /// (written by an instance configured otherwise) is left out and counted, never an error.
     async fn apply(&self, ids: BTreeSet<ContextId>) -> anyhow::Result<()> {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
+        let mut met = 0usize;
         for id in ids {
             match self.store.get(&id).await?.as_ref().and_then(entry_of) {
-                Some(entry) => upserts.push(entry),
-                None => deletes.push(id),
+                Some(entry) if self.fits(&entry) => {
+                    self.state.mismatched.note(&id, false);
+                    upserts.push(entry);
+                }
+                Some(_) => {
+                    if self.state.mismatched.note(&id, true) {
+                        met += 1;
+                    }
+                    // Whatever the index held for it is of an older version.
+                    deletes.push(id);
+                }
+                None => {
+                    self.state.mismatched.note(&id, false);
+                    deletes.push(id);
+                }
             }
+        }
+        if met > 0 {
+            tracing::warn!(
+                embeddings = met,
+                stored = self.state.mismatched.count(),
+                "{met} new embedding{} of another length than vector.dimensions ({}) left out of \
+                 vector search; run `{MISMATCH_REMEDY}` to drop {}",
+                if met == 1 { "" } else { "s" },
+                self.index.dimensions(),
+                if met == 1 { "it" } else { "them" },
+            );
         }
         if !upserts.is_empty() {
             self.index.upsert(upserts).await?;

@@ -15,7 +15,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use indexer::{Indexer, IndexerState, entry_of};
+pub use indexer::{Indexer, IndexerState, Rebuilt, entry_of};
 pub use pusher::{Pusher, signature, standard_signature, webhook_id, webhook_key};
 
 use crate::background::every;

@@ -993,6 +993,10 @@ impl VectorIndex for EmbeddedIndex {
         "embedded"
     }
 
+    fn dimensions(&self) -> usize {
+        self.shared.dims
+    }
+
     async fn prepare(&self) -> Result<(), VectorError> {
         Ok(())
     }

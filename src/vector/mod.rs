@@ -81,6 +81,9 @@ pub trait VectorIndex: Send + Sync + 'static {
     /// `embedded` or `weaviate`.
     fn backend(&self) -> &'static str;
 
+    /// The length of the vectors it holds (`vector.dimensions`; 0: not checked).
+    fn dimensions(&self) -> usize;
+
     /// Makes the backend ready to use (Weaviate: the class exists, with the right settings).
     /// Idempotent, and safe when several instances do it at once.
     async fn prepare(&self) -> Result<(), VectorError>;
@@ -98,6 +101,43 @@ pub trait VectorIndex: Send + Sync + 'static {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), VectorError>;
 }
+
+/// Stored embeddings the index leaves out because their length is not the index's (written
+/// under other `vector.dimensions`, or by an instance configured otherwise). They are not
+/// searchable, and `/readyz` says the vector check is `degraded` for as long as any is stored;
+/// `contextd reindex` drops them. Kept by the indexer, which sees every change to the store.
+#[derive(Debug, Default)]
+pub struct Mismatched {
+    ids: std::sync::Mutex<std::collections::HashSet<ContextId>>,
+}
+
+impl Mismatched {
+    /// Notes whether the current embedding of `id` has another length (`true`) or not (a right
+    /// length, none, or the context is gone). Whether `id` was newly counted.
+    pub fn note(&self, id: &ContextId, mismatched: bool) -> bool {
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if mismatched {
+            ids.insert(id.clone())
+        } else {
+            ids.remove(id);
+            false
+        }
+    }
+
+    /// How many such embeddings are stored, as far as the indexer has seen.
+    pub fn count(&self) -> usize {
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// The remedy the warning about embeddings of another length names.
+pub const MISMATCH_REMEDY: &str = "contextd reindex";
 
 /// Cosine similarity of two vectors of one length; 0 when either is all zeros.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

@@ -425,6 +425,10 @@ impl VectorIndex for WeaviateIndex {
         "weaviate"
     }
 
+    fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
     /// The class bootstrap of §2.4: read; create when absent; when another instance created it
     /// in the meantime (422 `already exists`), read again. Whatever is found is verified.
     async fn prepare(&self) -> Result<(), VectorError> {

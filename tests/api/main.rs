@@ -20,6 +20,7 @@ mod mcp;
 mod merge;
 mod ops;
 mod redis;
+mod reindex;
 mod search;
 mod sync;
 mod tls;
