@@ -227,4 +227,6 @@ if [[ $# -eq 0 ]]; then
   schemathesis_on_both_stores
   echo "==> Swagger UI in Chromium"
   scripts/test-browser.sh   # installs Chromium (Debian) and playwright-core (npm) when missing
+  echo "==> the README's examples"
+  scripts/check-readme.sh
 fi

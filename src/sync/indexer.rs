@@ -112,7 +112,7 @@ impl Indexer {
 
     /// The cursor's name in `contextd_indexer_state`.
     fn name(&self) -> String {
-        format!("vector:{}", self.index.backend())
+        self.index.cursor_name()
     }
 
     /// Whether the index takes this entry's vector: of its length (or it checks none).

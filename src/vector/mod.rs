@@ -81,6 +81,12 @@ pub trait VectorIndex: Send + Sync + 'static {
     /// `embedded` or `weaviate`.
     fn backend(&self) -> &'static str;
 
+    /// What a persistent index's position in the outbox is kept under: another name (a new
+    /// Weaviate class) starts from nothing and is filled from the store.
+    fn cursor_name(&self) -> String {
+        format!("vector:{}", self.backend())
+    }
+
     /// The length of the vectors it holds (`vector.dimensions`; 0: not checked).
     fn dimensions(&self) -> usize;
 

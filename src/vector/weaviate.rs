@@ -425,6 +425,16 @@ impl VectorIndex for WeaviateIndex {
         "weaviate"
     }
 
+    /// Per class: a new `vector.weaviate.class_name` is filled from the store. (The first class
+    /// keeps the name of the releases before, so an upgrade does not refill it.)
+    fn cursor_name(&self) -> String {
+        if self.class == crate::config::WeaviateSettings::default().class_name {
+            "vector:weaviate".to_owned()
+        } else {
+            format!("vector:weaviate:{}", self.class)
+        }
+    }
+
     fn dimensions(&self) -> usize {
         self.dimensions
     }

@@ -270,6 +270,24 @@ async fn the_embedded_index_is_rebuilt_from_the_store_at_start() {
     assert_eq!(ids(&search(&app, up).await), ["kept"]);
 }
 
+/// A new `vector.weaviate.class_name` (the remedy for a change of dimensions there) starts
+/// empty and is filled from the store, though the old class had applied every change.
+#[tokio::test]
+async fn a_new_weaviate_class_is_filled_from_the_store() {
+    let (mut app, fake) = app_on(Vectors::Weaviate).await;
+    let fake = fake.unwrap();
+    put_vector(&app, "a", [1.0, 0.0, 0.0, 0.0], json!({})).await;
+    put_vector(&app, "b", [0.9, 0.1, 0.0, 0.0], json!({})).await;
+    let east = json!({"vector": [1.0, 0.0, 0.0, 0.0], "threshold": 0.5});
+    eventually(&app, east.clone(), |r| ids(r) == ["a", "b"]).await;
+    app.stop().await;
+    let mut settings = app.settings.clone();
+    settings.vector.weaviate.class_name = "Contexts2".to_owned();
+    let app = TestApp::start(app.db.clone(), settings).await;
+    eventually(&app, east, |r| ids(r) == ["a", "b"]).await;
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn with_weaviate_down_search_is_503_writes_go_on_and_nothing_is_lost() {
     let (app, fake) = app_on(Vectors::Weaviate).await;
