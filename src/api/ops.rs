@@ -105,7 +105,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics
 ///
 /// The text exposition format. No scrape runs a query that grows with the data: the counts are
-/// kept as writes commit and recounted in the background; the store is pinged once.
+/// kept as writes commit and recounted in the background, and the store's state is that of
+/// its last ping, taken in the background.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
