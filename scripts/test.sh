@@ -161,6 +161,8 @@ export CONTEXTD_TEST_PYTHON="$PWD/$VENV/bin/python"
 have cargo || { say "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 echo "==> cargo fmt"
 cargo fmt --all -- --check
+echo "==> module graph (no two modules of src/ use each other)"
+scripts/module-graph.sh
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"

@@ -724,7 +724,29 @@ pub enum ConfigError {
     UnknownVariable { var: String, message: String },
 }
 
+/// `Host` values served on a loopback bind when `server.allowed_hosts` is empty.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
 impl Settings {
+    /// The largest request body read: room for the largest context pretty-printed, plus an
+    /// embedding. The exact limit on the compact JSON is checked (413 with `limit` and
+    /// `actual`) once the body is parsed.
+    pub fn max_body_bytes(&self) -> usize {
+        self.limits.max_context_bytes * 2 + self.vector.dimensions * 32 + 64 * 1024
+    }
+
+    /// `server.allowed_hosts` as configured, else the loopback names on a loopback bind, else
+    /// none (an empty list: no check). `mcp.allowed_hosts` defaults to the same.
+    pub fn effective_hosts(&self) -> Vec<String> {
+        if !self.server.allowed_hosts.is_empty() {
+            self.server.allowed_hosts.clone()
+        } else if self.server.bind.ip().is_loopback() {
+            LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Loads the settings from `path` (or `CONTEXTD_CONFIG`, or the default file, which may be
     /// absent) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -908,7 +930,7 @@ impl Settings {
             }
         }
         if let Some(key) = &self.auth.bootstrap_key
-            && !crate::auth::keys::is_well_formed(key.expose())
+            && !crate::domain::is_well_formed(key.expose())
         {
             return Err(key_error(
                 origins,
@@ -962,7 +984,7 @@ impl Settings {
             ));
         }
         if let Some(secret) = &self.sync.factory.secret
-            && let Err(message) = crate::sync::webhook_key(secret.expose())
+            && let Err(message) = crate::domain::webhook_key(secret.expose())
         {
             return Err(key_error(
                 origins,

@@ -9,7 +9,10 @@
 //! `domain` holds the pure types and rules every layer shares and imports nothing of theirs.
 //! `sync` runs the outbox's readers beside the server (the Factory webhook pusher, the vector
 //! indexer), woken by the store's commit signal.
+//! `wire` holds the shapes answers take on the wire, shared by `api`, `mcp` and `sync`.
 //! `startup` wires it all from `config` and serves; `main` only parses the command line.
+//! No two modules use each other (`scripts/module-graph.sh` prints the graph and fails on a
+//! cycle).
 
 pub mod api;
 pub mod auth;
@@ -29,3 +32,4 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod vector;
+pub mod wire;

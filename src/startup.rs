@@ -345,7 +345,7 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
         let state = AppState {
             bodies: Arc::new(api::body::BodyBudget::new(
                 &settings.limits,
-                api::body_limit(settings),
+                settings.max_body_bytes(),
                 metrics.clone(),
             )),
             keys: Arc::new(KeyService::new(store.clone()).on_change({
@@ -371,10 +371,14 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
         let subscriptions = Arc::new(Subscriptions::default());
         background.push(subscriptions.spawn_feed(state.contexts.store(), stopped.clone()));
         let mcp_shutdown = CancellationToken::new();
-        let mcp = settings
-            .mcp
-            .enabled
-            .then(|| mcp::router(state.clone(), subscriptions, settings, mcp_shutdown.clone()));
+        let mcp = settings.mcp.enabled.then(|| {
+            let services = mcp::Services {
+                contexts: state.contexts.clone(),
+                search: state.search.clone(),
+                metrics: state.metrics.clone(),
+            };
+            mcp::router(services, subscriptions, settings, mcp_shutdown.clone())
+        });
         let router = api::router(state, settings, mcp, authenticator);
         Ok(Assembled {
             router,

@@ -32,24 +32,12 @@ struct Authority {
 }
 
 /// The names served on a loopback bind when `server.allowed_hosts` is empty.
-pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
-
-/// `server.allowed_hosts` as configured, else the loopback names on a loopback bind, else none
-/// (an empty list: no check). `mcp.allowed_hosts` defaults to the same.
-pub fn effective_hosts(settings: &Settings) -> Vec<String> {
-    if !settings.server.allowed_hosts.is_empty() {
-        settings.server.allowed_hosts.clone()
-    } else if settings.server.bind.ip().is_loopback() {
-        LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect()
-    } else {
-        Vec::new()
-    }
-}
+pub use crate::config::LOOPBACK_HOSTS;
 
 impl AllowedHosts {
     /// The check for these settings: on while auth is off and the list is not empty.
     pub fn new(settings: &Settings) -> Self {
-        let hosts = effective_hosts(settings);
+        let hosts = settings.effective_hosts();
         let on = !settings.auth.enabled(settings.server.bind) && !hosts.is_empty();
         Self {
             allowed: on.then(|| hosts.iter().filter_map(|h| parse_authority(h)).collect()),

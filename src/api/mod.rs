@@ -212,7 +212,7 @@ pub fn router(
 ) -> Router {
     let (router, _) = api_router().split_for_parts();
     let spec = openapi_json();
-    let body_limit = body_limit(settings);
+    let body_limit = settings.max_body_bytes();
     let timeout = Duration::from_secs(settings.server.request_timeout_seconds);
 
     let router = match mcp {
@@ -247,13 +247,6 @@ pub fn router(
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
         .with_state(state)
-}
-
-/// The largest body read: room for the largest context pretty-printed, plus an embedding.
-/// The exact limit on the compact JSON is checked (413 with `limit` and `actual`) once the body
-/// is parsed.
-pub fn body_limit(settings: &Settings) -> usize {
-    settings.limits.max_context_bytes * 2 + settings.vector.dimensions * 32 + 64 * 1024
 }
 
 /// Answers 503 for a read still running after `server.request_timeout_seconds`. Writes are

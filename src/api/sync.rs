@@ -18,7 +18,8 @@ use super::contexts::{parse_id, parse_limit};
 use super::extract::{JsonBytes, Path, Query};
 use crate::domain::{ContextId, JsonObject, Principal};
 use crate::error::{AppError, Problem};
-use crate::service::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS};
+use crate::service::{FactoryItem, MAX_SYNC_ITEMS};
+use crate::wire::{ChangeOut, FactoryContextOut};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -3,11 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-/// What every key starts with, so a leaked one is recognisable (and scannable).
-pub const KEY_PREFIX: &str = "ctxd_";
-
-/// Base62 characters after the prefix: 43 of them carry 256 bits.
-pub const KEY_CHARS: usize = 43;
+pub use crate::domain::{KEY_CHARS, KEY_PREFIX, is_well_formed};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -53,13 +49,6 @@ impl ApiKey {
     pub fn hash(&self) -> [u8; 32] {
         hash(&self.0)
     }
-}
-
-/// Whether `raw` looks like a key: the prefix and 43 base62 characters.
-pub fn is_well_formed(raw: &str) -> bool {
-    raw.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
-        rest.len() == KEY_CHARS && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
 }
 
 /// SHA-256 of a presented key.

@@ -8,9 +8,11 @@ mod context;
 mod cursor;
 mod id;
 mod json;
+mod key;
 mod merge;
 mod principal;
 mod strategies;
+mod webhook;
 
 pub use context::{
     ChangeType, Content, Context, ContextHistory, ContextSummary, Refusal, Source, VersionInfo,
@@ -19,6 +21,8 @@ pub use context::{
 pub use cursor::{Cursor, CursorError};
 pub use id::{ContextId, InvalidId};
 pub use json::{JsonError, JsonObject, count_values, value_kind};
+pub use key::{KEY_CHARS, KEY_PREFIX, is_well_formed};
 pub use merge::three_way_merge;
 pub use principal::{Principal, Role};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};
+pub use webhook::webhook_key;

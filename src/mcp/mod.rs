@@ -36,11 +36,12 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
 use tokio_util::sync::CancellationToken;
 
 use self::subscriptions::{Registration, Subscriptions, parse_uri, uri};
-use crate::api::AppState;
 use crate::config::Settings;
 use crate::domain::{Principal, Role};
 use crate::error::AppError;
+use crate::metrics::Metrics;
 use crate::service::admit;
+use crate::service::{ContextService, SearchService};
 use crate::store::ListFilter;
 
 /// Resources per `resources/list` page.
@@ -60,9 +61,17 @@ const INSTRUCTIONS: &str = "contextd keeps contexts: versioned JSON documents sh
     context_history, combine with merge_contexts, and find by embedding with search_contexts. \
     Every context is also the resource context://{context_id}; subscribe to hear of each change.";
 
+/// The services MCP's tools and resources call: the same ones as REST's handlers.
+#[derive(Clone)]
+pub struct Services {
+    pub contexts: Arc<ContextService>,
+    pub search: Arc<SearchService>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// What every MCP request shares.
 struct Shared {
-    state: AppState,
+    state: Services,
     subscriptions: Arc<Subscriptions>,
     tool_router: ToolRouter<McpServer>,
 }
@@ -88,7 +97,7 @@ impl Drop for SessionSubscriptions {
 }
 
 impl McpServer {
-    fn state(&self) -> &AppState {
+    fn state(&self) -> &Services {
         &self.shared.state
     }
 }
@@ -346,7 +355,7 @@ impl ServerHandler for McpServer {
 /// check off. rmcp takes IPv6 addresses without brackets.
 fn allowed_hosts(settings: &Settings) -> Vec<String> {
     let hosts = if settings.mcp.allowed_hosts.is_empty() {
-        crate::api::hosts::effective_hosts(settings)
+        settings.effective_hosts()
     } else {
         settings.mcp.allowed_hosts.clone()
     };
@@ -364,7 +373,7 @@ fn allowed_hosts(settings: &Settings) -> Vec<String> {
 /// The MCP endpoint, for the application router to nest at `/mcp`. `shutdown` ends every
 /// session and stream; cancel it when the server starts shutting down.
 pub fn router(
-    state: AppState,
+    state: Services,
     subscriptions: Arc<Subscriptions>,
     settings: &Settings,
     shutdown: CancellationToken,
@@ -390,7 +399,7 @@ pub fn router(
     let counted = sessions.clone();
     metrics.count_mcp_sessions_with(move || counted.sessions.try_read().ok().map(|s| s.len()));
     // Room for the largest context pretty-printed, plus an embedding, as on REST.
-    let body_limit = crate::api::body_limit(settings);
+    let body_limit = settings.max_body_bytes();
     // A request answered by one message (every tool call) gets it as plain JSON; a stream
     // (`subscriptions/listen`) stays server-sent events.
     let config = StreamableHttpServerConfig::default()

@@ -20,14 +20,14 @@ use axum::http::request::Parts;
 use rmcp::handler::server::tool::Extension;
 
 use super::{McpServer, caller};
-use crate::api::contexts::{ContextIn, ContextPage, VersionPage, page_limit, parse_id, render};
-use crate::api::merge::MergeIn;
-use crate::api::search::{SearchIn, SearchOut};
 use crate::cache::CachedContext;
 use crate::domain::{JsonObject, Source};
 use crate::error::AppError;
 use crate::service::{ConflictStrategy, IfMatch, Page, Preconditions, WriteRequest};
 use crate::store::ListFilter;
+use crate::wire::contexts::{ContextIn, ContextPage, VersionPage, page_limit, parse_id, render};
+use crate::wire::merge::MergeIn;
+use crate::wire::search::{SearchIn, SearchOut};
 
 /// A tool's arguments, parsed into `T`, whose JSON Schema is the tool's input schema.
 ///

@@ -18,5 +18,5 @@ pub use ops::{Check, Ops, Readiness, Summary};
 pub use reindex::{ReindexSummary, reindex};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
 pub use search::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest, SearchService};
-pub use sync::{ChangeOut, FactoryContextOut, FactoryItem, MAX_SYNC_ITEMS, SyncResult, SyncStatus};
+pub use sync::{FactoryItem, MAX_SYNC_ITEMS, SyncResult, SyncStatus};
 pub use transfer::{ExportSummary, ImportError};

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use indexer::{Indexer, IndexerState, Rebuilt, entry_of};
-pub use pusher::{Pusher, signature, standard_signature, webhook_id, webhook_key};
+pub use pusher::{Pusher, signature, standard_signature, webhook_id};
 
 use crate::background::every;
 use crate::config::SyncSettings;
