@@ -4,8 +4,8 @@
 //! `api` (axum handlers: parse, call one service method, map errors to problem+json) and
 //! `mcp` (the same service as MCP tools, resources and subscriptions) ->
 //! `service` (the context manager: versions, retention, preconditions, merges, sync, search) ->
-//! `cache` (L1 in process, L2 Redis, L3 a Postgres table), `store` (the `Store` trait, on
-//! Postgres or SQLite) and `vector` (the `VectorIndex` trait, embedded or Weaviate).
+//! `cache` (L1 in process, L2 Redis, L3 a Postgres table), `store` (a trait per concern:
+//! contexts, the L3 table, the change log, embeddings, keys, health; on Postgres or SQLite) and `vector` (the `VectorIndex` trait, embedded or Weaviate).
 //! `domain` holds the pure types and rules every layer shares and imports nothing of theirs.
 //! `sync` runs the outbox's readers beside the server (the Factory webhook pusher, the vector
 //! indexer), woken by the store's commit signal.

@@ -10,7 +10,7 @@ use crate::auth::keys::ApiKey;
 use crate::auth::new_key_id;
 use crate::domain::{ContextId, Principal, Role};
 use crate::error::AppError;
-use crate::store::{ApiKeyRecord, Store};
+use crate::store::{ApiKeyRecord, KeyStore};
 
 /// Longest key name.
 const MAX_NAME: usize = 255;
@@ -19,7 +19,7 @@ const MAX_NAME: usize = 255;
 type KeyHook = Box<dyn Fn(&ApiKeyRecord) + Send + Sync>;
 
 pub struct KeyService {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KeyStore>,
     /// Told of each key made or revoked here, before it is answered, so that this instance
     /// takes it (or stops taking it) at once; the others hear of it through the commit signal.
     changed: Option<KeyHook>,
@@ -32,7 +32,7 @@ pub struct CreatedKey {
 }
 
 impl KeyService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>) -> Self {
         Self {
             store,
             changed: None,

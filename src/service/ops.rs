@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cache::{RedisHealth, TieredCache};
 use crate::config::Settings;
-use crate::store::{Store, Tally};
+use crate::store::{StoreHealth, Tally};
 use crate::sync::{IndexerState, SyncState};
 use crate::vector::VectorIndex;
 
@@ -75,7 +75,7 @@ impl Readiness {
 }
 
 pub struct Ops {
-    store: Arc<dyn Store>,
+    store: Arc<dyn StoreHealth>,
     tally: Arc<Tally>,
     cache: Arc<TieredCache>,
     sync: Arc<SyncState>,
@@ -171,7 +171,7 @@ fn percent(hits: u64, total: u64) -> f64 {
 
 impl Ops {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn StoreHealth>,
         tally: Arc<Tally>,
         cache: Arc<TieredCache>,
         sync: Arc<SyncState>,

@@ -341,8 +341,10 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
+/// The store as an operator sees it: which backend, whether it answers, whether it takes
+/// writes, its pool.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait StoreHealth: Send + Sync + 'static {
     /// The backend's name, as `/readyz` reports it.
     fn backend(&self) -> &'static str;
 
@@ -357,7 +359,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
+}
 
+/// Contexts and their history: reads, the locked write transaction that runs the rules,
+/// deletes, lists, and the whole histories export and import move.
+#[async_trait]
+pub trait ContextStore: Send + Sync + 'static {
     /// The current version of a context.
     async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError>;
 
@@ -413,6 +420,16 @@ pub trait Store: Send + Sync + 'static {
     /// A context with its whole kept history, for export.
     async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError>;
 
+    /// Stores each history as given (ids, versions, times kept), in one transaction: a context
+    /// whose stored history differs is replaced, one whose history is the same is left alone,
+    /// so importing twice changes nothing. Each replaced context appends its change to the
+    /// outbox.
+    async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError>;
+}
+
+/// The L3 cache table (Postgres only; the defaults say there is none).
+#[async_trait]
+pub trait CacheTable: Send + Sync + 'static {
     /// Whether this store keeps the L3 cache table. Postgres does; on SQLite it would sit in
     /// the same file as the data it caches, so it is skipped there.
     fn has_cache_table(&self) -> bool {
@@ -438,7 +455,12 @@ pub trait Store: Send + Sync + 'static {
     async fn cache_hottest(&self, _limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         Ok(Vec::new())
     }
+}
 
+/// The outbox every write appends to, read in commit order: the commit signal, the change
+/// feed, delivery to the webhook, and pruning.
+#[async_trait]
+pub trait ChangeLog: Send + Sync + 'static {
     /// The commit signal: every committed change, as it commits.
     fn commits(&self) -> broadcast::Receiver<CommitNotice>;
 
@@ -470,6 +492,17 @@ pub trait Store: Send + Sync + 'static {
     /// The highest change number given so far (0 before any).
     async fn latest_seq(&self) -> Result<i64, StoreError>;
 
+    /// Changes not delivered yet.
+    async fn pending_changes(&self) -> Result<i64, StoreError>;
+
+    /// Deletes outbox rows written before `before`: delivered ones, or all when `all`.
+    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError>;
+}
+
+/// What the vector indexer reads and keeps: current embeddings, those of another length,
+/// and how far each indexer has applied the outbox.
+#[async_trait]
+pub trait EmbeddingStore: Send + Sync + 'static {
     /// Contexts whose current version has an embedding, in id order after `after`, at most
     /// `limit`: what a vector index is rebuilt from.
     async fn with_embeddings(
@@ -499,6 +532,16 @@ pub trait Store: Send + Sync + 'static {
         dimensions: usize,
     ) -> Result<Vec<ContextId>, StoreError>;
 
+    /// How far the indexer `name` has applied the outbox (0 before it ever did).
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError>;
+
+    /// Records that the indexer `name` has applied the outbox up to `seq` (never moving back).
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError>;
+}
+
+/// API keys: made, made sure of (the bootstrap key), listed, revoked, and their last use.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
     /// Stores a new API key.
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
 
@@ -520,22 +563,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records when keys were last used (batched by the caller, off the request path).
     async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError>;
+}
 
-    /// How far the indexer `name` has applied the outbox (0 before it ever did).
-    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError>;
+/// Everything a backend is: each concern above, implemented by `PostgresStore` and
+/// `SqliteStore`. A part of contextd that needs one concern only takes that trait.
+pub trait Store:
+    StoreHealth + ContextStore + CacheTable + ChangeLog + EmbeddingStore + KeyStore
+{
+}
 
-    /// Records that the indexer `name` has applied the outbox up to `seq` (never moving back).
-    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError>;
-
-    /// Changes not delivered yet.
-    async fn pending_changes(&self) -> Result<i64, StoreError>;
-
-    /// Deletes outbox rows written before `before`: delivered ones, or all when `all`.
-    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError>;
-
-    /// Stores each history as given (ids, versions, times kept), in one transaction: a context
-    /// whose stored history differs is replaced, one whose history is the same is left alone,
-    /// so importing twice changes nothing. Each replaced context appends its change to the
-    /// outbox.
-    async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError>;
+impl<T> Store for T where
+    T: StoreHealth + ContextStore + CacheTable + ChangeLog + EmbeddingStore + KeyStore
+{
 }

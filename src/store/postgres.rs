@@ -19,10 +19,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 
 use super::{
-    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice,
-    Committed, Counts, Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome,
-    Delivery, ImportSummary, ListFilter, NewVersion, PoolStatus, Store, StoreError, VersionLookup,
-    WriteGate, WriteOutcome, WriteView, migrate,
+    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, CacheTable, Change, ChangeLog, ChangeOp, ChangedContent,
+    CommitNotice, Committed, ContextStore, Counts, Decide, DecideDelete, Decision, DeleteOutcome,
+    Deliver, DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter,
+    NewVersion, PoolStatus, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome,
+    WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
@@ -789,7 +790,7 @@ fn summary_from_row(row: &Row) -> Result<ContextSummary, StoreError> {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl StoreHealth for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -816,7 +817,10 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ContextStore for PostgresStore {
     async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError> {
         self.bounded(false, async move {
             let client = self.client().await?;
@@ -1163,6 +1167,104 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            select_history(&client, id).await
+        })
+        .await
+    }
+
+    async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let lock = tx.prepare_cached(LOCK_CONTEXT).await.map_err(db_error)?;
+        let mut summary = ImportSummary::default();
+        for history in &histories {
+            let key = history.id.as_str();
+            tx.execute(&lock, &[&key]).await.map_err(db_error)?;
+            if select_history(&tx, &history.id).await?.as_ref() == Some(history) {
+                summary.unchanged += 1;
+                continue;
+            }
+            replace_history(&tx, history).await?;
+            summary.imported += 1;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(summary)
+    }
+}
+
+#[async_trait]
+impl CacheTable for PostgresStore {
+    fn has_cache_table(&self) -> bool {
+        true
+    }
+
+    async fn cache_get(&self, id: &ContextId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(SELECT_CACHE_ENTRY)
+                .await
+                .map_err(db_error)?;
+            let row = client
+                .query_opt(&statement, &[&cache_key(id)])
+                .await
+                .map_err(db_error)?;
+            row.map(|row| row.try_get(0).map_err(column_error))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn cache_touch(&self, counts: Vec<(ContextId, i64)>) -> Result<(), StoreError> {
+        self.bounded(true, async move {
+            if counts.is_empty() {
+                return Ok(());
+            }
+            let (keys, ns): (Vec<String>, Vec<i64>) = counts
+                .into_iter()
+                .map(|(id, n)| (cache_key(&id), n))
+                .unzip();
+            let client = self.client().await?;
+            client
+                .execute(TOUCH_CACHE_ENTRIES, &[&keys, &ns])
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cache_cleanup(&self) -> Result<u64, StoreError> {
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(DELETE_EXPIRED_CACHE_ENTRIES, &[])
+                .await
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn cache_hottest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(SELECT_HOTTEST_CACHE_ENTRIES, &[&(limit as i64)])
+                .await
+                .map_err(db_error)?;
+            rows.iter()
+                .map(|row| row.try_get(0).map_err(column_error))
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ChangeLog for PostgresStore {
     fn signal_spans_processes(&self) -> bool {
         true
     }
@@ -1271,6 +1373,32 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn pending_changes(&self) -> Result<i64, StoreError> {
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(PENDING_CHANGES, &[])
+                .await
+                .map_err(db_error)?;
+            row.try_get(0).map_err(column_error)
+        })
+        .await
+    }
+
+    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(PRUNE_OUTBOX, &[&before, &all])
+                .await
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EmbeddingStore for PostgresStore {
     async fn with_embeddings(
         &self,
         after: Option<&str>,
@@ -1360,6 +1488,33 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        self.bounded(false, async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(INDEXER_CURSOR, &[&name])
+                .await
+                .map_err(db_error)?;
+            row.map_or(Ok(0), |row| row.try_get(0).map_err(column_error))
+        })
+        .await
+    }
+
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        self.bounded(true, async move {
+            let client = self.client().await?;
+            client
+                .execute(SET_INDEXER_CURSOR, &[&name, &seq])
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.bounded(true, async move {
             let client = self.client().await?;
@@ -1476,145 +1631,6 @@ impl Store for PostgresStore {
             Ok(())
         })
         .await
-    }
-
-    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
-        self.bounded(false, async move {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(INDEXER_CURSOR, &[&name])
-                .await
-                .map_err(db_error)?;
-            row.map_or(Ok(0), |row| row.try_get(0).map_err(column_error))
-        })
-        .await
-    }
-
-    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
-        self.bounded(true, async move {
-            let client = self.client().await?;
-            client
-                .execute(SET_INDEXER_CURSOR, &[&name, &seq])
-                .await
-                .map_err(db_error)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn pending_changes(&self) -> Result<i64, StoreError> {
-        self.bounded(false, async move {
-            let client = self.client().await?;
-            let row = client
-                .query_one(PENDING_CHANGES, &[])
-                .await
-                .map_err(db_error)?;
-            row.try_get(0).map_err(column_error)
-        })
-        .await
-    }
-
-    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
-        self.bounded(true, async move {
-            let client = self.client().await?;
-            client
-                .execute(PRUNE_OUTBOX, &[&before, &all])
-                .await
-                .map_err(db_error)
-        })
-        .await
-    }
-
-    fn has_cache_table(&self) -> bool {
-        true
-    }
-
-    async fn cache_get(&self, id: &ContextId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.bounded(false, async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(SELECT_CACHE_ENTRY)
-                .await
-                .map_err(db_error)?;
-            let row = client
-                .query_opt(&statement, &[&cache_key(id)])
-                .await
-                .map_err(db_error)?;
-            row.map(|row| row.try_get(0).map_err(column_error))
-                .transpose()
-        })
-        .await
-    }
-
-    async fn cache_touch(&self, counts: Vec<(ContextId, i64)>) -> Result<(), StoreError> {
-        self.bounded(true, async move {
-            if counts.is_empty() {
-                return Ok(());
-            }
-            let (keys, ns): (Vec<String>, Vec<i64>) = counts
-                .into_iter()
-                .map(|(id, n)| (cache_key(&id), n))
-                .unzip();
-            let client = self.client().await?;
-            client
-                .execute(TOUCH_CACHE_ENTRIES, &[&keys, &ns])
-                .await
-                .map_err(db_error)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn cache_cleanup(&self) -> Result<u64, StoreError> {
-        self.bounded(true, async move {
-            let client = self.client().await?;
-            client
-                .execute(DELETE_EXPIRED_CACHE_ENTRIES, &[])
-                .await
-                .map_err(db_error)
-        })
-        .await
-    }
-
-    async fn cache_hottest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.bounded(false, async move {
-            let client = self.client().await?;
-            let rows = client
-                .query(SELECT_HOTTEST_CACHE_ENTRIES, &[&(limit as i64)])
-                .await
-                .map_err(db_error)?;
-            rows.iter()
-                .map(|row| row.try_get(0).map_err(column_error))
-                .collect()
-        })
-        .await
-    }
-
-    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {
-        self.bounded(false, async move {
-            let client = self.client().await?;
-            select_history(&client, id).await
-        })
-        .await
-    }
-
-    async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        let lock = tx.prepare_cached(LOCK_CONTEXT).await.map_err(db_error)?;
-        let mut summary = ImportSummary::default();
-        for history in &histories {
-            let key = history.id.as_str();
-            tx.execute(&lock, &[&key]).await.map_err(db_error)?;
-            if select_history(&tx, &history.id).await?.as_ref() == Some(history) {
-                summary.unchanged += 1;
-                continue;
-            }
-            replace_history(&tx, history).await?;
-            summary.imported += 1;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(summary)
     }
 }
 

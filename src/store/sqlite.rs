@@ -18,10 +18,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transac
 use tokio::sync::broadcast;
 
 use super::{
-    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, Change, ChangeOp, ChangedContent, CommitNotice, Counts,
-    Decide, DecideDelete, Decision, DeleteOutcome, Deliver, DeliverOutcome, Delivery,
-    ImportSummary, ListFilter, NewVersion, Store, StoreError, VersionLookup, WriteGate,
-    WriteOutcome, WriteView, migrate,
+    ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, CacheTable, Change, ChangeLog, ChangeOp, ChangedContent,
+    CommitNotice, ContextStore, Counts, Decide, DecideDelete, Decision, DeleteOutcome, Deliver,
+    DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, NewVersion,
+    StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome, WriteView, migrate,
 };
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
@@ -678,7 +678,7 @@ fn store_new_version(conn: &Connection, id: &ContextId, new: &NewVersion) -> rus
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl StoreHealth for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
@@ -691,7 +691,10 @@ impl Store for SqliteStore {
         self.read_with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_error))
             .await
     }
+}
 
+#[async_trait]
+impl ContextStore for SqliteStore {
     async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError> {
         let id = id.clone();
         self.read_with(move |conn| select_current(conn, &id).map_err(db_error))
@@ -784,330 +787,6 @@ impl Store for SqliteStore {
             }
         }
         Ok(outcomes)
-    }
-
-    fn signal_spans_processes(&self) -> bool {
-        false
-    }
-
-    fn commits(&self) -> broadcast::Receiver<CommitNotice> {
-        self.commits.subscribe()
-    }
-
-    async fn sequence_outbox(&self) -> Result<(), StoreError> {
-        // Numbered in each write's own transaction already: one writer, so commit order.
-        Ok(())
-    }
-
-    async fn changes(
-        &self,
-        since: i64,
-        limit: usize,
-        id_prefix: Option<&str>,
-    ) -> Result<Vec<Change>, StoreError> {
-        let prefix = id_prefix.map(str::to_owned);
-        self.read_with(move |conn| {
-            let sql = format!(
-                "{CHANGE_COLUMNS} WHERE o.seq > ?1 \
-                 AND (?3 IS NULL OR substr(o.context_id, 1, length(?3)) = ?3) \
-                 ORDER BY o.seq LIMIT ?2"
-            );
-            let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
-            let rows = statement
-                .query_map(
-                    rusqlite::params![since, limit as i64, prefix],
-                    change_from_row,
-                )
-                .map_err(db_error)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn deliver_pending(
-        &self,
-        limit: usize,
-        deliver: Deliver,
-    ) -> Result<DeliverOutcome, StoreError> {
-        let Ok(_turn) = self.pusher.try_lock() else {
-            return Ok(DeliverOutcome::Busy);
-        };
-        let claimed = self
-            .read_with(move |conn| {
-                let sql = format!(
-                    "{CHANGE_COLUMNS} WHERE o.delivered_at IS NULL ORDER BY o.seq LIMIT ?1"
-                );
-                let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
-                let rows = statement
-                    .query_map([limit as i64], |row| {
-                        let not_before: Option<String> = row.get(9)?;
-                        Ok((change_from_row(row)?, not_before))
-                    })
-                    .map_err(db_error)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-            })
-            .await?;
-        let Some((_, not_before)) = claimed.first() else {
-            return Ok(DeliverOutcome::Idle);
-        };
-        if let Some(at) = not_before
-            .as_deref()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .filter(|at| *at > Utc::now())
-        {
-            return Ok(DeliverOutcome::NotBefore(at));
-        }
-        let changes: Vec<Change> = claimed.into_iter().map(|(change, _)| change).collect();
-        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
-        let delivery = deliver(changes.clone()).await;
-        self.write_with(move |conn| {
-            let tx = conn.transaction().map_err(db_error)?;
-            for seq in &seqs {
-                match &delivery {
-                    Delivery::Delivered => tx.prepare_cached(MARK_DELIVERED).and_then(|mut s| {
-                        s.execute(rusqlite::params![seq, time_text(&Utc::now())])
-                    }),
-                    Delivery::Failed { retry_at, error } => {
-                        tx.prepare_cached(MARK_FAILED).and_then(|mut s| {
-                            s.execute(rusqlite::params![seq, time_text(retry_at), error])
-                        })
-                    }
-                }
-                .map_err(db_error)?;
-            }
-            tx.commit().map_err(db_error)?;
-            Ok(match delivery {
-                Delivery::Delivered => DeliverOutcome::Delivered(changes),
-                Delivery::Failed { .. } => DeliverOutcome::Failed,
-            })
-        })
-        .await
-    }
-
-    async fn latest_seq(&self) -> Result<i64, StoreError> {
-        self.read_with(|conn| {
-            conn.query_row(LATEST_SEQ, [], |row| row.get(0))
-                .map_err(db_error)
-        })
-        .await
-    }
-
-    async fn with_embeddings(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Context>, StoreError> {
-        let after = after.unwrap_or("").to_owned();
-        self.read_with(move |conn| {
-            let mut statement = conn.prepare_cached(WITH_EMBEDDINGS).map_err(db_error)?;
-            let rows = statement
-                .query_map(rusqlite::params![after, limit as i64], |row| {
-                    let id = context_id(row, 10)?.ok_or_else(|| corrupt("a null context_id"))?;
-                    context_from_row(&id, row)
-                })
-                .map_err(db_error)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn other_length_embeddings(
-        &self,
-        dimensions: usize,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(ContextId, usize)>, StoreError> {
-        let after = after.unwrap_or("").to_owned();
-        self.read_with(move |conn| {
-            let mut statement = conn
-                .prepare_cached(OTHER_LENGTH_EMBEDDINGS)
-                .map_err(db_error)?;
-            let rows = statement
-                .query_map(
-                    rusqlite::params![dimensions as i64, after, limit as i64],
-                    |row| {
-                        let id = context_id(row, 0)?.ok_or_else(|| corrupt("a null context_id"))?;
-                        let length: i64 = row.get(1)?;
-                        Ok((id, length.max(0) as usize))
-                    },
-                )
-                .map_err(db_error)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn drop_embeddings(
-        &self,
-        ids: &[ContextId],
-        dimensions: usize,
-    ) -> Result<Vec<ContextId>, StoreError> {
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.write_with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
-            let mut dropped = Vec::new();
-            {
-                let mut drop = tx.prepare_cached(DROP_EMBEDDING).map_err(db_error)?;
-                let mut clear = tx.prepare_cached(CLEAR_HAS_EMBEDDING).map_err(db_error)?;
-                for id in ids {
-                    let changed = drop
-                        .execute(rusqlite::params![id.as_str(), dimensions as i64])
-                        .map_err(db_error)?;
-                    if changed > 0 {
-                        clear.execute([id.as_str()]).map_err(db_error)?;
-                        dropped.push(id);
-                    }
-                }
-            }
-            tx.commit().map_err(db_error)?;
-            Ok(dropped)
-        })
-        .await
-    }
-
-    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.write_with(move |conn| insert_key(conn, &key).map_err(db_error))
-            .await?;
-        let _ = self.commits.send(CommitNotice::KeysChanged);
-        Ok(())
-    }
-
-    async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let key = key.clone();
-        let changed = self
-            .write_with(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_error)?;
-                let updated = tx
-                    .execute(
-                        UPDATE_ENSURED_KEY,
-                        rusqlite::params![key.key_hash.as_slice(), key.role.as_str(), key.prefix],
-                    )
-                    .map_err(db_error)?;
-                let exists: bool = tx
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE key_hash = ?1)",
-                        [key.key_hash.as_slice()],
-                        |row| row.get(0),
-                    )
-                    .map_err(db_error)?;
-                if !exists {
-                    insert_key(&tx, &key).map_err(db_error)?;
-                }
-                tx.commit().map_err(db_error)?;
-                Ok(updated > 0)
-            })
-            .await?;
-        if changed {
-            let _ = self.commits.send(CommitNotice::KeysChanged);
-        }
-        Ok(())
-    }
-
-    async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.read_with(|conn| {
-            let mut statement = conn
-                .prepare_cached(&format!("{KEY_COLUMNS} ORDER BY created_at, id"))
-                .map_err(db_error)?;
-            let rows = statement.query_map([], key_from_row).map_err(db_error)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn revoke_key(
-        &self,
-        id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let id = id.to_owned();
-        let revoked = self
-            .write_with(move |conn| {
-                let found = conn
-                    .execute(REVOKE_KEY, rusqlite::params![id, time_text(&at)])
-                    .map_err(db_error)?;
-                if found == 0 {
-                    return Ok(None);
-                }
-                conn.query_row(&format!("{KEY_COLUMNS} WHERE id = ?1"), [id], key_from_row)
-                    .map(Some)
-                    .map_err(db_error)
-            })
-            .await?;
-        if revoked.is_some() {
-            let _ = self.commits.send(CommitNotice::KeysChanged);
-        }
-        Ok(revoked)
-    }
-
-    async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
-        if used.is_empty() {
-            return Ok(());
-        }
-        let used = used.to_vec();
-        self.write_with(move |conn| {
-            let tx = conn.transaction().map_err(db_error)?;
-            {
-                let mut touch = tx.prepare_cached(TOUCH_KEY).map_err(db_error)?;
-                for (id, at) in &used {
-                    touch
-                        .execute(rusqlite::params![id, time_text(at)])
-                        .map_err(db_error)?;
-                }
-            }
-            tx.commit().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
-        let name = name.to_owned();
-        self.read_with(move |conn| {
-            conn.query_row(INDEXER_CURSOR, [name], |row| row.get(0))
-                .optional()
-                .map(|seq| seq.unwrap_or(0))
-                .map_err(db_error)
-        })
-        .await
-    }
-
-    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
-        let name = name.to_owned();
-        self.write_with(move |conn| {
-            conn.prepare_cached(SET_INDEXER_CURSOR)
-                .and_then(|mut s| s.execute(rusqlite::params![name, seq]))
-                .map(|_| ())
-                .map_err(db_error)
-        })
-        .await
-    }
-
-    async fn pending_changes(&self) -> Result<i64, StoreError> {
-        self.read_with(|conn| {
-            conn.query_row(PENDING_CHANGES, [], |row| row.get(0))
-                .map_err(db_error)
-        })
-        .await
-    }
-
-    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
-        self.write_with(move |conn| {
-            conn.prepare_cached(PRUNE_OUTBOX)
-                .and_then(|mut s| s.execute(rusqlite::params![time_text(&before), all]))
-                .map(|n| n as u64)
-                .map_err(db_error)
-        })
-        .await
     }
 
     async fn delete(
@@ -1268,6 +947,342 @@ impl Store for SqliteStore {
                 let _ = self.commits.send(CommitNotice::Unknown);
             }
         })
+    }
+}
+
+/// No L3 table: it would sit in the same file as the data it caches.
+impl CacheTable for SqliteStore {}
+
+#[async_trait]
+impl ChangeLog for SqliteStore {
+    fn signal_spans_processes(&self) -> bool {
+        false
+    }
+
+    fn commits(&self) -> broadcast::Receiver<CommitNotice> {
+        self.commits.subscribe()
+    }
+
+    async fn sequence_outbox(&self) -> Result<(), StoreError> {
+        // Numbered in each write's own transaction already: one writer, so commit order.
+        Ok(())
+    }
+
+    async fn changes(
+        &self,
+        since: i64,
+        limit: usize,
+        id_prefix: Option<&str>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let prefix = id_prefix.map(str::to_owned);
+        self.read_with(move |conn| {
+            let sql = format!(
+                "{CHANGE_COLUMNS} WHERE o.seq > ?1 \
+                 AND (?3 IS NULL OR substr(o.context_id, 1, length(?3)) = ?3) \
+                 ORDER BY o.seq LIMIT ?2"
+            );
+            let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
+            let rows = statement
+                .query_map(
+                    rusqlite::params![since, limit as i64, prefix],
+                    change_from_row,
+                )
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn deliver_pending(
+        &self,
+        limit: usize,
+        deliver: Deliver,
+    ) -> Result<DeliverOutcome, StoreError> {
+        let Ok(_turn) = self.pusher.try_lock() else {
+            return Ok(DeliverOutcome::Busy);
+        };
+        let claimed = self
+            .read_with(move |conn| {
+                let sql = format!(
+                    "{CHANGE_COLUMNS} WHERE o.delivered_at IS NULL ORDER BY o.seq LIMIT ?1"
+                );
+                let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
+                let rows = statement
+                    .query_map([limit as i64], |row| {
+                        let not_before: Option<String> = row.get(9)?;
+                        Ok((change_from_row(row)?, not_before))
+                    })
+                    .map_err(db_error)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+            })
+            .await?;
+        let Some((_, not_before)) = claimed.first() else {
+            return Ok(DeliverOutcome::Idle);
+        };
+        if let Some(at) = not_before
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .filter(|at| *at > Utc::now())
+        {
+            return Ok(DeliverOutcome::NotBefore(at));
+        }
+        let changes: Vec<Change> = claimed.into_iter().map(|(change, _)| change).collect();
+        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+        let delivery = deliver(changes.clone()).await;
+        self.write_with(move |conn| {
+            let tx = conn.transaction().map_err(db_error)?;
+            for seq in &seqs {
+                match &delivery {
+                    Delivery::Delivered => tx.prepare_cached(MARK_DELIVERED).and_then(|mut s| {
+                        s.execute(rusqlite::params![seq, time_text(&Utc::now())])
+                    }),
+                    Delivery::Failed { retry_at, error } => {
+                        tx.prepare_cached(MARK_FAILED).and_then(|mut s| {
+                            s.execute(rusqlite::params![seq, time_text(retry_at), error])
+                        })
+                    }
+                }
+                .map_err(db_error)?;
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(match delivery {
+                Delivery::Delivered => DeliverOutcome::Delivered(changes),
+                Delivery::Failed { .. } => DeliverOutcome::Failed,
+            })
+        })
+        .await
+    }
+
+    async fn latest_seq(&self) -> Result<i64, StoreError> {
+        self.read_with(|conn| {
+            conn.query_row(LATEST_SEQ, [], |row| row.get(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn pending_changes(&self) -> Result<i64, StoreError> {
+        self.read_with(|conn| {
+            conn.query_row(PENDING_CHANGES, [], |row| row.get(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError> {
+        self.write_with(move |conn| {
+            conn.prepare_cached(PRUNE_OUTBOX)
+                .and_then(|mut s| s.execute(rusqlite::params![time_text(&before), all]))
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EmbeddingStore for SqliteStore {
+    async fn with_embeddings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Context>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        self.read_with(move |conn| {
+            let mut statement = conn.prepare_cached(WITH_EMBEDDINGS).map_err(db_error)?;
+            let rows = statement
+                .query_map(rusqlite::params![after, limit as i64], |row| {
+                    let id = context_id(row, 10)?.ok_or_else(|| corrupt("a null context_id"))?;
+                    context_from_row(&id, row)
+                })
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn other_length_embeddings(
+        &self,
+        dimensions: usize,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(ContextId, usize)>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        self.read_with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(OTHER_LENGTH_EMBEDDINGS)
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map(
+                    rusqlite::params![dimensions as i64, after, limit as i64],
+                    |row| {
+                        let id = context_id(row, 0)?.ok_or_else(|| corrupt("a null context_id"))?;
+                        let length: i64 = row.get(1)?;
+                        Ok((id, length.max(0) as usize))
+                    },
+                )
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn drop_embeddings(
+        &self,
+        ids: &[ContextId],
+        dimensions: usize,
+    ) -> Result<Vec<ContextId>, StoreError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let mut dropped = Vec::new();
+            {
+                let mut drop = tx.prepare_cached(DROP_EMBEDDING).map_err(db_error)?;
+                let mut clear = tx.prepare_cached(CLEAR_HAS_EMBEDDING).map_err(db_error)?;
+                for id in ids {
+                    let changed = drop
+                        .execute(rusqlite::params![id.as_str(), dimensions as i64])
+                        .map_err(db_error)?;
+                    if changed > 0 {
+                        clear.execute([id.as_str()]).map_err(db_error)?;
+                        dropped.push(id);
+                    }
+                }
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let name = name.to_owned();
+        self.read_with(move |conn| {
+            conn.query_row(INDEXER_CURSOR, [name], |row| row.get(0))
+                .optional()
+                .map(|seq| seq.unwrap_or(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write_with(move |conn| {
+            conn.prepare_cached(SET_INDEXER_CURSOR)
+                .and_then(|mut s| s.execute(rusqlite::params![name, seq]))
+                .map(|_| ())
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write_with(move |conn| insert_key(conn, &key).map_err(db_error))
+            .await?;
+        let _ = self.commits.send(CommitNotice::KeysChanged);
+        Ok(())
+    }
+
+    async fn ensure_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        let changed = self
+            .write_with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                let updated = tx
+                    .execute(
+                        UPDATE_ENSURED_KEY,
+                        rusqlite::params![key.key_hash.as_slice(), key.role.as_str(), key.prefix],
+                    )
+                    .map_err(db_error)?;
+                let exists: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE key_hash = ?1)",
+                        [key.key_hash.as_slice()],
+                        |row| row.get(0),
+                    )
+                    .map_err(db_error)?;
+                if !exists {
+                    insert_key(&tx, &key).map_err(db_error)?;
+                }
+                tx.commit().map_err(db_error)?;
+                Ok(updated > 0)
+            })
+            .await?;
+        if changed {
+            let _ = self.commits.send(CommitNotice::KeysChanged);
+        }
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.read_with(|conn| {
+            let mut statement = conn
+                .prepare_cached(&format!("{KEY_COLUMNS} ORDER BY created_at, id"))
+                .map_err(db_error)?;
+            let rows = statement.query_map([], key_from_row).map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = id.to_owned();
+        let revoked = self
+            .write_with(move |conn| {
+                let found = conn
+                    .execute(REVOKE_KEY, rusqlite::params![id, time_text(&at)])
+                    .map_err(db_error)?;
+                if found == 0 {
+                    return Ok(None);
+                }
+                conn.query_row(&format!("{KEY_COLUMNS} WHERE id = ?1"), [id], key_from_row)
+                    .map(Some)
+                    .map_err(db_error)
+            })
+            .await?;
+        if revoked.is_some() {
+            let _ = self.commits.send(CommitNotice::KeysChanged);
+        }
+        Ok(revoked)
+    }
+
+    async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        self.write_with(move |conn| {
+            let tx = conn.transaction().map_err(db_error)?;
+            {
+                let mut touch = tx.prepare_cached(TOUCH_KEY).map_err(db_error)?;
+                for (id, at) in &used {
+                    touch
+                        .execute(rusqlite::params![id, time_text(at)])
+                        .map_err(db_error)?;
+                }
+            }
+            tx.commit().map_err(db_error)
+        })
+        .await
     }
 }
 

@@ -20,7 +20,7 @@ pub use pusher::{Pusher, signature, standard_signature, webhook_id};
 
 use crate::background::every;
 use crate::config::SyncSettings;
-use crate::store::Store;
+use crate::store::ChangeLog;
 
 /// What `/metrics/summary` says of the sync.
 #[derive(Debug, Default)]
@@ -65,7 +65,7 @@ impl SyncState {
 /// Deletes old outbox rows every hour: delivered ones, or, with no webhook, every one older
 /// than the retention (the change feed's horizon).
 pub fn spawn_pruner(
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChangeLog>,
     settings: &SyncSettings,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

@@ -24,7 +24,7 @@ use super::SyncState;
 use crate::config::{FactorySettings, Secret};
 use crate::domain::webhook_key;
 use crate::metrics::Metrics;
-use crate::store::{Change, Deliver, DeliverOutcome, Delivery, Store, Tally};
+use crate::store::{Change, ChangeLog, Deliver, DeliverOutcome, Delivery, Tally};
 use crate::wire::ChangeOut;
 
 /// The `webhook-id` of a batch: the same for the same changes, whatever the attempt. Change
@@ -72,7 +72,7 @@ enum Wake {
 
 #[derive(Clone)]
 pub struct Pusher {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChangeLog>,
     http: reqwest::Client,
     url: String,
     secret: Option<Secret<String>>,
@@ -91,7 +91,7 @@ pub struct Pusher {
 impl Pusher {
     /// A pusher for `settings.webhook_url`; `None` when there is none.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChangeLog>,
         settings: &FactorySettings,
         poll: Duration,
         metrics: Arc<Metrics>,
