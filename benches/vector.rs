@@ -170,7 +170,7 @@ fn query(vector: &[f32], source: Option<Source>, min_certainty: f64) -> SearchQu
         min_certainty,
         source,
         parent_id: None,
-        id_prefix: None,
+        visible: contextd::domain::Visible::to(&contextd::domain::Principal::system()),
     }
 }
 

@@ -342,6 +342,7 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
         } else {
             tracing::info!(bind = %settings.server.bind, "auth is off (auth.mode)");
         }
+        let commits = store.commits();
         let state = AppState {
             bodies: Arc::new(api::body::BodyBudget::new(
                 &settings.limits,
@@ -369,7 +370,7 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
             metrics: metrics.clone(),
         };
         let subscriptions = Arc::new(Subscriptions::default());
-        background.push(subscriptions.spawn_feed(state.contexts.store(), stopped.clone()));
+        background.push(subscriptions.spawn_feed(commits, stopped.clone()));
         let mcp_shutdown = CancellationToken::new();
         let mcp = settings.mcp.enabled.then(|| {
             let services = mcp::Services {

@@ -70,7 +70,7 @@ fn near(vector: &[f32], min_certainty: f64) -> SearchQuery {
         min_certainty,
         source: None,
         parent_id: None,
-        id_prefix: None,
+        visible: contextd::domain::Visible::to(&contextd::domain::Principal::system()),
     }
 }
 

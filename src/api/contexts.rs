@@ -350,11 +350,7 @@ async fn list_contexts(
             ContextId::parse(raw).map_err(|e| AppError::Unprocessable(format!("parent_id: {e}")))
         })
         .transpose()?;
-    let filter = ListFilter {
-        source,
-        parent_id,
-        id_prefix: None,
-    };
+    let filter = ListFilter { source, parent_id };
     let Page { items, next_cursor } = state
         .contexts
         .list(&who, &filter, params.cursor.as_deref(), limit)

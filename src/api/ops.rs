@@ -114,12 +114,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics
         .set_inflight_body_bytes(state.bodies.in_flight_bytes());
-    let cache = state.contexts.cache().stats();
+    let cache = state.ops.cache_stats();
     let body = state.metrics.render(&crate::metrics::Scrape {
         counts: state.contexts.counted(),
         cache: &cache,
         pool: state.ops.pool_status(),
-        redis: state.contexts.cache().redis_stats(),
+        redis: state.ops.redis_stats(),
         store_up: state.ops.store_up(),
         vector_backlog: state.ops.vector_backlog(),
     });

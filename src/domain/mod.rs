@@ -23,6 +23,6 @@ pub use id::{ContextId, InvalidId};
 pub use json::{JsonError, JsonObject, count_values, value_kind};
 pub use key::{KEY_CHARS, KEY_PREFIX, is_well_formed};
 pub use merge::three_way_merge;
-pub use principal::{Principal, Role};
+pub use principal::{Principal, Role, Visible};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};
 pub use webhook::webhook_key;

@@ -69,7 +69,7 @@ impl Principal {
     }
 
     pub fn sees_str(&self, id: &str) -> bool {
-        self.prefix.as_deref().is_none_or(|p| id.starts_with(p))
+        under(self.prefix.as_deref(), id)
     }
 }
 
@@ -104,5 +104,37 @@ mod tests {
         assert!(!team.sees(&ContextId::parse("team-b:x").unwrap()));
         assert!(!team.sees(&ContextId::parse("team-a").unwrap()));
         assert!(Principal::system().sees(&ContextId::parse("anything").unwrap()));
+        let visible = Visible::to(&team);
+        assert_eq!(visible.prefix(), Some("team-a:"));
+        assert!(visible.admits("team-a:x") && !visible.admits("team-b:x"));
+        assert_eq!(Visible::to(&Principal::system()).prefix(), None);
     }
+}
+
+/// The contexts a caller may see and touch: every one, or those whose id starts with its key's
+/// prefix. It can only be made from a [`Principal`], so a query to the store or the vector
+/// index cannot be made without deciding it, and cannot decide it wrongly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visible(Option<Arc<str>>);
+
+impl Visible {
+    /// What `who` may see.
+    pub fn to(who: &Principal) -> Self {
+        Self(who.prefix.clone())
+    }
+
+    /// The prefix every visible id starts with; `None`: every id.
+    pub fn prefix(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Whether the context `id` is visible: what [`Principal::sees`] says of it.
+    pub fn admits(&self, id: &str) -> bool {
+        under(self.prefix(), id)
+    }
+}
+
+/// The one prefix rule: no prefix sees every id, a prefix the ids that start with it.
+fn under(prefix: Option<&str>, id: &str) -> bool {
+    prefix.is_none_or(|prefix| id.starts_with(prefix))
 }

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::domain::ContextId;
-use crate::store::{CommitNotice, Store};
+use crate::store::CommitNotice;
 
 /// The URI scheme of a context resource: `context://{context_id}`.
 pub const URI_PREFIX: &str = "context://";
@@ -193,11 +193,10 @@ impl Subscriptions {
     /// Feeds the subscribers from the store's commit signal until `stop`.
     pub fn spawn_feed(
         self: &Arc<Self>,
-        store: &Arc<dyn Store>,
+        mut commits: broadcast::Receiver<CommitNotice>,
         mut stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         let hub = self.clone();
-        let mut commits = store.commits();
         tokio::spawn(async move {
             loop {
                 tokio::select! {

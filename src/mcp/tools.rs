@@ -284,7 +284,6 @@ impl McpServer {
             let filter = ListFilter {
                 source: args.source,
                 parent_id,
-                id_prefix: None,
             };
             let Page { items, next_cursor } = self
                 .state()

@@ -9,7 +9,7 @@ use crate::cache::{CacheOutcome, CachedContext, TieredCache};
 use crate::config::Settings;
 use crate::domain::{
     Content, Context, ContextId, ContextSummary, Cursor, JsonObject, MergeInput, MergeStrategy,
-    Principal, Refusal, Role, Source, VersionInfo, VersionRecord, merge_data,
+    Principal, Refusal, Role, Source, VersionInfo, VersionRecord, Visible, merge_data,
 };
 use crate::error::AppError;
 use crate::store::{
@@ -91,14 +91,6 @@ impl ContextService {
             max_context_bytes: settings.limits.max_context_bytes,
             dimensions: settings.vector.dimensions,
         }
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn cache(&self) -> &Arc<TieredCache> {
-        &self.cache
     }
 
     /// The running counts this service's writes move.
@@ -589,17 +581,16 @@ impl ContextService {
         limit: usize,
     ) -> Result<Page<ContextSummary>, AppError> {
         admit(who, Role::Read, None)?;
-        let filter = &ListFilter {
-            id_prefix: who.prefix.as_deref().map(str::to_owned),
-            ..filter.clone()
-        };
         let cursor = cursor.filter(|c| !c.is_empty());
         let after = match cursor.map(Cursor::decode).transpose() {
             Ok(None) => None,
             Ok(Some(Cursor::AfterId(id))) => Some(id),
             Ok(Some(_)) | Err(_) => return Err(bad_cursor()),
         };
-        let mut items = self.store.list(filter, after.as_deref(), limit + 1).await?;
+        let mut items = self
+            .store
+            .list(filter, &Visible::to(who), after.as_deref(), limit + 1)
+            .await?;
         let next_cursor = next_page(&mut items, limit)
             .map(|last| Cursor::AfterId(last.id.as_str().to_owned()).encode());
         Ok(Page { items, next_cursor })

@@ -225,6 +225,16 @@ impl Ops {
         watch.up.load(Ordering::Acquire)
     }
 
+    /// The cache layers' counts, for `/metrics`.
+    pub fn cache_stats(&self) -> crate::cache::CacheStats {
+        self.cache.stats()
+    }
+
+    /// Redis's connection and breaker, when Redis is configured.
+    pub fn redis_stats(&self) -> Option<crate::cache::l2::L2Stats> {
+        self.cache.redis_stats()
+    }
+
     /// The store's connection pool now (Postgres).
     pub fn pool_status(&self) -> Option<crate::store::PoolStatus> {
         self.store.pool_status()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::ContextService;
 use super::contexts::admit;
 use crate::cache::CachedContext;
-use crate::domain::{ContextId, Principal, Role, Source};
+use crate::domain::{ContextId, Principal, Role, Source, Visible};
 use crate::error::AppError;
 use crate::vector::{SearchQuery, VectorError, VectorIndex};
 
@@ -99,7 +99,7 @@ impl SearchService {
             min_certainty: request.threshold,
             source: request.source,
             parent_id: request.parent_id.clone(),
-            id_prefix: who.prefix.as_deref().map(str::to_owned),
+            visible: Visible::to(who),
         };
         let hits = self.index.search(&query).await.map_err(|e| match e {
             VectorError::Unavailable(cause) => {

@@ -9,7 +9,7 @@ use super::ContextService;
 use super::contexts::{admit, generated_id};
 use super::rules::{self, SyncItem};
 use crate::cache::CachedContext;
-use crate::domain::{Content, ContextId, JsonObject, Principal, Refusal, Role, Source};
+use crate::domain::{Content, ContextId, JsonObject, Principal, Refusal, Role, Source, Visible};
 use crate::error::AppError;
 use crate::store::{Change, WriteOutcome};
 
@@ -158,10 +158,7 @@ impl ContextService {
     ) -> Result<Vec<Change>, AppError> {
         admit(who, Role::Read, None)?;
         self.store.sequence_outbox().await?;
-        Ok(self
-            .store
-            .changes(since, limit, who.prefix.as_deref())
-            .await?)
+        Ok(self.store.changes(since, limit, &Visible::to(who)).await?)
     }
 }
 

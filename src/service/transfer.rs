@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ContextService;
 use crate::domain::{
-    ChangeType, Content, ContextHistory, ContextId, JsonObject, Source, VersionInfo, VersionRecord,
+    ChangeType, Content, ContextHistory, ContextId, JsonObject, Principal, Source, VersionInfo,
+    VersionRecord, Visible,
 };
 use crate::error::AppError;
 use crate::store::{ImportSummary, ListFilter};
@@ -110,14 +111,20 @@ impl ContextService {
     pub async fn export(&self, out: &mut impl Write) -> Result<ExportSummary, AppError> {
         let mut summary = ExportSummary::default();
         let mut after: Option<String> = None;
+        let everything = Visible::to(&Principal::system());
         loop {
             let page = self
-                .store()
-                .list(&ListFilter::default(), after.as_deref(), EXPORT_PAGE)
+                .store
+                .list(
+                    &ListFilter::default(),
+                    &everything,
+                    after.as_deref(),
+                    EXPORT_PAGE,
+                )
                 .await?;
             for item in &page {
                 // A context deleted since the page was read is simply not exported.
-                let Some(history) = self.store().history(&item.id).await? else {
+                let Some(history) = self.store.history(&item.id).await? else {
                     continue;
                 };
                 let line = serde_json::to_string(&ContextLine::from(&history))
@@ -163,7 +170,7 @@ impl ContextService {
             }
             histories.push(history);
         }
-        self.store()
+        self.store
             .import(histories)
             .await
             .map_err(|e| ImportError::Store(e.into()))

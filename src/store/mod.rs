@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Role, Source, VersionInfo, VersionRecord,
+    Role, Source, VersionInfo, VersionRecord, Visible,
 };
 
 pub use postgres::PostgresStore;
@@ -129,8 +129,6 @@ pub enum DeleteOutcome {
 pub struct ListFilter {
     pub source: Option<Source>,
     pub parent_id: Option<ContextId>,
-    /// Only ids starting with this (the caller's key prefix).
-    pub id_prefix: Option<String>,
 }
 
 /// A version looked up by number, with what is needed to tell "pruned" from "never was".
@@ -401,6 +399,7 @@ pub trait ContextStore: Send + Sync + 'static {
     async fn list(
         &self,
         filter: &ListFilter,
+        visible: &Visible,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ContextSummary>, StoreError>;
@@ -477,7 +476,7 @@ pub trait ChangeLog: Send + Sync + 'static {
         &self,
         since: i64,
         limit: usize,
-        id_prefix: Option<&str>,
+        visible: &Visible,
     ) -> Result<Vec<Change>, StoreError>;
 
     /// Hands the oldest undelivered changes (at most `limit`) to `deliver` and records what it

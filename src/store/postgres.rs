@@ -28,7 +28,7 @@ use super::{
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Role, Source, VersionInfo, VersionRecord,
+    Role, Source, VersionInfo, VersionRecord, Visible,
 };
 
 /// Serializes every writer of one context, creators included (there is no row to lock yet).
@@ -1033,6 +1033,7 @@ impl ContextStore for PostgresStore {
     async fn list(
         &self,
         filter: &ListFilter,
+        visible: &Visible,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ContextSummary>, StoreError> {
@@ -1040,6 +1041,7 @@ impl ContextStore for PostgresStore {
             // One statement per combination of filters, so each can use its index.
             let source = filter.source.map(Source::as_str);
             let parent = filter.parent_id.as_ref().map(ContextId::as_str);
+            let prefix = visible.prefix();
             let limit = limit as i64;
             let mut conditions = Vec::new();
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
@@ -1051,7 +1053,7 @@ impl ContextStore for PostgresStore {
                 params.push(parent);
                 conditions.push(format!("m.parent_id = ${}", params.len()));
             }
-            if let Some(prefix) = &filter.id_prefix {
+            if let Some(prefix) = &prefix {
                 params.push(prefix);
                 conditions.push(format!(
                     "left(m.context_id, length(${0})) = ${0}",
@@ -1292,8 +1294,9 @@ impl ChangeLog for PostgresStore {
         &self,
         since: i64,
         limit: usize,
-        id_prefix: Option<&str>,
+        visible: &Visible,
     ) -> Result<Vec<Change>, StoreError> {
+        let id_prefix = visible.prefix();
         self.bounded(false, async move {
             let client = self.client().await?;
             let sql = format!(

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Role, Source, VersionInfo, VersionRecord,
+    Role, Source, VersionInfo, VersionRecord, Visible,
 };
 
 const KEY_COLUMNS: &str =
@@ -835,6 +835,7 @@ impl ContextStore for SqliteStore {
     async fn list(
         &self,
         filter: &ListFilter,
+        visible: &Visible,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ContextSummary>, StoreError> {
@@ -848,8 +849,8 @@ impl ContextStore for SqliteStore {
             params.push(parent.as_str().to_owned());
             conditions.push(format!("m.parent_id = ?{}", params.len()));
         }
-        if let Some(prefix) = &filter.id_prefix {
-            params.push(prefix.clone());
+        if let Some(prefix) = visible.prefix() {
+            params.push(prefix.to_owned());
             conditions.push(format!(
                 "substr(m.context_id, 1, length(?{0})) = ?{0}",
                 params.len()
@@ -972,8 +973,9 @@ impl ChangeLog for SqliteStore {
         &self,
         since: i64,
         limit: usize,
-        id_prefix: Option<&str>,
+        visible: &Visible,
     ) -> Result<Vec<Change>, StoreError> {
+        let id_prefix = visible.prefix();
         let prefix = id_prefix.map(str::to_owned);
         self.read_with(move |conn| {
             let sql = format!(

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::domain::{Context, ContextId};
+use crate::domain::{Context, ContextId, Principal, Visible};
 use crate::store::Store;
 use crate::vector::{MISMATCH_REMEDY, Mismatched, VectorEntry, VectorIndex};
 
@@ -339,7 +339,10 @@ impl Indexer {
         };
         loop {
             self.store.sequence_outbox().await?;
-            let changes = self.store.changes(at, PAGE, None).await?;
+            let changes = self
+                .store
+                .changes(at, PAGE, &Visible::to(&Principal::system()))
+                .await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return Ok(());
             };

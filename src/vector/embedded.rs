@@ -616,7 +616,7 @@ impl Shared {
         let filter = Filter {
             source: query.source,
             parent_id: query.parent_id.as_ref(),
-            id_prefix: query.id_prefix.as_deref(),
+            id_prefix: query.visible.prefix(),
             min_certainty: query.min_certainty,
         };
         let params = &self.params;
@@ -1175,7 +1175,7 @@ mod tests {
             min_certainty: 0.0,
             source: None,
             parent_id: None,
-            id_prefix: None,
+            visible: crate::domain::Visible::to(&crate::domain::Principal::system()),
         }
     }
 

@@ -11,7 +11,7 @@ pub mod weaviate;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ContextId, JsonObject, Source};
+use crate::domain::{ContextId, JsonObject, Source, Visible};
 
 /// What an index keeps of one context: its current embedding, and what filters and results need.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +40,8 @@ pub struct SearchQuery {
     pub source: Option<Source>,
     /// Only children of this context.
     pub parent_id: Option<ContextId>,
-    /// Only contexts whose id starts with this (the caller's key prefix).
-    pub id_prefix: Option<String>,
+    /// Only the contexts the caller may see.
+    pub visible: Visible,
 }
 
 /// One search result, best first.

@@ -903,7 +903,7 @@ fn search_query(class: &str, query: &SearchQuery) -> Result<String, String> {
     if let Some(parent) = &query.parent_id {
         conditions.push(equal("parentId", parent.as_str()));
     }
-    if let Some(prefix) = &query.id_prefix {
+    if let Some(prefix) = query.visible.prefix() {
         // Ids are `[A-Za-z0-9._:-]`: no `*` or `?` of Like's own in them.
         conditions.push(format!(
             "{{path: [\"contextId\"], operator: Like, valueText: {}}}",
@@ -1054,7 +1054,7 @@ mod tests {
             min_certainty: 0.0,
             source: None,
             parent_id: None,
-            id_prefix: None,
+            visible: crate::domain::Visible::to(&crate::domain::Principal::system()),
         }
     }
 
