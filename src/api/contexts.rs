@@ -15,7 +15,6 @@ use crate::cache::CachedContext;
 use crate::domain::{ContextId, Principal, Source};
 use crate::error::{AppError, Problem};
 use crate::service::{ConflictStrategy, IfMatch, Page, WriteRequest, WriteStatus, Written};
-use crate::store::ListFilter;
 pub use crate::wire::contexts::*;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -343,14 +342,7 @@ async fn list_contexts(
             })
         })
         .transpose()?;
-    let parent_id = params
-        .parent_id
-        .as_deref()
-        .map(|raw| {
-            ContextId::parse(raw).map_err(|e| AppError::Unprocessable(format!("parent_id: {e}")))
-        })
-        .transpose()?;
-    let filter = ListFilter { source, parent_id };
+    let filter = list_filter(source, params.parent_id.as_deref())?;
     let Page { items, next_cursor } = state
         .contexts
         .list(&who, &filter, params.cursor.as_deref(), limit)

@@ -265,7 +265,7 @@ async fn changes(
         })?,
     };
     let limit = parse_limit(params.limit.as_deref())?;
-    let changes = state.contexts.changes(&who, since, limit).await?;
+    let changes = state.contexts.changes(&who, since, limit.get()).await?;
     let next_since = changes.last().map_or(since, |c| c.seq);
     Ok(axum::Json(ChangesOut {
         changes: changes.into_iter().map(Into::into).collect(),

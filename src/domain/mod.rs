@@ -6,10 +6,12 @@
 
 mod context;
 mod cursor;
+pub mod embedding;
 mod id;
 mod json;
 mod key;
 mod merge;
+mod page;
 mod principal;
 mod strategies;
 mod webhook;
@@ -23,6 +25,7 @@ pub use id::{ContextId, InvalidId};
 pub use json::{JsonError, JsonObject, count_values, value_kind};
 pub use key::{KEY_CHARS, KEY_PREFIX, is_well_formed};
 pub use merge::three_way_merge;
+pub use page::{InvalidLimit, PageLimit};
 pub use principal::{Principal, Role, Visible};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};
 pub use webhook::webhook_key;

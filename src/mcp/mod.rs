@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::subscriptions::{Registration, Subscriptions, parse_uri, uri};
 use crate::config::Settings;
-use crate::domain::{Principal, Role};
+use crate::domain::{PageLimit, Principal, Role};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::service::admit;
@@ -45,7 +45,7 @@ use crate::service::{ContextService, SearchService};
 use crate::store::ListFilter;
 
 /// Resources per `resources/list` page.
-const RESOURCE_PAGE: usize = 100;
+const RESOURCE_PAGE: PageLimit = PageLimit::DEFAULT;
 
 /// The revisions served: 2026-07-28 without a handshake, the 2025 ones through `initialize`.
 const PROTOCOL_VERSIONS: &[ProtocolVersion] = &[

@@ -24,8 +24,9 @@ use crate::cache::CachedContext;
 use crate::domain::{JsonObject, Source};
 use crate::error::AppError;
 use crate::service::{ConflictStrategy, IfMatch, Page, Preconditions, WriteRequest};
-use crate::store::ListFilter;
-use crate::wire::contexts::{ContextIn, ContextPage, VersionPage, page_limit, parse_id, render};
+use crate::wire::contexts::{
+    ContextIn, ContextPage, VersionPage, list_filter, page_limit, parse_id, render,
+};
 use crate::wire::merge::MergeIn;
 use crate::wire::search::{SearchIn, SearchOut};
 
@@ -273,18 +274,7 @@ impl McpServer {
         let result = async {
             let who = caller(&parts)?;
             let limit = page_limit(args.limit)?;
-            let parent_id = args
-                .parent_id
-                .as_deref()
-                .map(|raw| {
-                    crate::domain::ContextId::parse(raw)
-                        .map_err(|e| AppError::Unprocessable(format!("parent_id: {e}")))
-                })
-                .transpose()?;
-            let filter = ListFilter {
-                source: args.source,
-                parent_id,
-            };
+            let filter = list_filter(args.source, args.parent_id.as_deref())?;
             let Page { items, next_cursor } = self
                 .state()
                 .contexts

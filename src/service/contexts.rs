@@ -9,7 +9,7 @@ use crate::cache::{CacheOutcome, CachedContext, TieredCache};
 use crate::config::Settings;
 use crate::domain::{
     Content, Context, ContextId, ContextSummary, Cursor, JsonObject, MergeInput, MergeStrategy,
-    Principal, Refusal, Role, Source, VersionInfo, VersionRecord, Visible, merge_data,
+    PageLimit, Principal, Refusal, Role, Source, VersionInfo, VersionRecord, Visible, merge_data,
 };
 use crate::error::AppError;
 use crate::store::{
@@ -135,23 +135,8 @@ impl ContextService {
             });
         }
         if let Some(embedding) = &content.embedding {
-            if embedding.len() != self.dimensions {
-                return Err(AppError::Unprocessable(format!(
-                    "embedding has {} dimensions; this server expects {} (vector.dimensions)",
-                    embedding.len(),
-                    self.dimensions
-                )));
-            }
-            if embedding.iter().any(|x| !x.is_finite()) {
-                return Err(AppError::Unprocessable(
-                    "embedding values must be finite 32-bit floats".to_owned(),
-                ));
-            }
-            if embedding.iter().all(|x| *x == 0.0) {
-                return Err(AppError::Unprocessable(
-                    "embedding must not be all zeros (it has no direction to compare)".to_owned(),
-                ));
-            }
+            crate::domain::embedding::check(embedding, self.dimensions)
+                .map_err(|e| AppError::Unprocessable(e.describe("embedding")))?;
         }
         Ok(())
     }
@@ -357,16 +342,10 @@ impl ContextService {
                 id,
                 Some(version),
                 self.with_l3(id, move |view, now| {
-                    if let (Some(IfMatch::Version(v)), Some(current)) = (if_match, view.current)
-                        && current.version != v
+                    if let Some(current) = view.current
+                        && let Err(refusal) = rules::check_if_match(if_match, current)
                     {
-                        return Decision::Refuse(Refusal::PreconditionFailed {
-                            current_version: Some(current.version),
-                            reason: format!(
-                                "If-Match names version {v} but the current version is {}",
-                                current.version
-                            ),
-                        });
+                        return Decision::Refuse(refusal);
                     }
                     rules::decide_restore(view, version, changed_by, retention, now)
                 }),
@@ -419,18 +398,7 @@ impl ContextService {
             .store
             .delete(
                 id,
-                Box::new(move |current: &Context| match if_match {
-                    Some(IfMatch::Version(v)) if v != current.version => {
-                        Err(Refusal::PreconditionFailed {
-                            current_version: Some(current.version),
-                            reason: format!(
-                                "If-Match names version {v} but the current version is {}",
-                                current.version
-                            ),
-                        })
-                    }
-                    _ => Ok(()),
-                }),
+                Box::new(move |current: &Context| rules::check_if_match(if_match, current)),
             )
             .await?;
         match outcome {
@@ -578,8 +546,9 @@ impl ContextService {
         who: &Principal,
         filter: &ListFilter,
         cursor: Option<&str>,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Page<ContextSummary>, AppError> {
+        let limit = limit.get();
         admit(who, Role::Read, None)?;
         let cursor = cursor.filter(|c| !c.is_empty());
         let after = match cursor.map(Cursor::decode).transpose() {
@@ -602,8 +571,9 @@ impl ContextService {
         who: &Principal,
         id: &ContextId,
         cursor: Option<&str>,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Page<VersionInfo>, AppError> {
+        let limit = limit.get();
         admit(who, Role::Read, Some(id))?;
         let cursor = cursor.filter(|c| !c.is_empty());
         let before = match cursor.map(Cursor::decode).transpose() {

@@ -105,15 +105,7 @@ pub fn decide_put(
         }
         (Some(IfMatch::Version(v)), Some(current)) => match request.on_conflict {
             ConflictStrategy::Overwrite => unreachable!("handled by the arm above"),
-            ConflictStrategy::Reject => {
-                return Decision::Refuse(Refusal::PreconditionFailed {
-                    current_version: Some(current.version),
-                    reason: format!(
-                        "If-Match names version {v} but the current version is {}",
-                        current.version
-                    ),
-                });
-            }
+            ConflictStrategy::Reject => return Decision::Refuse(stale(v, current)),
             ConflictStrategy::Merge => match merge_onto(current, view.loaded, content, v) {
                 Ok(merged) => content = merged,
                 Err(refusal) => return Decision::Refuse(refusal),
@@ -137,6 +129,26 @@ pub fn decide_put(
             request.changed_by,
             now,
         )),
+    }
+}
+
+/// The If-Match check of a change that cannot merge (restore, delete): a version that is not
+/// the current one refuses it (412, naming the current version); `*` or none lets it go on.
+pub fn check_if_match(if_match: Option<IfMatch>, current: &Context) -> Result<(), Refusal> {
+    match if_match {
+        Some(IfMatch::Version(v)) if v != current.version => Err(stale(v, current)),
+        _ => Ok(()),
+    }
+}
+
+/// If-Match named version `v`, but `current` is another.
+fn stale(v: i64, current: &Context) -> Refusal {
+    Refusal::PreconditionFailed {
+        current_version: Some(current.version),
+        reason: format!(
+            "If-Match names version {v} but the current version is {}",
+            current.version
+        ),
     }
 }
 

@@ -67,24 +67,10 @@ impl SearchService {
     ) -> Result<Vec<SearchHit>, AppError> {
         admit(who, Role::Read, None)?;
         let invalid = AppError::Unprocessable;
-        if request.vector.len() != self.dimensions {
-            return Err(invalid(format!(
-                "vector has {} dimensions; this server expects {} (vector.dimensions)",
-                request.vector.len(),
-                self.dimensions
-            )));
-        }
+        // A value beyond f32 becomes infinite here, and is refused as not finite.
         let vector: Vec<f32> = request.vector.iter().map(|x| *x as f32).collect();
-        if vector.iter().any(|x| !x.is_finite()) {
-            return Err(invalid(
-                "vector values must be finite 32-bit floats".to_owned(),
-            ));
-        }
-        if vector.iter().all(|x| *x == 0.0) {
-            return Err(invalid(
-                "vector must not be all zeros (it has no direction to compare)".to_owned(),
-            ));
-        }
+        crate::domain::embedding::check(&vector, self.dimensions)
+            .map_err(|e| invalid(e.describe("vector")))?;
         if !(1..=MAX_SEARCH_LIMIT).contains(&request.limit) {
             return Err(invalid(format!(
                 "limit must be an integer from 1 to {MAX_SEARCH_LIMIT}"

@@ -7,16 +7,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, Source, VersionInfo,
-    VersionRecord,
+    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, PageLimit, Source,
+    VersionInfo, VersionRecord,
 };
 use crate::error::AppError;
-
-/// Largest page.
-const MAX_LIMIT: usize = 1000;
-
-/// Page size when `limit` is not given.
-const DEFAULT_LIMIT: usize = 100;
+use crate::store::ListFilter;
 
 /// A context as written by `PUT /contexts/{id}` and `POST /contexts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -67,19 +62,8 @@ impl ContextIn {
         let embedding = self
             .embedding
             .map(|values| {
-                values
-                    .into_iter()
-                    .map(|x| {
-                        let narrowed = x as f32;
-                        if narrowed.is_finite() {
-                            Ok(narrowed)
-                        } else {
-                            Err(invalid(format!(
-                                "embedding value {x} is beyond a 32-bit float"
-                            )))
-                        }
-                    })
-                    .collect::<Result<Vec<f32>, _>>()
+                crate::domain::embedding::narrow(&values)
+                    .map_err(|e| invalid(e.describe("embedding")))
             })
             .transpose()?;
         let content = Content {
@@ -242,26 +226,28 @@ pub fn parse_id(raw: &str) -> Result<ContextId, AppError> {
     ContextId::parse(raw).map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
-pub fn parse_limit(raw: Option<&str>) -> Result<usize, AppError> {
-    match raw {
-        None => page_limit(None),
-        Some(raw) => page_limit(Some(raw.parse::<i64>().map_err(|_| bad_limit())?)),
-    }
+/// A page size from a query string: 1..=1000, 100 when absent (422 otherwise).
+pub fn parse_limit(raw: Option<&str>) -> Result<PageLimit, AppError> {
+    PageLimit::parse_text(raw).map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
-/// A page size: 1..=1000, 100 when absent.
-pub fn page_limit(limit: Option<i64>) -> Result<usize, AppError> {
-    let Some(n) = limit else {
-        return Ok(DEFAULT_LIMIT);
-    };
-    usize::try_from(n)
-        .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(bad_limit)
+/// A page size from a typed argument (MCP): 1..=1000, 100 when absent (422 otherwise).
+pub fn page_limit(limit: Option<i64>) -> Result<PageLimit, AppError> {
+    PageLimit::parse(limit).map_err(|e| AppError::Unprocessable(e.to_string()))
 }
 
-fn bad_limit() -> AppError {
-    AppError::Unprocessable(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+/// What a context list is narrowed to, as the caller asked: `parent_id` parsed (422 naming
+/// it). REST and MCP alike.
+pub fn list_filter(
+    source: Option<Source>,
+    parent_id: Option<&str>,
+) -> Result<ListFilter, AppError> {
+    let parent_id = parent_id
+        .map(|raw| {
+            ContextId::parse(raw).map_err(|e| AppError::Unprocessable(format!("parent_id: {e}")))
+        })
+        .transpose()?;
+    Ok(ListFilter { source, parent_id })
 }
 
 /// The JSON body of a context, without its embedding.
