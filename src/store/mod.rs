@@ -99,6 +99,35 @@ pub enum Decision {
     Refuse(Refusal),
 }
 
+/// What a decision leaves a backend to do: answer at once (refused, or unchanged), or store
+/// a new version and answer [`WriteOutcome::Written`].
+pub enum Resolved {
+    Done(WriteOutcome),
+    Store(NewVersion),
+}
+
+impl Decision {
+    /// Turns the rules' decision into the backend's next step, the same way on every backend
+    /// and in every write path; `current` gives the current version for an unchanged answer
+    /// (called only then, so nothing is cloned for a write).
+    pub fn resolve(
+        self,
+        current: impl FnOnce() -> Option<Context>,
+    ) -> Result<Resolved, StoreError> {
+        match self {
+            Decision::Refuse(refusal) => Ok(Resolved::Done(WriteOutcome::Refused(refusal))),
+            Decision::Unchanged => current()
+                .map(|context| Resolved::Done(WriteOutcome::Unchanged(context)))
+                .ok_or_else(|| {
+                    StoreError::Internal(anyhow::anyhow!(
+                        "the rules called a missing context unchanged"
+                    ))
+                }),
+            Decision::Write(new) => Ok(Resolved::Store(new)),
+        }
+    }
+}
+
 /// The rules of one write, run by the backend inside its transaction.
 pub type Decide = Box<dyn FnOnce(WriteView<'_>) -> Decision + Send>;
 
@@ -297,6 +326,16 @@ pub enum DeliverOutcome {
     NotBefore(DateTime<Utc>),
     Delivered(Vec<Change>),
     Failed,
+}
+
+impl DeliverOutcome {
+    /// The retry rule of every backend: while the oldest pending change's next attempt is
+    /// still ahead, the round waits for it (`NotBefore`), pushing nothing.
+    pub fn waiting_for(next_attempt_at: Option<DateTime<Utc>>) -> Option<Self> {
+        next_attempt_at
+            .filter(|at| *at > Utc::now())
+            .map(DeliverOutcome::NotBefore)
+    }
 }
 
 /// Sizes for `/metrics`.

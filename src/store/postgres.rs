@@ -20,9 +20,9 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checke
 
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, CacheTable, Change, ChangeLog, ChangeOp, ChangedContent,
-    CommitNotice, Committed, ContextStore, Counts, Decide, DecideDelete, Decision, DeleteOutcome,
-    Deliver, DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter,
-    NewVersion, PoolStatus, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome,
+    CommitNotice, Committed, ContextStore, Counts, Decide, DecideDelete, DeleteOutcome, Deliver,
+    DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, NewVersion,
+    PoolStatus, Resolved, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome,
     WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
@@ -948,24 +948,17 @@ impl ContextStore for PostgresStore {
                 Ok::<_, StoreError>((decision, current))
             })
             .await?;
-            let new = match decision {
-                Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
-                Decision::Unchanged => {
-                    let current = current.ok_or_else(|| {
-                        StoreError::Internal(anyhow!(
-                            "the rules called a missing context unchanged"
-                        ))
-                    })?;
-                    return Ok(WriteOutcome::Unchanged(current));
-                }
-                Decision::Write(new) => new,
+            let created = current.is_none();
+            let new = match decision.resolve(|| current)? {
+                Resolved::Done(outcome) => return Ok(outcome),
+                Resolved::Store(new) => new,
             };
 
             store_versions(&tx, &[(id, &new)]).await?;
             tx.commit().await.map_err(db_error)?;
 
             Ok(WriteOutcome::Written {
-                created: current.is_none(),
+                created,
                 context: new.into_context(id),
             })
         })
@@ -1344,8 +1337,8 @@ impl ChangeLog for PostgresStore {
             return Ok(DeliverOutcome::Idle);
         };
         let not_before: Option<DateTime<Utc>> = first.try_get(9).map_err(column_error)?;
-        if let Some(at) = not_before.filter(|at| *at > Utc::now()) {
-            return Ok(DeliverOutcome::NotBefore(at));
+        if let Some(waiting) = DeliverOutcome::waiting_for(not_before) {
+            return Ok(waiting);
         }
         let changes: Vec<Change> = rows.iter().map(change_from_row).collect::<Result<_, _>>()?;
         let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
@@ -1760,17 +1753,9 @@ fn decide_batch(
             loaded: None,
             synced_at: current.and_then(|(_, synced_at)| *synced_at),
         });
-        let outcome = match decision {
-            Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
-            Decision::Unchanged => match current {
-                Some((context, _)) => WriteOutcome::Unchanged(context.clone()),
-                None => {
-                    return Err(StoreError::Internal(anyhow!(
-                        "the rules called a missing context unchanged"
-                    )));
-                }
-            },
-            Decision::Write(new) => {
+        let outcome = match decision.resolve(|| current.map(|(context, _)| context.clone()))? {
+            Resolved::Done(outcome) => outcome,
+            Resolved::Store(new) => {
                 let created = current.is_none();
                 let context = new.clone().into_context(&id);
                 state.insert(id.clone(), (context.clone(), new.synced_at));

@@ -19,9 +19,9 @@ use tokio::sync::broadcast;
 
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, CacheTable, Change, ChangeLog, ChangeOp, ChangedContent,
-    CommitNotice, ContextStore, Counts, Decide, DecideDelete, Decision, DeleteOutcome, Deliver,
+    CommitNotice, ContextStore, Counts, Decide, DecideDelete, DeleteOutcome, Deliver,
     DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, NewVersion,
-    StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome, WriteView, migrate,
+    Resolved, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome, WriteView, migrate,
 };
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
@@ -757,19 +757,13 @@ impl ContextStore for SqliteStore {
                         loaded: None,
                         synced_at,
                     });
-                    outcomes.push(match decision {
-                        Decision::Refuse(refusal) => WriteOutcome::Refused(refusal),
-                        Decision::Unchanged => {
-                            WriteOutcome::Unchanged(current.ok_or_else(|| {
-                                StoreError::Internal(anyhow!(
-                                    "the rules called a missing context unchanged"
-                                ))
-                            })?)
-                        }
-                        Decision::Write(new) => {
+                    let created = current.is_none();
+                    outcomes.push(match decision.resolve(|| current)? {
+                        Resolved::Done(outcome) => outcome,
+                        Resolved::Store(new) => {
                             store_new_version(&tx, &id, &new).map_err(db_error)?;
                             WriteOutcome::Written {
-                                created: current.is_none(),
+                                created,
                                 context: new.into_context(&id),
                             }
                         }
@@ -1021,13 +1015,12 @@ impl ChangeLog for SqliteStore {
         let Some((_, not_before)) = claimed.first() else {
             return Ok(DeliverOutcome::Idle);
         };
-        if let Some(at) = not_before
+        let next_attempt_at = not_before
             .as_deref()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .filter(|at| *at > Utc::now())
-        {
-            return Ok(DeliverOutcome::NotBefore(at));
+            .map(|t| t.with_timezone(&Utc));
+        if let Some(waiting) = DeliverOutcome::waiting_for(next_attempt_at) {
+            return Ok(waiting);
         }
         let changes: Vec<Change> = claimed.into_iter().map(|(change, _)| change).collect();
         let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
@@ -1340,22 +1333,15 @@ impl SqliteStore {
                 loaded: loaded.as_ref(),
                 synced_at,
             });
-            let new = match decision {
-                Decision::Refuse(refusal) => return Ok(WriteOutcome::Refused(refusal)),
-                Decision::Unchanged => {
-                    let current = current.ok_or_else(|| {
-                        StoreError::Internal(anyhow!(
-                            "the rules called a missing context unchanged"
-                        ))
-                    })?;
-                    return Ok(WriteOutcome::Unchanged(current));
-                }
-                Decision::Write(new) => new,
+            let created = current.is_none();
+            let new = match decision.resolve(|| current)? {
+                Resolved::Done(outcome) => return Ok(outcome),
+                Resolved::Store(new) => new,
             };
             store_new_version(&tx, &id, &new).map_err(db_error)?;
             tx.commit().map_err(db_error)?;
             Ok(WriteOutcome::Written {
-                created: current.is_none(),
+                created,
                 context: new.into_context(&id),
             })
         })

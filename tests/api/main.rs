@@ -22,6 +22,7 @@ mod ops;
 mod redis;
 mod reindex;
 mod search;
+mod store;
 mod sync;
 mod tls;
 mod transfer;
