@@ -11,80 +11,24 @@
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{TimeZone, Utc};
 use contextd::cache::{CachedContext, L1};
 use contextd::config::L1Settings;
-use contextd::domain::{Content, Context, ContextId, JsonObject, Source};
+use contextd::domain::ContextId;
 
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={raw:?} does not parse")),
-        Err(_) => default,
-    }
-}
+mod common;
 
-/// splitmix64: small, fast, and good enough to drive a sampler.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
-/// `requests` ranks in `0..keys` (0 the most popular), P(rank k) ∝ 1 / (k + 1)^s, drawn by
-/// inverse CDF: a uniform draw located by binary search in the cumulative weights.
-fn zipf_trace(keys: usize, requests: usize, s: f64, seed: u64) -> Vec<u32> {
-    let mut cumulative = Vec::with_capacity(keys);
-    let mut total = 0.0f64;
-    for k in 1..=keys {
-        total += (k as f64).powf(-s);
-        cumulative.push(total);
-    }
-    let mut rng = SplitMix64(seed);
-    (0..requests)
-        .map(|_| {
-            let u = rng.next_f64() * total;
-            cumulative.partition_point(|&c| c <= u).min(keys - 1) as u32
-        })
-        .collect()
-}
+use common::{distinct, env_or, zipf_trace};
 
 fn context(rank: usize) -> Arc<CachedContext> {
-    let created_at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let data = JsonObject::from_value(&serde_json::json!({ "rank": rank })).unwrap();
-    let content = Content {
-        source: Source::Mcp,
-        parent_id: None,
-        data,
-        metadata: JsonObject::empty(),
-        embedding: None,
-    };
-    let size_bytes = content.size_bytes() as i64;
-    Arc::new(CachedContext::new(Context {
-        id: ContextId::parse(&format!("ctx_{rank:08}")).expect("a valid id"),
-        version: 1,
-        content,
-        created_at,
-        updated_at: created_at,
-        size_bytes,
-    }))
+    let id = ContextId::parse(&format!("ctx_{rank:08}")).expect("a valid id");
+    common::cached_context(
+        id,
+        serde_json::json!({ "rank": rank }),
+        serde_json::json!({}),
+    )
 }
 
 /// The real L1: get, and on a miss put (what the service does on a read-through).
@@ -190,10 +134,7 @@ fn run_static_top(trace: &[u32], keys: usize, capacity: usize) -> u64 {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
-    // and a benchmark is not a test.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!("hit_rate: a benchmark; run it with `cargo bench --bench hit_rate`");
+    if !common::run_as_bench("hit_rate") {
         return;
     }
     let keys: usize = env_or("HIT_RATE_KEYS", 100_000);
@@ -212,11 +153,7 @@ fn main() {
     );
     let start = Instant::now();
     let trace = zipf_trace(keys, requests, s, seed);
-    let mut seen = vec![false; keys];
-    let distinct = trace
-        .iter()
-        .filter(|&&r| !std::mem::replace(&mut seen[r as usize], true))
-        .count();
+    let distinct = distinct(&trace, keys);
     println!(
         "trace: {distinct} distinct keys requested ({:.1}% of keys), generated in {:.2?}",
         100.0 * distinct as f64 / keys as f64,

@@ -26,27 +26,26 @@
 //! server (no database name), `HTTP_CACHE_REDIS` [redis://127.0.0.1:6379],
 //! `HTTP_CACHE_SERVER_LOG` [info,tokio_postgres=warn] the servers' `RUST_LOG`.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_contextd");
+mod common;
+
+use common::{
+    BIN, DEFAULT_PG, Database, Logs, Server, bench_runtime, distinct, env_or, http_client,
+    metrics_summary, percentile, print_knobs, unique_suffix, zipf_trace,
+};
 
 const L1_HIT: &str = "contextd; hit; detail=l1";
 const L2_HIT: &str = "contextd; hit; detail=l2";
 const L3_HIT: &str = "contextd; hit; detail=l3";
 const MISS: &str = "contextd; fwd=miss";
-
-/// How long a server may take from spawn to `listening on` (it creates and migrates the
-/// database on its first start).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads of contexts outside the measured set before a latency measurement: they open the
 /// HTTP connection, the Redis connection and a Postgres connection with its statements.
@@ -57,16 +56,6 @@ const BLOCK: usize = 100;
 
 /// Unmeasured reads that start each turn.
 const BLOCK_WARMUP: usize = 2;
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={raw:?} does not parse")),
-        Err(_) => default,
-    }
-}
 
 fn env_seed(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -110,10 +99,7 @@ impl Knobs {
             samples: env_or("HTTP_CACHE_SAMPLES", 2000),
             data_bytes: env_or("HTTP_CACHE_DATA_BYTES", 1024),
             seed: env_seed("HTTP_CACHE_SEED", 0x5EED_C0DE),
-            pg: env_or(
-                "HTTP_CACHE_PG",
-                "postgres://postgres@127.0.0.1:5432".to_owned(),
-            ),
+            pg: env_or("HTTP_CACHE_PG", DEFAULT_PG.to_owned()),
             redis: env_or("HTTP_CACHE_REDIS", "redis://127.0.0.1:6379".to_owned()),
             server_log: env_or(
                 "HTTP_CACHE_SERVER_LOG",
@@ -160,11 +146,7 @@ impl Knobs {
             ("HTTP_CACHE_SAMPLES", self.samples.to_string(), "2000"),
             ("HTTP_CACHE_DATA_BYTES", self.data_bytes.to_string(), "1024"),
             ("HTTP_CACHE_SEED", format!("{:#x}", self.seed), "0x5eedc0de"),
-            (
-                "HTTP_CACHE_PG",
-                self.pg.clone(),
-                "postgres://postgres@127.0.0.1:5432",
-            ),
+            ("HTTP_CACHE_PG", self.pg.clone(), DEFAULT_PG),
             (
                 "HTTP_CACHE_REDIS",
                 self.redis.clone(),
@@ -176,55 +158,12 @@ impl Knobs {
                 "info,tokio_postgres=warn",
             ),
         ];
-        println!("{:<24} {:<36} default", "knob (env)", "value");
-        for (name, value, default) in rows {
-            println!("{name:<24} {value:<36} {default}");
-        }
-        println!();
+        print_knobs(&rows);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Zipf trace (as in benches/hit_rate.rs).
-
-/// splitmix64: small, fast, and good enough to drive a sampler.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
-/// `requests` ranks in `0..keys` (0 the most popular), P(rank k) ∝ 1 / (k + 1)^s, drawn by
-/// inverse CDF: a uniform draw located by binary search in the cumulative weights.
-fn zipf_trace(keys: usize, requests: usize, s: f64, seed: u64) -> Vec<u32> {
-    let mut cumulative = Vec::with_capacity(keys);
-    let mut total = 0.0f64;
-    for k in 1..=keys {
-        total += (k as f64).powf(-s);
-        cumulative.push(total);
-    }
-    let mut rng = SplitMix64(seed);
-    (0..requests)
-        .map(|_| {
-            let u = rng.next_f64() * total;
-            cumulative.partition_point(|&c| c <= u).min(keys - 1) as u32
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Child servers, the database and the Redis keys, each cleaned up on drop.
+// Child servers (see `common`), and the Redis keys, deleted on drop.
 
 /// What one server process runs with.
 struct Spec<'a> {
@@ -237,53 +176,14 @@ struct Spec<'a> {
     log: &'a str,
 }
 
-/// A running `contextd serve`; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server {
-    name: String,
-    child: Child,
-    base: String,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    /// Warning and error lines logged before the bench stopped the server.
-    problems: Arc<Mutex<Vec<String>>>,
-    stopping: Arc<AtomicBool>,
-}
-
-/// The address in `... listening on http://127.0.0.1:PORT`.
-fn listen_address(line: &str) -> Option<String> {
-    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    (!addr.is_empty()).then_some(addr)
-}
-
-impl Server {
-    fn start(spec: &Spec<'_>) -> Server {
-        let mut command = Command::new(BIN);
-        command.arg("serve");
-        // Nothing from the bench's own environment reaches the server's settings, and no
-        // config file either: it runs in a directory without `config/context.yaml`.
-        for (key, _) in std::env::vars_os() {
-            if let Some(key) = key.to_str()
-                && (key.starts_with("CONTEXTD")
-                    || key == "DATABASE_URL"
-                    || key == "REDIS_URL"
-                    || key == "RUST_LOG")
-            {
-                command.env_remove(key);
-            }
-        }
+/// Starts `contextd serve` as `spec` says, the warm loop off.
+fn start(spec: &Spec<'_>) -> Server {
+    Server::start(spec.name, Logs::AtExit, |command| {
         command
-            .current_dir(std::env::temp_dir())
             .env("DATABASE_URL", spec.database_url)
-            .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
             .env("CONTEXTD__CACHE__WARM__ENABLED", "false")
             .env("CONTEXTD__CACHE__L3__ENABLED", spec.l3.to_string())
-            .env("RUST_LOG", spec.log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", spec.log);
         if let Some((url, prefix)) = spec.redis {
             command
                 .env("REDIS_URL", url)
@@ -293,194 +193,17 @@ impl Server {
         if let Some(entries) = spec.l1_entries {
             command.env("CONTEXTD__CACHE__L1__MAX_ENTRIES", entries.to_string());
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let (tail, problems, stopping) = (tail.clone(), problems.clone(), stopping.clone());
-            // Drains stderr for the process's whole life, so that it never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut ready_tx = Some(ready_tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if ready_tx.is_some()
-                        && let Some(addr) = listen_address(&line)
-                    {
-                        let _ = ready_tx.take().expect("checked").send(addr);
-                    }
-                    if (line.contains("WARN") || line.contains("ERROR"))
-                        && !stopping.load(Ordering::Relaxed)
-                    {
-                        let mut problems = problems.lock().unwrap();
-                        if problems.len() < 20 {
-                            problems.push(line.clone());
-                        }
-                    }
-                    let mut tail = tail.lock().unwrap();
-                    if tail.len() == 40 {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            });
-        }
-        let mut server = Server {
-            name: spec.name.to_owned(),
-            child,
-            base: String::new(),
-            tail,
-            problems,
-            stopping,
-        };
-        match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => server.base = format!("http://{addr}"),
-            Err(_) => {
-                // The log ended (the process is exiting) or the time is up: its status, if
-                // it has one within a moment.
-                let until = Instant::now() + Duration::from_secs(2);
-                let mut status = None;
-                while status.is_none() && Instant::now() < until {
-                    status = server.child.try_wait().ok().flatten();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                panic!(
-                    "server {} did not report `listening on` (waited at most \
-                     {START_TIMEOUT:?}; exit status: {status:?}); its last log lines:\n{}",
-                    server.name,
-                    server.log_tail()
-                );
-            }
-        }
-        server
-    }
-
-    /// User + system CPU seconds the process has used, from `/proc/PID/stat` (Linux).
-    fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces, hence the last ')'): state is
-        // field 3, utime 14, stime 15, in clock ticks (USER_HZ, 100 on Linux).
-        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
-    }
-
-    fn log_tail(&self) -> String {
-        let tail = self.tail.lock().unwrap();
-        tail.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Polls `/healthz` until it answers 200.
-    async fn wait_healthy(&mut self, client: &reqwest::Client) {
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(response) = client.get(self.url("/healthz")).send().await
-                && response.status() == reqwest::StatusCode::OK
-            {
-                let _ = response.bytes().await;
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "server {} exited ({status}); its last log lines:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            assert!(
-                Instant::now() < until,
-                "server {} does not answer /healthz; its last log lines:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    })
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        if let Ok(None) = self.child.try_wait() {
-            let pid = self.child.id().to_string();
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let problems = self.problems.lock().unwrap();
-        if !problems.is_empty() {
-            eprintln!(
-                "note: server {} logged {} warning/error line(s){}:",
-                self.name,
-                problems.len(),
-                if problems.len() == 20 {
-                    " (first 20)"
-                } else {
-                    ""
-                }
-            );
-            for line in problems.iter() {
-                eprintln!("  {line}");
-            }
-        }
-    }
-}
-
-/// The fresh database the servers create; dropped (with its connections) at the end.
-struct Database {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A thread of its own: drop may run inside the bench's runtime, which cannot block.
-        let outcome = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let (client, connection) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => println!("dropped database {}", self.name),
-            Ok(Err(e)) => eprintln!("could not drop database {}: {e}", self.name),
-            Err(_) => eprintln!("could not drop database {}: the thread panicked", self.name),
-        }
-    }
+/// User + system CPU seconds `server` has used, from `/proc/PID/stat` (Linux).
+fn cpu_seconds(server: &Server) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).ok()?;
+    // Fields after the command name (which may hold spaces, hence the last ')'): state is
+    // field 3, utime 14, stime 15, in clock ticks (USER_HZ, 100 on Linux).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// The Redis key prefixes the servers used; their keys are deleted at the end.
@@ -599,7 +322,7 @@ async fn seed(client: &reqwest::Client, server: &Server, knobs: &Knobs) -> f64 {
     let tasks: Vec<_> = (0..knobs.seed_clients)
         .map(|_| {
             let (client, next) = (client.clone(), next.clone());
-            let (base, keys, bytes) = (server.base.clone(), knobs.keys, knobs.data_bytes);
+            let (base, keys, bytes) = (server.base().to_owned(), knobs.keys, knobs.data_bytes);
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -668,8 +391,7 @@ impl Samples {
         if sorted.is_empty() {
             return f64::NAN;
         }
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-        sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
+        percentile(&sorted, p) as f64 / 1000.0
     }
 
     fn mean_us(&self) -> f64 {
@@ -731,20 +453,6 @@ async fn warm_up(client: &reqwest::Client, server: &Server, knobs: &Knobs) {
     measure(client, server, &context_paths(knobs.samples..end), None).await;
 }
 
-async fn summary(client: &reqwest::Client, server: &Server) -> Value {
-    let url = server.url("/metrics/summary");
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status(), 200, "GET {url}");
-    response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
 /// What one Zipf run through the API measured.
 struct ZipfRun {
     label: &'static str,
@@ -769,12 +477,12 @@ async fn run_zipf(
     clients: usize,
 ) -> ZipfRun {
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu_before = server.cpu_seconds();
+    let cpu_before = cpu_seconds(server);
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (client, next, trace) = (client.clone(), next.clone(), trace.clone());
-            let base = server.base.clone();
+            let base = server.base().to_owned();
             tokio::spawn(async move {
                 let mut statuses = BTreeMap::<String, u64>::new();
                 let mut nanos = Vec::new();
@@ -802,7 +510,7 @@ async fn run_zipf(
     }
     let seconds = start.elapsed().as_secs_f64();
     let server_cpu = cpu_before
-        .zip(server.cpu_seconds())
+        .zip(cpu_seconds(server))
         .map(|(before, after)| after - before);
     ZipfRun {
         label,
@@ -812,25 +520,12 @@ async fn run_zipf(
         server_cpu,
         statuses,
         latency,
-        summary: summary(client, server).await,
+        summary: metrics_summary(client, server).await,
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-
-fn unique_suffix() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos();
-    format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000)
-}
-
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
-    // and a benchmark is not a test.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!("http_cache: a benchmark; run it with `cargo bench --bench http_cache`");
+    if !common::run_as_bench("http_cache") {
         return;
     }
     let knobs = Knobs::from_env();
@@ -838,12 +533,7 @@ fn main() {
     let bench_start = Instant::now();
 
     let suffix = unique_suffix();
-    let pg = knobs.pg.trim_end_matches('/');
-    let database = Database {
-        admin_url: format!("{pg}/postgres"),
-        name: format!("contextd_bench_{suffix}"),
-    };
-    let database_url = format!("{pg}/{}", database.name);
+    let (database, database_url) = Database::new(&knobs.pg, format!("contextd_bench_{suffix}"));
     let prefix = |phase: &str| format!("contextd-bench-{suffix}-{phase}:");
     let (p_seed, p_l3, p_miss, p_zipf, p_zipf_no_l3) = (
         prefix("seed"),
@@ -865,19 +555,11 @@ fn main() {
     println!(
         "database {} (created by the first server, dropped at the end); Redis prefixes \
          contextd-bench-{suffix}-*",
-        database.name
+        database.name()
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client");
+    let runtime = bench_runtime();
+    let client = http_client();
     let redis_url = knobs.redis.as_str();
     let log = knobs.server_log.as_str();
     let spec = |name, redis, l3, l1_entries| Spec {
@@ -896,8 +578,8 @@ fn main() {
         // Seed through process A: every write goes to the store, L3 (same transaction), L1
         // and Redis under `p_seed`.
         let started = Instant::now();
-        let mut a = Server::start(&spec("A seed", Some((redis_url, &p_seed)), true, None));
-        a.wait_healthy(&client).await;
+        let mut a = start(&spec("A seed", Some((redis_url, &p_seed)), true, None));
+        a.wait_ready(&client).await;
         println!(
             "server A started in {:.2?} (creates and migrates the database)",
             started.elapsed()
@@ -908,7 +590,7 @@ fn main() {
              {puts_per_second:.0} PUT/s",
             knobs.keys, knobs.data_bytes, knobs.seed_clients
         );
-        let seeded = summary(&client, &a).await;
+        let seeded = metrics_summary(&client, &a).await;
         assert_eq!(
             seeded["contexts"]["total"].as_i64(),
             Some(knobs.keys as i64),
@@ -930,8 +612,8 @@ fn main() {
         ];
         let mut servers = Vec::new();
         for (name, redis, l3, _) in layouts {
-            let mut server = Server::start(&spec(name, redis, l3, None));
-            server.wait_healthy(&client).await;
+            let mut server = start(&spec(name, redis, l3, None));
+            server.wait_ready(&client).await;
             servers.push(server);
         }
         for server in &servers {
@@ -1036,11 +718,7 @@ fn main() {
             knobs.zipf_s,
             knobs.seed,
         ));
-        let mut seen = vec![false; knobs.keys];
-        let distinct = trace
-            .iter()
-            .filter(|&&r| !std::mem::replace(&mut seen[r as usize], true))
-            .count();
+        let distinct = distinct(&trace, knobs.keys);
         let l1_entries = Some(knobs.l1_entries);
         let configs = [
             (
@@ -1057,8 +735,8 @@ fn main() {
         ];
         let mut runs = Vec::new();
         for (label, redis, l3) in configs {
-            let mut server = Server::start(&spec(label, redis, l3, l1_entries));
-            server.wait_healthy(&client).await;
+            let mut server = start(&spec(label, redis, l3, l1_entries));
+            server.wait_ready(&client).await;
             let run = run_zipf(
                 (label, redis.is_some(), l3),
                 &client,

@@ -12,12 +12,13 @@ use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
 use contextd::cache::{CachedContext, L1};
 use contextd::config::L1Settings;
-use contextd::domain::{Content, Context, ContextId, JsonObject, Source};
+use contextd::domain::ContextId;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
+
+mod common;
 
 /// The default capacity of `L1Settings`, written out so the benchmark does not move with it.
 const CAPACITY: usize = 10_000;
@@ -36,25 +37,8 @@ fn id(n: usize) -> ContextId {
 
 /// A small context, typical of what agents keep: a few keys of data and metadata.
 fn context(n: usize) -> Arc<CachedContext> {
-    let created_at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let object =
-        |value: serde_json::Value| -> JsonObject { JsonObject::from_value(&value).unwrap() };
-    let content = Content {
-        source: Source::Mcp,
-        parent_id: None,
-        data: object(json!({"user": "john", "step": n, "notes": "some text of modest length"})),
-        metadata: object(json!({"agent": "planner"})),
-        embedding: None,
-    };
-    let size_bytes = content.size_bytes() as i64;
-    Arc::new(CachedContext::new(Context {
-        id: id(n),
-        version: 1,
-        content,
-        created_at,
-        updated_at: created_at,
-        size_bytes,
-    }))
+    let data = json!({"user": "john", "step": n, "notes": "some text of modest length"});
+    common::cached_context(id(n), data, json!({"agent": "planner"}))
 }
 
 /// An L1 holding contexts `0..resident`, and their ids. Its capacity has room to spare: keys

@@ -31,11 +31,8 @@
 //! `MCP_BENCH_PG` [postgres://postgres@127.0.0.1:5432] (no database name).
 
 use std::fmt::Display;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
@@ -51,14 +48,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contextd");
+mod common;
+
+use common::{
+    BIN, DEFAULT_PG, Database, Logs, Server, Spread, TempDir, bench_runtime, env_or, http_client,
+    pad, signed_ms, store_list, unique_suffix,
+};
 
 /// The servers' `RUST_LOG`: warnings, and the `listening on` line the bench waits for.
 const SERVER_LOG: &str = "warn,contextd::startup=info";
-
-/// How long a server may take from spawn to `listening on` (it creates and migrates the
-/// database on its first start).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Unmeasured reads of each kind before the measured ones.
 const WARMUP_READS: usize = 500;
@@ -92,13 +90,7 @@ type Timed = (Instant, Instant, Instant);
 /// `name` parsed from the environment, or `default`; printed as a row of the knob table.
 fn knob<T: FromStr + Display>(name: &str, default: T) -> T {
     let shown = default.to_string();
-    let value = match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={raw:?} does not parse")),
-        Err(_) => default,
-    };
+    let value = env_or(name, default);
     println!("{name:<22} {:<36} {shown}", value.to_string());
     value
 }
@@ -131,15 +123,8 @@ impl Knobs {
             subscribed: count("MCP_BENCH_SUBSCRIBED", 8),
             writes: count("MCP_BENCH_WRITES", 1000),
             target_ms: knob("MCP_BENCH_TARGET_MS", 50.0),
-            stores: knob("MCP_BENCH_STORES", "postgres,sqlite".to_owned())
-                .split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            pg: knob(
-                "MCP_BENCH_PG",
-                "postgres://postgres@127.0.0.1:5432".to_owned(),
-            ),
+            stores: store_list(&knob("MCP_BENCH_STORES", "postgres,sqlite".to_owned())),
+            pg: knob("MCP_BENCH_PG", DEFAULT_PG.to_owned()),
         };
         println!();
         knobs
@@ -147,146 +132,46 @@ impl Knobs {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The child server and what a store leaves behind, each cleaned up on drop
-// (as in benches/sync_latency.rs).
+// The child server (see `common`) and what a store leaves behind.
 
-/// A running `contextd serve`; stopped (SIGTERM, then SIGKILL) when dropped. Its warnings
-/// and errors go to the bench's stderr.
-struct Server {
-    name: String,
-    child: Child,
-    base: String,
-}
-
-/// The address in `... listening on http://127.0.0.1:PORT`.
-fn listen_address(line: &str) -> Option<&str> {
-    line.split_once("listening on http://")?
-        .1
-        .split_whitespace()
-        .next()
-}
-
-impl Server {
-    fn start(name: &str, database_url: &str) -> Server {
-        let mut command = Command::new(BIN);
-        // Nothing from the bench's own environment reaches the server's settings, and no
-        // config file either: it runs in a directory without `config/context.yaml`.
-        for (key, _) in std::env::vars_os() {
-            if let Some(key) = key.to_str()
-                && (key.starts_with("CONTEXTD")
-                    || ["DATABASE_URL", "REDIS_URL", "RUST_LOG"].contains(&key))
-            {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command
-            .arg("serve")
-            .current_dir(std::env::temp_dir())
+/// Starts `contextd serve` on `database_url`; its warnings and errors go to the bench's
+/// stderr as they come.
+fn start(name: &str, database_url: &str) -> Server {
+    Server::start(name, Logs::Live, |command| {
+        command
             .env("DATABASE_URL", database_url)
-            .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
-            .env("RUST_LOG", SERVER_LOG)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let tag = name.to_owned();
-        // Drains stderr for the process's whole life, so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = listen_address(&line) {
-                    let _ = ready_tx.send(addr.to_owned());
-                } else if !line.contains(" INFO ") {
-                    eprintln!("[{tag} server] {line}");
-                }
-            }
-        });
-        let addr = ready_rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
-            panic!("server {name} did not report `listening on` within {START_TIMEOUT:?}")
-        });
-        let (name, base) = (name.to_owned(), format!("http://{addr}"));
-        Server { name, child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
+            .env("RUST_LOG", SERVER_LOG);
+    })
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").arg(pid).status();
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a store leaves behind: the fresh database the Postgres server creates (dropped with
-/// its connections), or the directory of the SQLite database.
-enum Scratch {
-    Database { admin_url: String, name: String },
-    Dir(PathBuf),
+/// What a store leaves behind, each removed when dropped: the fresh database the Postgres
+/// server creates, or the directory of the SQLite database.
+struct Scratch {
+    _database: Option<Database>,
+    _dir: Option<TempDir>,
 }
 
 impl Scratch {
     /// The scratch for `store`, and the `DATABASE_URL` that uses it.
     fn new(store: &str, pg: &str) -> (Scratch, String) {
-        let nanos = UNIX_EPOCH.elapsed().expect("after 1970").as_nanos();
-        let suffix = format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000);
-        let pg = pg.trim_end_matches('/');
-        match store {
+        let suffix = unique_suffix();
+        let (database, dir, url) = match store {
             "postgres" => {
-                let name = format!("contextd_mcp_bench_{suffix}");
-                let url = format!("{pg}/{name}");
-                let admin_url = format!("{pg}/postgres");
-                (Scratch::Database { admin_url, name }, url)
+                let (database, url) = Database::new(pg, format!("contextd_mcp_bench_{suffix}"));
+                (Some(database), None, url)
             }
             "sqlite" => {
-                let dir = std::env::temp_dir().join(format!("contextd-mcp-bench-{suffix}"));
-                std::fs::create_dir_all(&dir).expect("a temporary directory");
-                let url = format!("sqlite:{}", dir.join("c.db").display());
-                (Scratch::Dir(dir), url)
+                let dir = TempDir::new(&format!("contextd-mcp-bench-{suffix}"));
+                let url = format!("sqlite:{}", dir.path().join("c.db").display());
+                (None, Some(dir), url)
             }
             other => panic!("MCP_BENCH_STORES: {other:?} is neither postgres nor sqlite"),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let (admin_url, name) = match self {
-            Scratch::Dir(dir) => match std::fs::remove_dir_all(&*dir) {
-                Ok(()) => return println!("removed {}", dir.display()),
-                Err(e) => return eprintln!("could not remove {}: {e}", dir.display()),
-            },
-            Scratch::Database { admin_url, name } => (admin_url.clone(), name.clone()),
         };
-        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-        // A thread of its own: drop may run inside the bench's runtime, which cannot block.
-        let outcome = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let (client, connection) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                tokio::spawn(connection);
-                client.batch_execute(&drop).await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => println!("dropped database {name}"),
-            Ok(Err(e)) => eprintln!("could not drop database {name}: {e}"),
-            Err(_) => eprintln!("could not drop database {name}: the thread panicked"),
-        }
+        let scratch = Scratch {
+            _database: database,
+            _dir: dir,
+        };
+        (scratch, url)
     }
 }
 
@@ -431,22 +316,10 @@ impl Reader {
     }
 }
 
-/// A keep-alive HTTP client (the crate's reqwest).
-fn http_client() -> reqwest::Client {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64);
-    client
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client")
-}
-
 /// `PUT /contexts/{id}` with ~`DATA_BYTES` of `data` unique to `n`: when it went out and
 /// when its answer was read.
 async fn put(http: &reqwest::Client, server: &Server, id: &str, n: usize) -> (Instant, Instant) {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let pad: String = (0..DATA_BYTES - 40)
-        .map(|i| ALPHABET[(i * 7 + n * 13) % ALPHABET.len()] as char)
-        .collect();
+    let pad = pad(n, DATA_BYTES - 40);
     let body = json!({"data": {"n": n, "pad": pad}, "source": "mcp"});
     let url = server.url(&format!("/contexts/{id}"));
     let t_send = Instant::now();
@@ -466,38 +339,14 @@ async fn put(http: &reqwest::Client, server: &Server, id: &str, n: usize) -> (In
 // ---------------------------------------------------------------------------------------------
 // Statistics and the report.
 
-/// `later − earlier` in milliseconds, negative when `later` came first.
-fn signed_ms(later: Instant, earlier: Instant) -> f64 {
-    match later.checked_duration_since(earlier) {
-        Some(d) => d.as_secs_f64() * 1e3,
-        None => -(earlier.duration_since(later).as_secs_f64() * 1e3),
-    }
-}
-
-/// A sample (ms), sorted, never empty.
-struct Spread(Vec<f64>);
-
-/// The columns of [`Spread::cells`].
+/// The columns of [`cells`].
 const SPREAD_HEADER: &str = "     n      p50      p90      p99      max     mean";
 
-impl Spread {
-    fn of(mut values: Vec<f64>) -> Option<Spread> {
-        values.sort_by(f64::total_cmp);
-        (!values.is_empty()).then_some(Spread(values))
-    }
-
-    /// The nearest-rank percentile `p` (100: the max).
-    fn pct(&self, p: f64) -> f64 {
-        let n = self.0.len();
-        self.0[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1]
-    }
-
-    fn cells(&self) -> String {
-        let (n, sum) = (self.0.len(), self.0.iter().sum::<f64>());
-        let [p50, p90, p99, max] = [50.0, 90.0, 99.0, 100.0].map(|p| self.pct(p));
-        let mean = sum / n as f64;
-        format!("{n:>6} {p50:>8.3} {p90:>8.3} {p99:>8.3} {max:>8.3} {mean:>8.3}")
-    }
+/// `n`, p50, p90, p99, max and mean of `s`, under [`SPREAD_HEADER`].
+fn cells(s: &Spread) -> String {
+    let [p50, p90, p99, max] = [50.0, 90.0, 99.0, 100.0].map(|p| s.pct(p));
+    let (n, mean) = (s.len(), s.mean());
+    format!("{n:>6} {p50:>8.3} {p90:>8.3} {p99:>8.3} {max:>8.3} {mean:>8.3}")
 }
 
 /// The tables' rows, filled store by store, and the checks that failed.
@@ -528,7 +377,7 @@ impl Report {
             let Some(s) = Spread::of(samples) else {
                 continue;
             };
-            let (path, cells) = (PATHS[kind], s.cells());
+            let (path, cells) = (PATHS[kind], cells(&s));
             let throughput = throughput.map_or("-".to_owned(), |t| format!("{t:.0}"));
             let row = format!("{store:<9} {clients:>7} {path:<28} {cells} {throughput:>9}");
             self.reads.push(row);
@@ -561,7 +410,7 @@ impl Report {
             ("ack→receipt", column(|&(_, ack, at)| signed_ms(at, ack))),
         ] {
             self.notifies
-                .push(format!("{store:<9} {path:<31} {what:<15} {}", s.cells()));
+                .push(format!("{store:<9} {path:<31} {what:<15} {}", cells(&s)));
         }
     }
 
@@ -645,14 +494,14 @@ async fn read_pass(
         ))
     };
     for (_, outcome) in rounds(WARMUP_READS).await.into_iter().flatten() {
-        report.check(&server.name, outcome);
+        report.check(server.name(), outcome);
     }
     let start = Instant::now();
     let outcomes = rounds(reads).await;
     let seconds = start.elapsed().as_secs_f64();
     let mut samples = vec![Vec::new(); kinds.len()];
     for (k, outcome) in outcomes.into_iter().flatten() {
-        samples[k].extend(report.check(&server.name, outcome));
+        samples[k].extend(report.check(server.name(), outcome));
     }
     // Reads per second of one kind alone.
     let throughput = (kinds.len() == 1).then(|| samples[0].len() as f64 / seconds);
@@ -697,7 +546,7 @@ async fn notify_rows(
     knobs: &Knobs,
     report: &mut Report,
 ) {
-    let store = &on.1.name;
+    let store = on.1.name();
     let (warmup, mut strays) = (ids.len() * WARMUP_WRITES_PER_ID, 0);
     let passes = async {
         notify_pass(on, ids, updates, (warmup, 0), &mut strays).await?;
@@ -754,7 +603,7 @@ async fn run_store(store: &str, knobs: &Knobs, report: &mut Report) {
     let started = Instant::now();
     // Declared first, dropped last: after the server.
     let (_scratch, database_url) = Scratch::new(store, &knobs.pg);
-    let server = Server::start(store, &database_url);
+    let server = start(store, &database_url);
     let http = http_client();
     let ids: Vec<String> = (0..knobs.ids).map(|i| format!("mcp-bench-{i}")).collect();
     let watched: Vec<String> = (0..knobs.subscribed).map(|i| format!("w{i}")).collect();
@@ -799,20 +648,13 @@ async fn run_store(store: &str, knobs: &Knobs, report: &mut Report) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
-    // and a benchmark is not a test.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!("mcp: a benchmark; run it with `cargo bench --bench mcp`");
+    if !common::run_as_bench("mcp") {
         return;
     }
     let knobs = Knobs::from_env();
     let bench_start = Instant::now();
     let mut report = Report::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = bench_runtime();
     for store in &knobs.stores {
         runtime.block_on(run_store(store, &knobs, &mut report));
     }

@@ -27,15 +27,10 @@
 //! `SYNC_LATENCY_PG` [postgres://postgres@127.0.0.1:5432] server (no database name),
 //! `SYNC_LATENCY_SERVER_LOG` [info,tokio_postgres=warn] the servers' `RUST_LOG`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -47,17 +42,18 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contextd");
+mod common;
+
+use common::{
+    BIN, DEFAULT_PG, Database, Logs, Server, Spread, TempDir, bench_runtime, env_or, http_client,
+    metrics_summary, pad, print_knobs, signed_ms, store_list, unique_suffix,
+};
 
 /// The webhook secret the servers sign with, and the receiver checks.
 const SECRET: &str = "sync-latency-bench-secret";
 
 /// The seed's target for p99 commit→receipt, printed beside the issue's.
 const SEED_TARGET_MS: f64 = 100.0;
-
-/// How long a server may take from spawn to `listening on` (it creates and migrates the
-/// database on its first start).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long every change of a pass may take to arrive after its last write was answered.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
@@ -71,16 +67,6 @@ const WARMUP_WRITES_PER_ID: usize = 3;
 
 /// The server-side histogram.
 const HISTOGRAM: &str = "contextd_sync_latency_seconds";
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={raw:?} does not parse")),
-        Err(_) => default,
-    }
-}
 
 struct Knobs {
     writes: usize,
@@ -102,15 +88,8 @@ impl Knobs {
             ids: env_or("SYNC_LATENCY_IDS", 8),
             data_bytes: env_or("SYNC_LATENCY_DATA_BYTES", 1024),
             target_ms: env_or("SYNC_LATENCY_TARGET_MS", 10.0),
-            stores: stores
-                .split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            pg: env_or(
-                "SYNC_LATENCY_PG",
-                "postgres://postgres@127.0.0.1:5432".to_owned(),
-            ),
+            stores: store_list(&stores),
+            pg: env_or("SYNC_LATENCY_PG", DEFAULT_PG.to_owned()),
             server_log: env_or(
                 "SYNC_LATENCY_SERVER_LOG",
                 "info,tokio_postgres=warn".to_owned(),
@@ -145,22 +124,14 @@ impl Knobs {
                 self.stores.join(","),
                 "postgres,sqlite",
             ),
-            (
-                "SYNC_LATENCY_PG",
-                self.pg.clone(),
-                "postgres://postgres@127.0.0.1:5432",
-            ),
+            ("SYNC_LATENCY_PG", self.pg.clone(), DEFAULT_PG),
             (
                 "SYNC_LATENCY_SERVER_LOG",
                 self.server_log.clone(),
                 "info,tokio_postgres=warn",
             ),
         ];
-        println!("{:<24} {:<36} default", "knob (env)", "value");
-        for (name, value, default) in rows {
-            println!("{name:<24} {value:<36} {default}");
-        }
-        println!();
+        print_knobs(&rows);
     }
 }
 
@@ -279,252 +250,19 @@ fn start_receiver(receiver: Arc<Receiver>) -> SocketAddr {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Child servers, the database and the SQLite directory, each cleaned up on drop
-// (as in benches/http_cache.rs).
+// The child servers (see `common`).
 
-/// A running `contextd serve`; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server {
-    name: String,
-    child: Child,
-    base: String,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    /// Warning and error lines logged before the bench stopped the server.
-    problems: Arc<Mutex<Vec<String>>>,
-    stopping: Arc<AtomicBool>,
-}
-
-/// The address in `... listening on http://127.0.0.1:PORT`.
-fn listen_address(line: &str) -> Option<String> {
-    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    (!addr.is_empty()).then_some(addr)
-}
-
-impl Server {
-    fn start(name: &str, database_url: &str, webhook_url: &str, log: &str) -> Server {
-        let mut command = Command::new(BIN);
-        command.arg("serve");
-        // Nothing from the bench's own environment reaches the server's settings, and no
-        // config file either: it runs in a directory without `config/context.yaml`.
-        for (key, _) in std::env::vars_os() {
-            if let Some(key) = key.to_str()
-                && (key.starts_with("CONTEXTD")
-                    || key == "DATABASE_URL"
-                    || key == "REDIS_URL"
-                    || key == "RUST_LOG")
-            {
-                command.env_remove(key);
-            }
-        }
+/// Starts `contextd serve` on `database_url`, the warm loop off, pushing its changes to
+/// `webhook_url` signed with [`SECRET`].
+fn start(name: &str, database_url: &str, webhook_url: &str, log: &str) -> Server {
+    Server::start(name, Logs::AtExit, |command| {
         command
-            .current_dir(std::env::temp_dir())
             .env("DATABASE_URL", database_url)
-            .env("CONTEXTD__SERVER__BIND", "127.0.0.1:0")
             .env("CONTEXTD__CACHE__WARM__ENABLED", "false")
             .env("CONTEXTD__SYNC__FACTORY__WEBHOOK_URL", webhook_url)
             .env("CONTEXTD__SYNC__FACTORY__SECRET", SECRET)
-            .env("RUST_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let (tail, problems, stopping) = (tail.clone(), problems.clone(), stopping.clone());
-            // Drains stderr for the process's whole life, so that it never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut ready_tx = Some(ready_tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if ready_tx.is_some()
-                        && let Some(addr) = listen_address(&line)
-                    {
-                        let _ = ready_tx.take().expect("checked").send(addr);
-                    }
-                    if (line.contains("WARN") || line.contains("ERROR"))
-                        && !stopping.load(Ordering::Relaxed)
-                    {
-                        let mut problems = problems.lock().unwrap();
-                        if problems.len() < 20 {
-                            problems.push(line.clone());
-                        }
-                    }
-                    let mut tail = tail.lock().unwrap();
-                    if tail.len() == 40 {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            });
-        }
-        let mut server = Server {
-            name: name.to_owned(),
-            child,
-            base: String::new(),
-            tail,
-            problems,
-            stopping,
-        };
-        match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => server.base = format!("http://{addr}"),
-            Err(_) => {
-                let until = Instant::now() + Duration::from_secs(2);
-                let mut status = None;
-                while status.is_none() && Instant::now() < until {
-                    status = server.child.try_wait().ok().flatten();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                panic!(
-                    "server {} did not report `listening on` (waited at most \
-                     {START_TIMEOUT:?}; exit status: {status:?}); its last log lines:\n{}",
-                    server.name,
-                    server.log_tail()
-                );
-            }
-        }
-        server
-    }
-
-    fn log_tail(&self) -> String {
-        let tail = self.tail.lock().unwrap();
-        tail.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Polls `/healthz` until it answers 200.
-    async fn wait_healthy(&mut self, client: &reqwest::Client) {
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(response) = client.get(self.url("/healthz")).send().await
-                && response.status() == reqwest::StatusCode::OK
-            {
-                let _ = response.bytes().await;
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "server {} exited ({status}); its last log lines:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            assert!(
-                Instant::now() < until,
-                "server {} does not answer /healthz; its last log lines:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        if let Ok(None) = self.child.try_wait() {
-            let pid = self.child.id().to_string();
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let problems = self.problems.lock().unwrap();
-        if !problems.is_empty() {
-            eprintln!(
-                "note: server {} logged {} warning/error line(s){}:",
-                self.name,
-                problems.len(),
-                if problems.len() == 20 {
-                    " (first 20)"
-                } else {
-                    ""
-                }
-            );
-            for line in problems.iter() {
-                eprintln!("  {line}");
-            }
-        }
-    }
-}
-
-/// The fresh database the Postgres server creates; dropped (with its connections) at the end.
-struct Database {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A thread of its own: drop may run inside the bench's runtime, which cannot block.
-        let outcome = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let (client, connection) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => println!("dropped database {}", self.name),
-            Ok(Err(e)) => eprintln!("could not drop database {}: {e}", self.name),
-            Err(_) => eprintln!("could not drop database {}: the thread panicked", self.name),
-        }
-    }
-}
-
-/// The directory of the SQLite database; removed at the end.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.0) {
-            Ok(()) => println!("removed {}", self.0.display()),
-            Err(e) => eprintln!("could not remove {}: {e}", self.0.display()),
-        }
-    }
-}
-
-fn unique_suffix() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos();
-    format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+            .env("RUST_LOG", log);
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -544,11 +282,7 @@ fn context_id(index: usize) -> String {
 
 /// A compact `data` object of about `bytes` bytes, unique to `n`.
 fn data_body(n: usize, writer: usize, bytes: usize) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let fill = bytes.saturating_sub(40).max(1);
-    let pad: String = (0..fill)
-        .map(|i| ALPHABET[(i * 7 + n * 13) % ALPHABET.len()] as char)
-        .collect();
+    let pad = pad(n, bytes.saturating_sub(40).max(1));
     serde_json::to_vec(&json!({
         "data": {"n": n, "writer": writer, "pad": pad},
         "source": "mcp",
@@ -775,50 +509,12 @@ async fn fetch_histogram(client: &reqwest::Client, server: &Server) -> Histogram
     Histogram::parse(&text, HISTOGRAM)
 }
 
-async fn fetch_summary(client: &reqwest::Client, server: &Server) -> Value {
-    client
-        .get(server.url("/metrics/summary"))
-        .send()
-        .await
-        .expect("GET /metrics/summary")
-        .json()
-        .await
-        .expect("the /metrics/summary JSON")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Statistics.
 
-/// `later − earlier` in milliseconds, negative when `later` came first.
-fn signed_ms(later: Instant, earlier: Instant) -> f64 {
-    match later.checked_duration_since(earlier) {
-        Some(d) => d.as_secs_f64() * 1e3,
-        None => -(earlier.duration_since(later).as_secs_f64() * 1e3),
-    }
-}
-
-/// p50, p99 (nearest rank) and max of `values`.
-struct Spread {
-    n: usize,
-    p50: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
-}
-
-fn spread(mut values: Vec<f64>) -> Spread {
-    assert!(!values.is_empty(), "no samples");
-    values.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        values[((p / 100.0 * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1]
-    };
-    Spread {
-        n: values.len(),
-        p50: rank(50.0),
-        p99: rank(99.0),
-        max: values[values.len() - 1],
-        mean: values.iter().sum::<f64>() / values.len() as f64,
-    }
+/// The spread of `values`, which are not empty.
+fn spread(values: Vec<f64>) -> Spread {
+    Spread::of(values).expect("no samples")
 }
 
 /// One measured pass.
@@ -876,8 +572,8 @@ async fn run_store(
 ) -> (Vec<Pass>, Verdict) {
     let started = Instant::now();
     let webhook_url = format!("{hook_base}/hook/{store}");
-    let mut server = Server::start(store, database_url, &webhook_url, &knobs.server_log);
-    server.wait_healthy(client).await;
+    let mut server = start(store, database_url, &webhook_url, &knobs.server_log);
+    server.wait_ready(client).await;
     println!(
         "{store}: server ready in {:.2?} ({database_url})",
         started.elapsed()
@@ -921,7 +617,7 @@ async fn run_store(
             );
         }
         let after = fetch_histogram(client, &server).await;
-        let summary = fetch_summary(client, &server).await;
+        let summary = metrics_summary(client, &server).await;
         let (receipts, requests, changes) = {
             let runs = receiver.runs.lock().unwrap();
             let run = &runs[store];
@@ -969,7 +665,7 @@ async fn run_store(
 
     // Late duplicates would come now, if any.
     tokio::time::sleep(SETTLE).await;
-    let pending = fetch_summary(client, &server).await["sync"]["pending"].clone();
+    let pending = metrics_summary(client, &server).await["sync"]["pending"].clone();
     drop(server);
 
     let runs = receiver.runs.lock().unwrap();
@@ -1040,11 +736,11 @@ fn print_report(passes: &[Pass], verdicts: &[Verdict], knobs: &Knobs) {
                 pass.store,
                 pass.clients,
                 what,
-                s.n,
-                ms(s.p50),
-                ms(s.p99),
-                ms(s.max),
-                ms(s.mean)
+                s.len(),
+                ms(s.pct(50.0)),
+                ms(s.pct(99.0)),
+                ms(s.max()),
+                ms(s.mean())
             );
         }
         let h = &pass.server;
@@ -1091,7 +787,7 @@ fn print_report(passes: &[Pass], verdicts: &[Verdict], knobs: &Knobs) {
     let verdict = |v: f64, limit: f64| if v <= limit { "met" } else { "MISSED" };
     for pass in passes {
         let server_p99 = pass.server.quantile(0.99).map(|s| s * 1e3);
-        let client_p99 = pass.send_to_receipt.p99;
+        let client_p99 = pass.send_to_receipt.pct(99.0);
         println!(
             "{:<9} {:>7} {:>16} {:<12} {:>18} {:<12} {:<10}",
             pass.store,
@@ -1138,10 +834,7 @@ fn print_report(passes: &[Pass], verdicts: &[Verdict], knobs: &Knobs) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
-    // and a benchmark is not a test.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!("sync_latency: a benchmark; run it with `cargo bench --bench sync_latency`");
+    if !common::run_as_bench("sync_latency") {
         return;
     }
     let knobs = Knobs::from_env();
@@ -1157,46 +850,31 @@ fn main() {
 
     let all_ok = {
         // Dropped after the servers (declared first): the database, the SQLite directory.
-        let pg = knobs.pg.trim_end_matches('/');
         let database = knobs
             .stores
             .iter()
             .any(|s| s == "postgres")
-            .then(|| Database {
-                admin_url: format!("{pg}/postgres"),
-                name: format!("contextd_sync_bench_{suffix}"),
-            });
-        let sqlite_dir = knobs.stores.iter().any(|s| s == "sqlite").then(|| {
-            let dir = std::env::temp_dir().join(format!("contextd-sync-bench-{suffix}"));
-            std::fs::create_dir_all(&dir).expect("a temporary directory");
-            TempDir(dir)
-        });
+            .then(|| Database::new(&knobs.pg, format!("contextd_sync_bench_{suffix}")));
+        let sqlite_dir = knobs
+            .stores
+            .iter()
+            .any(|s| s == "sqlite")
+            .then(|| TempDir::new(&format!("contextd-sync-bench-{suffix}")));
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client");
+        let runtime = bench_runtime();
+        let client = http_client();
 
         let (passes, verdicts) = runtime.block_on(async {
             let (mut passes, mut verdicts) = (Vec::new(), Vec::new());
             for store in &knobs.stores {
                 let database_url = match store.as_str() {
-                    "postgres" => format!(
-                        "{pg}/{}",
-                        database.as_ref().expect("made for postgres").name
-                    ),
+                    "postgres" => database.as_ref().expect("made for postgres").1.clone(),
                     _ => format!(
                         "sqlite:{}",
                         sqlite_dir
                             .as_ref()
                             .expect("made for sqlite")
-                            .0
+                            .path()
                             .join("contextd.db")
                             .display()
                     ),

@@ -35,24 +35,24 @@ use contextd::domain::{ContextId, Source};
 use contextd::vector::embedded::EmbeddedIndex;
 use contextd::vector::{Hit, SearchQuery, VectorEntry};
 
+mod common;
+
+use common::{SplitMix64, Spread, env_or};
+
 const LIMIT: usize = 10;
 const RECALL_TARGET: f64 = 0.95;
 const P99_TARGET_MS: f64 = 5.0;
 
-/// splitmix64, with Box-Muller for normal deviates.
-struct Rng(u64);
+/// splitmix64 ([`SplitMix64`]), with Box-Muller for normal deviates.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     fn normal(&mut self) -> f64 {
@@ -92,15 +92,6 @@ impl Mix {
                 .map(|c| c + (self.spread * rng.normal()) as f32)
                 .collect()
         }
-    }
-}
-
-fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={raw:?} is not a valid value")),
-        Err(_) => default,
     }
 }
 
@@ -174,30 +165,17 @@ fn query(vector: &[f32], source: Option<Source>, min_certainty: f64) -> SearchQu
     }
 }
 
-struct Latency {
-    p50: f64,
-    p99: f64,
-    mean: f64,
-}
-
-fn latency(mut samples: Vec<Duration>) -> Latency {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let at = |q: f64| {
-        ms(samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1])
-    };
-    Latency {
-        p50: at(0.50),
-        p99: at(0.99),
-        mean: samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64,
-    }
+/// The latencies of `samples` in milliseconds.
+fn latency(samples: Vec<Duration>) -> Spread {
+    let ms = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    Spread::of(ms).expect("at least one query")
 }
 
 /// Runs every query once (single thread): latencies and the hits.
 fn run(
     queries: &[SearchQuery],
     search: impl Fn(&SearchQuery) -> Vec<Hit>,
-) -> (Latency, Vec<Vec<Hit>>) {
+) -> (Spread, Vec<Vec<Hit>>) {
     // One untimed pass over a few queries: page in what the first searches would.
     for q in queries.iter().take(5) {
         std::hint::black_box(search(q));
@@ -235,25 +213,24 @@ fn recall(got: &[Vec<Hit>], truth: &[Vec<Hit>]) -> f64 {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("vector: a benchmark; run it with `cargo bench --bench vector`");
+    if !common::run_as_bench("vector") {
         return;
     }
-    let n: usize = knob("VECTOR_BENCH_N", 100_000);
-    let dims: usize = knob("VECTOR_BENCH_DIMS", 768);
-    let nq: usize = knob("VECTOR_BENCH_QUERIES", 500);
-    let clusters: usize = knob("VECTOR_BENCH_CLUSTERS", 100);
-    let spread: f64 = knob("VECTOR_BENCH_SPREAD", 0.025);
-    let threshold: f64 = knob("VECTOR_BENCH_THRESHOLD", 0.7);
+    let n: usize = env_or("VECTOR_BENCH_N", 100_000);
+    let dims: usize = env_or("VECTOR_BENCH_DIMS", 768);
+    let nq: usize = env_or("VECTOR_BENCH_QUERIES", 500);
+    let clusters: usize = env_or("VECTOR_BENCH_CLUSTERS", 100);
+    let spread: f64 = env_or("VECTOR_BENCH_SPREAD", 0.025);
+    let threshold: f64 = env_or("VECTOR_BENCH_THRESHOLD", 0.7);
     let settings = EmbeddedSettings {
-        exact_below: knob("VECTOR_BENCH_EXACT_BELOW", 10_000),
-        max_connections: knob("VECTOR_BENCH_M", 16),
-        ef_construction: knob("VECTOR_BENCH_EF_CONSTRUCTION", 100),
+        exact_below: env_or("VECTOR_BENCH_EXACT_BELOW", 10_000),
+        max_connections: env_or("VECTOR_BENCH_M", 16),
+        ef_construction: env_or("VECTOR_BENCH_EF_CONSTRUCTION", 100),
         ef_search: 64,
     };
     let efs = list("VECTOR_BENCH_EF_SEARCH", "32,64,128,256");
     let sizes = list("VECTOR_BENCH_SIZES", "1000,2000,5000,10000,20000,50000");
-    let skip_main = knob("VECTOR_BENCH_SKIP_MAIN", 0u8) == 1;
+    let skip_main = env_or("VECTOR_BENCH_SKIP_MAIN", 0u8) == 1;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "vector: n={n} dims={dims} queries={nq} clusters={clusters} spread={spread} \
@@ -263,7 +240,7 @@ fn main() {
 
     let total = n.max(sizes.iter().copied().max().unwrap_or(0));
     let started = Instant::now();
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng(SplitMix64(0x5eed));
     let mix = Mix {
         centres: (0..clusters.max(1)).map(|_| rng.sphere(dims)).collect(),
         spread,
@@ -327,9 +304,9 @@ fn main() {
             "exact scan of {n}: p50 {:.2} ms, p99 {:.2} ms, mean {:.2} ms; mean cosine of the \
              best hit: clustered queries {:.3}, uniform queries {:.3}; {with_hits} of {nq} \
              queries have hits at certainty >= {threshold}",
-            exact_lat.p50,
-            exact_lat.p99,
-            exact_lat.mean,
+            exact_lat.pct(50.0),
+            exact_lat.pct(99.0),
+            exact_lat.mean(),
             top_cos(&clustered),
             top_cos(&|i| !clustered(i)),
         );
@@ -350,7 +327,7 @@ fn main() {
             let (lat, got) = run(&plain, |q| index.search_now(q).unwrap());
             let (lat_thr, got_thr) = run(&thresholded, |q| index.search_now(q).unwrap());
             let all = recall(&got, &truth);
-            let ok = all >= RECALL_TARGET && lat.p99 <= P99_TARGET_MS;
+            let ok = all >= RECALL_TARGET && lat.pct(99.0) <= P99_TARGET_MS;
             if recall_of(&got, &truth, clustered) >= RECALL_TARGET && crossover_ef.is_none() {
                 crossover_ef = Some(ef);
             }
@@ -358,11 +335,11 @@ fn main() {
                 "{ef:>9} {all:>9.4} {:>9.4} {:>9.4} {:>9.3} {:>8.3} {:>8.3} {:>10.4} {:>8.3}  {}",
                 recall_of(&got, &truth, clustered),
                 recall_of(&got, &truth, |i| !clustered(i)),
-                lat.p50,
-                lat.p99,
-                lat.mean,
+                lat.pct(50.0),
+                lat.pct(99.0),
+                lat.mean(),
                 recall(&got_thr, &truth_thr),
-                lat_thr.p99,
+                lat_thr.pct(99.0),
                 if ok { "met" } else { "missed" }
             );
         }
@@ -382,8 +359,8 @@ fn main() {
             recall(&got, &truth),
             recall_of(&got, &truth, clustered),
             recall_of(&got, &truth, |i| !clustered(i)),
-            lat.p50,
-            lat.p99
+            lat.pct(50.0),
+            lat.pct(99.0)
         );
         drop(index);
     }
@@ -391,7 +368,7 @@ fn main() {
     if sizes.is_empty() {
         return;
     }
-    let ef = knob("VECTOR_BENCH_CROSSOVER_EF", crossover_ef.unwrap_or(64));
+    let ef = env_or("VECTOR_BENCH_CROSSOVER_EF", crossover_ef.unwrap_or(64));
     // Always the graph (exact_below 0), grown size by size; `search_exact` is the scan.
     let index = EmbeddedIndex::new(
         dims,
@@ -419,17 +396,17 @@ fn main() {
         let build = started.elapsed().as_secs_f64();
         let (exact, truth) = run(&plain, |q| index.search_exact(q).unwrap());
         let (hnsw, got) = run(&plain, |q| index.search_now(q).unwrap());
-        if hnsw.p50 < exact.p50 && hnsw.p99 < exact.p99 {
+        if hnsw.pct(50.0) < exact.pct(50.0) && hnsw.pct(99.0) < exact.pct(99.0) {
             faster_from.get_or_insert(size);
         } else {
             faster_from = None;
         }
         println!(
             "{size:>8} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.4} {:>8.4} {build:>8.1}",
-            exact.p50,
-            exact.p99,
-            hnsw.p50,
-            hnsw.p99,
+            exact.pct(50.0),
+            exact.pct(99.0),
+            hnsw.pct(50.0),
+            hnsw.pct(99.0),
             recall_of(&got, &truth, clustered),
             recall_of(&got, &truth, |i| !clustered(i)),
         );

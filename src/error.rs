@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::domain::Refusal;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// Seconds a client is asked to wait before retrying a 503.
@@ -212,6 +213,33 @@ impl AppError {
                 detail: format!("context {id} already exists"),
                 current_version,
             },
+        }
+    }
+}
+
+impl From<ServiceError> for AppError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(detail) => AppError::Unprocessable(detail),
+            ServiceError::Malformed(detail) => AppError::BadRequest(detail),
+            e @ ServiceError::NeedsRole(_) => AppError::Forbidden(e.to_string()),
+            ServiceError::NotPermitted(detail) => AppError::Forbidden(detail),
+            ServiceError::NotFound(detail) => AppError::NotFound(detail),
+            ServiceError::Refused { refusal, id } => AppError::from_refusal(refusal, &id),
+            ServiceError::TooLarge { limit, actual } => AppError::TooLarge { limit, actual },
+            ServiceError::Unavailable(detail) => AppError::Unavailable(detail),
+            ServiceError::Store(e) => e.into(),
+            // An item of a batch is named by its index where the caller can act on it.
+            ServiceError::InItem { index, error } => match AppError::from(*error) {
+                AppError::Unprocessable(detail) => {
+                    AppError::Unprocessable(format!("contexts[{index}]: {detail}"))
+                }
+                AppError::NotFound(detail) => {
+                    AppError::NotFound(format!("contexts[{index}]: {detail}"))
+                }
+                other => other,
+            },
+            ServiceError::Internal(e) => AppError::Internal(e),
         }
     }
 }

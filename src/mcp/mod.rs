@@ -119,7 +119,8 @@ fn caller_of(context: &RequestContext<RoleServer>) -> Result<Principal, McpError
 
 /// A service error as MCP's protocol error, for the methods that have no tool result to
 /// carry a problem (resources).
-fn protocol_error(e: AppError, uri: &str) -> McpError {
+fn protocol_error(e: impl Into<AppError>, uri: &str) -> McpError {
+    let e: AppError = e.into();
     let status = e.status();
     let problem = e.into_problem();
     let data = serde_json::to_value(&problem).ok();

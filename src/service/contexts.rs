@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use super::ServiceError;
 use super::rules::{self, IfMatch, Preconditions, WriteRequest};
 use crate::cache::{CacheOutcome, CachedContext, TieredCache};
 use crate::config::Settings;
@@ -11,7 +12,6 @@ use crate::domain::{
     Content, Context, ContextId, ContextSummary, Cursor, JsonObject, MergeInput, MergeStrategy,
     PageLimit, Principal, Refusal, Role, Source, VersionInfo, VersionRecord, Visible, merge_data,
 };
-use crate::error::AppError;
 use crate::store::{
     Counts, Decide, Decision, DeleteOutcome, ListFilter, Store, Tally, VersionLookup, WriteOutcome,
     WriteView,
@@ -63,21 +63,21 @@ fn now() -> DateTime<Utc> {
 
 /// The one access rule, for REST and MCP alike: the caller's role must reach `role`, and an
 /// id outside the caller's prefix does not exist for it (404, so existence never leaks).
-pub fn admit(who: &Principal, role: Role, id: Option<&ContextId>) -> Result<(), AppError> {
+pub fn admit(who: &Principal, role: Role, id: Option<&ContextId>) -> Result<(), ServiceError> {
     if !who.has(role) {
-        return Err(AppError::forbidden(role));
+        return Err(ServiceError::NeedsRole(role));
     }
     match id {
-        Some(id) if !who.sees(id) => Err(AppError::from_refusal(Refusal::NotFound, id.as_str())),
+        Some(id) if !who.sees(id) => Err(ServiceError::refused(Refusal::NotFound, id.as_str())),
         _ => Ok(()),
     }
 }
 
 /// A new id under the caller's prefix: `<prefix><stem>`.
-pub(super) fn generated_id(who: &Principal, stem: &str) -> Result<ContextId, AppError> {
+pub(super) fn generated_id(who: &Principal, stem: &str) -> Result<ContextId, ServiceError> {
     let raw = format!("{}{stem}", who.prefix.as_deref().unwrap_or(""));
     ContextId::parse(&raw).map_err(|e| {
-        AppError::Unprocessable(format!("cannot make an id under the key's prefix: {e}"))
+        ServiceError::Invalid(format!("cannot make an id under the key's prefix: {e}"))
     })
 }
 
@@ -125,34 +125,34 @@ impl ContextService {
     }
 
     /// Checks what only configuration can tell: the size limit and the embedding length.
-    pub fn check_content(&self, content: &Content) -> Result<(), AppError> {
+    pub fn check_content(&self, content: &Content) -> Result<(), ServiceError> {
         // (`data` and `metadata` are `JsonObject`s: objects, free of U+0000, by construction.)
         let actual = content.size_bytes();
         if actual > self.max_context_bytes {
-            return Err(AppError::TooLarge {
+            return Err(ServiceError::TooLarge {
                 limit: self.max_context_bytes,
                 actual,
             });
         }
         if let Some(embedding) = &content.embedding {
             crate::domain::embedding::check(embedding, self.dimensions)
-                .map_err(|e| AppError::Unprocessable(e.describe("embedding")))?;
+                .map_err(|e| ServiceError::Invalid(e.describe("embedding")))?;
         }
         Ok(())
     }
 
     /// `changed_by` is a short name: at most 255 characters, none of them U+0000.
-    pub fn check_changed_by(changed_by: Option<&str>) -> Result<(), AppError> {
+    pub fn check_changed_by(changed_by: Option<&str>) -> Result<(), ServiceError> {
         let Some(by) = changed_by else {
             return Ok(());
         };
         if by.chars().count() > MAX_CHANGED_BY {
-            return Err(AppError::Unprocessable(format!(
+            return Err(ServiceError::Invalid(format!(
                 "changed_by is at most {MAX_CHANGED_BY} characters"
             )));
         }
         if by.contains('\0') {
-            return Err(AppError::Unprocessable(
+            return Err(ServiceError::Invalid(
                 "changed_by holds the character U+0000".to_owned(),
             ));
         }
@@ -165,7 +165,7 @@ impl ContextService {
         &self,
         who: &Principal,
         id: &ContextId,
-    ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
+    ) -> Result<(Arc<CachedContext>, CacheOutcome), ServiceError> {
         admit(who, Role::Read, Some(id))?;
         self.get_cached(id).await
     }
@@ -174,7 +174,7 @@ impl ContextService {
     pub(super) async fn get_cached(
         &self,
         id: &ContextId,
-    ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
+    ) -> Result<(Arc<CachedContext>, CacheOutcome), ServiceError> {
         if let Some(hit) = self.cache.get(id).await {
             return Ok(hit);
         }
@@ -182,7 +182,7 @@ impl ContextService {
             .store
             .get(id)
             .await?
-            .ok_or_else(|| AppError::from_refusal(Refusal::NotFound, id.as_str()))?;
+            .ok_or_else(|| ServiceError::refused(Refusal::NotFound, id.as_str()))?;
         let context = Arc::new(CachedContext::new(context));
         self.cache.fill(&context);
         Ok((context, CacheOutcome::Miss))
@@ -195,7 +195,7 @@ impl ContextService {
         who: &Principal,
         id: &ContextId,
         version: i64,
-    ) -> Result<(Arc<CachedContext>, CacheOutcome), AppError> {
+    ) -> Result<(Arc<CachedContext>, CacheOutcome), ServiceError> {
         admit(who, Role::Read, Some(id))?;
         let (current, outcome) = self.get_cached(id).await?;
         if version == current.version {
@@ -229,7 +229,7 @@ impl ContextService {
         who: &Principal,
         id: &ContextId,
         version: i64,
-    ) -> Result<VersionRecord, AppError> {
+    ) -> Result<VersionRecord, ServiceError> {
         admit(who, Role::Read, Some(id))?;
         Ok(self.version_with_created_at(id, version).await?.0)
     }
@@ -239,7 +239,7 @@ impl ContextService {
         &self,
         id: &ContextId,
         version: i64,
-    ) -> Result<(VersionRecord, DateTime<Utc>), AppError> {
+    ) -> Result<(VersionRecord, DateTime<Utc>), ServiceError> {
         let VersionLookup {
             current_version,
             created_at,
@@ -250,11 +250,11 @@ impl ContextService {
                 let created_at = created_at.unwrap_or(record.info.changed_at);
                 Ok((record, created_at))
             }
-            (None, _) => Err(AppError::from_refusal(Refusal::NotFound, id.as_str())),
+            (None, _) => Err(ServiceError::refused(Refusal::NotFound, id.as_str())),
             (Some(current), None) if (1..=current).contains(&version) => Err(
-                AppError::from_refusal(Refusal::Gone { version }, id.as_str()),
+                ServiceError::refused(Refusal::Gone { version }, id.as_str()),
             ),
-            (Some(current), None) => Err(AppError::NotFound(format!(
+            (Some(current), None) => Err(ServiceError::NotFound(format!(
                 "context {id} has no version {version} (the current version is {current})"
             ))),
         }
@@ -267,10 +267,10 @@ impl ContextService {
         who: &Principal,
         id: &ContextId,
         request: WriteRequest,
-    ) -> Result<Written, AppError> {
+    ) -> Result<Written, ServiceError> {
         admit(who, Role::Write, Some(id))?;
         if request.content.parent_id.as_ref() == Some(id) {
-            return Err(AppError::Unprocessable(
+            return Err(ServiceError::Invalid(
                 "parent_id must name another context, not this one".to_owned(),
             ));
         }
@@ -299,7 +299,7 @@ impl ContextService {
         id: Option<ContextId>,
         content: Content,
         changed_by: Option<String>,
-    ) -> Result<Written, AppError> {
+    ) -> Result<Written, ServiceError> {
         let id = match id {
             Some(id) => id,
             None => generated_id(who, ContextId::generate().as_str())?,
@@ -315,10 +315,14 @@ impl ContextService {
         };
         self.put(who, &id, request).await.map_err(|e| match e {
             // Create-only failed because the id exists: for POST that is a conflict.
-            AppError::PreconditionFailed {
-                current_version: Some(v),
-                ..
-            } => AppError::from_refusal(Refusal::AlreadyExists { current_version: v }, id.as_str()),
+            ServiceError::Refused {
+                refusal:
+                    Refusal::PreconditionFailed {
+                        current_version: Some(v),
+                        ..
+                    },
+                id,
+            } => ServiceError::refused(Refusal::AlreadyExists { current_version: v }, &id),
             other => other,
         })
     }
@@ -332,7 +336,7 @@ impl ContextService {
         version: i64,
         if_match: Option<IfMatch>,
         changed_by: Option<String>,
-    ) -> Result<Written, AppError> {
+    ) -> Result<Written, ServiceError> {
         admit(who, Role::Write, Some(id))?;
         Self::check_changed_by(changed_by.as_deref())?;
         let retention = self.retention;
@@ -360,7 +364,7 @@ impl ContextService {
         &self,
         id: &ContextId,
         outcome: WriteOutcome,
-    ) -> Result<Written, AppError> {
+    ) -> Result<Written, ServiceError> {
         let (context, status) = match outcome {
             WriteOutcome::Written { context, created } => (
                 context,
@@ -372,7 +376,7 @@ impl ContextService {
             ),
             WriteOutcome::Unchanged(context) => (context, WriteStatus::Unchanged),
             WriteOutcome::Refused(refusal) => {
-                return Err(AppError::from_refusal(refusal, id.as_str()));
+                return Err(ServiceError::refused(refusal, id.as_str()));
             }
         };
         let context = Arc::new(CachedContext::new(context));
@@ -392,7 +396,7 @@ impl ContextService {
         who: &Principal,
         id: &ContextId,
         if_match: Option<IfMatch>,
-    ) -> Result<(), AppError> {
+    ) -> Result<(), ServiceError> {
         admit(who, Role::Write, Some(id))?;
         let outcome = self
             .store
@@ -410,7 +414,7 @@ impl ContextService {
                 self.cache.deleted(id, created_at).await;
                 Ok(())
             }
-            DeleteOutcome::Refused(refusal) => Err(AppError::from_refusal(refusal, id.as_str())),
+            DeleteOutcome::Refused(refusal) => Err(ServiceError::refused(refusal, id.as_str())),
         }
     }
 
@@ -425,10 +429,10 @@ impl ContextService {
         strategy: MergeStrategy,
         target: Option<ContextId>,
         source: Source,
-    ) -> Result<Written, AppError> {
+    ) -> Result<Written, ServiceError> {
         admit(who, Role::Write, target.as_ref())?;
         if !(2..=MAX_MERGE).contains(&ids.len()) {
-            return Err(AppError::Unprocessable(format!(
+            return Err(ServiceError::Invalid(format!(
                 "context_ids must name 2 to {MAX_MERGE} contexts, not {}",
                 ids.len()
             )));
@@ -448,7 +452,7 @@ impl ContextService {
             }
         }
         if !missing.is_empty() {
-            return Err(AppError::NotFound(format!(
+            return Err(ServiceError::NotFound(format!(
                 "no such contexts: {}",
                 missing.join(", ")
             )));
@@ -522,7 +526,7 @@ impl ContextService {
         &self,
         who: &Principal,
         ids: &[ContextId],
-    ) -> Result<(usize, Vec<ContextId>), AppError> {
+    ) -> Result<(usize, Vec<ContextId>), ServiceError> {
         admit(who, Role::Admin, None)?;
         let mut warmed = 0;
         let mut missing = Vec::new();
@@ -547,7 +551,7 @@ impl ContextService {
         filter: &ListFilter,
         cursor: Option<&str>,
         limit: PageLimit,
-    ) -> Result<Page<ContextSummary>, AppError> {
+    ) -> Result<Page<ContextSummary>, ServiceError> {
         let limit = limit.get();
         admit(who, Role::Read, None)?;
         let cursor = cursor.filter(|c| !c.is_empty());
@@ -572,7 +576,7 @@ impl ContextService {
         id: &ContextId,
         cursor: Option<&str>,
         limit: PageLimit,
-    ) -> Result<Page<VersionInfo>, AppError> {
+    ) -> Result<Page<VersionInfo>, ServiceError> {
         let limit = limit.get();
         admit(who, Role::Read, Some(id))?;
         let cursor = cursor.filter(|c| !c.is_empty());
@@ -585,7 +589,7 @@ impl ContextService {
             .store
             .versions(id, before, limit + 1)
             .await?
-            .ok_or_else(|| AppError::from_refusal(Refusal::NotFound, id.as_str()))?;
+            .ok_or_else(|| ServiceError::refused(Refusal::NotFound, id.as_str()))?;
         let next_cursor =
             next_page(&mut items, limit).map(|last| Cursor::BeforeVersion(last.version).encode());
         Ok(Page { items, next_cursor })
@@ -609,6 +613,6 @@ fn next_page<T>(items: &mut Vec<T>, limit: usize) -> Option<&T> {
     }
 }
 
-fn bad_cursor() -> AppError {
-    AppError::BadRequest("cursor is not one this list issued; start again without it".to_owned())
+fn bad_cursor() -> ServiceError {
+    ServiceError::Malformed("cursor is not one this list issued; start again without it".to_owned())
 }

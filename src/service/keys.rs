@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use chrono::{SubsecRound, Utc};
 
+use super::ServiceError;
 use super::contexts::admit;
 use crate::auth::keys::ApiKey;
 use crate::auth::new_key_id;
 use crate::domain::{ContextId, Principal, Role};
-use crate::error::AppError;
 use crate::store::{ApiKeyRecord, KeyStore};
 
 /// Longest key name.
@@ -52,11 +52,11 @@ impl KeyService {
         name: &str,
         role: Role,
         prefix: Option<&str>,
-    ) -> Result<CreatedKey, AppError> {
+    ) -> Result<CreatedKey, ServiceError> {
         admit(who, Role::Admin, None)?;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_NAME || name.contains('\0') {
-            return Err(AppError::Unprocessable(format!(
+            return Err(ServiceError::Invalid(format!(
                 "name must be 1 to {MAX_NAME} characters"
             )));
         }
@@ -64,7 +64,7 @@ impl KeyService {
             None => None,
             Some(raw) => Some(
                 ContextId::parse(raw)
-                    .map_err(|e| AppError::Unprocessable(format!("prefix: {e}")))?
+                    .map_err(|e| ServiceError::Invalid(format!("prefix: {e}")))?
                     .as_str()
                     .to_owned(),
             ),
@@ -73,11 +73,11 @@ impl KeyService {
         if let Some(own) = &who.prefix
             && !prefix.as_deref().is_some_and(|p| p.starts_with(&**own))
         {
-            return Err(AppError::Forbidden(format!(
+            return Err(ServiceError::NotPermitted(format!(
                 "this key may only make keys whose prefix starts with {own:?}"
             )));
         }
-        let key = ApiKey::generate().map_err(AppError::Internal)?;
+        let key = ApiKey::generate().map_err(ServiceError::Internal)?;
         let record = ApiKeyRecord {
             id: new_key_id(),
             name: name.to_owned(),
@@ -97,7 +97,7 @@ impl KeyService {
     }
 
     /// Every key the caller manages, revoked ones included, oldest first.
-    pub async fn list(&self, who: &Principal) -> Result<Vec<ApiKeyRecord>, AppError> {
+    pub async fn list(&self, who: &Principal) -> Result<Vec<ApiKeyRecord>, ServiceError> {
         admit(who, Role::Admin, None)?;
         let mut keys = self.store.keys().await?;
         keys.retain(|k| manages(who, k));
@@ -105,9 +105,9 @@ impl KeyService {
     }
 
     /// Revokes a key; it stops working on every instance within a second.
-    pub async fn revoke(&self, who: &Principal, id: &str) -> Result<ApiKeyRecord, AppError> {
+    pub async fn revoke(&self, who: &Principal, id: &str) -> Result<ApiKeyRecord, ServiceError> {
         admit(who, Role::Admin, None)?;
-        let not_found = || AppError::NotFound(format!("no API key {id:?}"));
+        let not_found = || ServiceError::NotFound(format!("no API key {id:?}"));
         // Check before revoking: a key outside the caller's prefix does not exist for it.
         let visible = self
             .store

@@ -1,9 +1,11 @@
 //! Service: the context manager. It owns the rules (versions, retention, preconditions,
 //! merges, limits) and is the only caller of the store and the cache.
 //!
-//! It knows nothing of HTTP: handlers in `api/` call one method each and map the result.
+//! It knows nothing of HTTP: handlers in `api/` call one method each, and `crate::error` maps
+//! a [`ServiceError`] to its problem+json.
 
 mod contexts;
+mod error;
 mod keys;
 mod ops;
 pub mod reindex;
@@ -13,6 +15,7 @@ mod sync;
 mod transfer;
 
 pub use contexts::{ContextService, Page, WriteStatus, Written, admit};
+pub use error::ServiceError;
 pub use keys::{CreatedKey, KeyService};
 pub use ops::{Check, Ops, Readiness, Summary};
 pub use reindex::{ReindexSummary, reindex};

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::ContextService;
+use super::ServiceError;
 use super::contexts::admit;
 use crate::cache::CachedContext;
-use crate::domain::{ContextId, Principal, Role, Source, Visible};
-use crate::error::AppError;
+use crate::domain::{ContextId, Principal, Refusal, Role, Source, Visible};
 use crate::vector::{SearchQuery, VectorError, VectorIndex};
 
 /// Most results one search returns.
@@ -64,9 +64,9 @@ impl SearchService {
         &self,
         who: &Principal,
         request: SearchRequest,
-    ) -> Result<Vec<SearchHit>, AppError> {
+    ) -> Result<Vec<SearchHit>, ServiceError> {
         admit(who, Role::Read, None)?;
-        let invalid = AppError::Unprocessable;
+        let invalid = ServiceError::Invalid;
         // A value beyond f32 becomes infinite here, and is refused as not finite.
         let vector: Vec<f32> = request.vector.iter().map(|x| *x as f32).collect();
         crate::domain::embedding::check(&vector, self.dimensions)
@@ -90,9 +90,11 @@ impl SearchService {
         let hits = self.index.search(&query).await.map_err(|e| match e {
             VectorError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "vector backend unavailable");
-                AppError::Unavailable("the vector backend is unavailable; retry shortly".to_owned())
+                ServiceError::Unavailable(
+                    "the vector backend is unavailable; retry shortly".to_owned(),
+                )
             }
-            VectorError::Rejected(message) => AppError::Internal(anyhow::anyhow!(
+            VectorError::Rejected(message) => ServiceError::Internal(anyhow::anyhow!(
                 "the vector backend refused a search: {message}"
             )),
         })?;
@@ -107,7 +109,11 @@ impl SearchService {
             }
             let context = match self.contexts.get_cached(&hit.id).await {
                 Ok((context, _)) => context,
-                Err(AppError::NotFound(_)) => continue,
+                // Deleted (or expired) since the index was told: never found.
+                Err(ServiceError::Refused {
+                    refusal: Refusal::NotFound,
+                    ..
+                }) => continue,
                 Err(e) => return Err(e),
             };
             let current = &context.content;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::ContextService;
+use super::ServiceError;
 use super::contexts::{admit, generated_id};
 use super::rules::{self, SyncItem};
 use crate::cache::CachedContext;
 use crate::domain::{Content, ContextId, JsonObject, Principal, Refusal, Role, Source, Visible};
-use crate::error::AppError;
 use crate::store::{Change, WriteOutcome};
 
 /// Most items one `POST /sync/factory` takes.
@@ -63,10 +63,10 @@ impl ContextService {
         &self,
         who: &Principal,
         items: Vec<FactoryItem>,
-    ) -> Result<Vec<SyncResult>, AppError> {
+    ) -> Result<Vec<SyncResult>, ServiceError> {
         admit(who, Role::Write, None)?;
         if !(1..=MAX_SYNC_ITEMS).contains(&items.len()) {
-            return Err(AppError::Unprocessable(format!(
+            return Err(ServiceError::Invalid(format!(
                 "a batch holds 1 to {MAX_SYNC_ITEMS} contexts, not {}",
                 items.len()
             )));
@@ -139,7 +139,7 @@ impl ContextService {
                     status: SyncStatus::SkippedStale,
                 },
                 WriteOutcome::Refused(refusal) => {
-                    return Err(AppError::Internal(anyhow::anyhow!(
+                    return Err(ServiceError::Internal(anyhow::anyhow!(
                         "sync refused an item: {refusal:?}"
                     )));
                 }
@@ -155,20 +155,16 @@ impl ContextService {
         who: &Principal,
         since: i64,
         limit: usize,
-    ) -> Result<Vec<Change>, AppError> {
+    ) -> Result<Vec<Change>, ServiceError> {
         admit(who, Role::Read, None)?;
         self.store.sequence_outbox().await?;
         Ok(self.store.changes(since, limit, &Visible::to(who)).await?)
     }
 }
 
-fn at_index(index: usize, e: AppError) -> AppError {
-    match e {
-        AppError::Unprocessable(detail) => {
-            AppError::Unprocessable(format!("contexts[{index}]: {detail}"))
-        }
-        AppError::TooLarge { limit, actual } => AppError::TooLarge { limit, actual },
-        AppError::NotFound(detail) => AppError::NotFound(format!("contexts[{index}]: {detail}")),
-        other => other,
+fn at_index(index: usize, e: ServiceError) -> ServiceError {
+    ServiceError::InItem {
+        index,
+        error: Box::new(e),
     }
 }

@@ -13,11 +13,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ContextService;
+use super::ServiceError;
 use crate::domain::{
     ChangeType, Content, ContextHistory, ContextId, JsonObject, Principal, Source, VersionInfo,
     VersionRecord, Visible,
 };
-use crate::error::AppError;
 use crate::store::{ImportSummary, ListFilter};
 
 /// Contexts read per page while exporting.
@@ -92,7 +92,7 @@ pub enum ImportError {
     #[error("reading the input: {0}")]
     Read(#[from] std::io::Error),
     #[error(transparent)]
-    Store(AppError),
+    Store(ServiceError),
 }
 
 /// What an export wrote.
@@ -108,7 +108,7 @@ fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
 
 impl ContextService {
     /// Writes every context with its history to `out`, one JSON line each, in id order.
-    pub async fn export(&self, out: &mut impl Write) -> Result<ExportSummary, AppError> {
+    pub async fn export(&self, out: &mut impl Write) -> Result<ExportSummary, ServiceError> {
         let mut summary = ExportSummary::default();
         let mut after: Option<String> = None;
         let everything = Visible::to(&Principal::system());
@@ -128,8 +128,8 @@ impl ContextService {
                     continue;
                 };
                 let line = serde_json::to_string(&ContextLine::from(&history))
-                    .map_err(|e| AppError::Internal(e.into()))?;
-                writeln!(out, "{line}").map_err(|e| AppError::Internal(e.into()))?;
+                    .map_err(|e| ServiceError::Internal(e.into()))?;
+                writeln!(out, "{line}").map_err(|e| ServiceError::Internal(e.into()))?;
                 summary.contexts += 1;
                 summary.versions += history.versions.len();
             }
@@ -140,7 +140,7 @@ impl ContextService {
                 _ => break,
             }
         }
-        out.flush().map_err(|e| AppError::Internal(e.into()))?;
+        out.flush().map_err(|e| ServiceError::Internal(e.into()))?;
         Ok(summary)
     }
 

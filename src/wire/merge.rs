@@ -57,5 +57,6 @@ impl MergeIn {
                 self.source.unwrap_or(Source::Mcp),
             )
             .await
+            .map_err(AppError::from)
     }
 }
