@@ -1,0 +1,146 @@
+//! The SQLite store: what the vector indexer reads (current embeddings, those of another length)
+//! and keeps (how far each indexer has applied the outbox).
+
+use super::*;
+
+#[async_trait]
+impl EmbeddingStore for SqliteStore {
+    async fn with_embeddings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Context>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        self.read_with(move |conn| {
+            let mut statement = conn.prepare_cached(WITH_EMBEDDINGS).map_err(db_error)?;
+            let rows = statement
+                .query_map(rusqlite::params![after, limit as i64], |row| {
+                    let id = context_id(row, 10)?.ok_or_else(|| corrupt("a null context_id"))?;
+                    context_from_row(&id, row)
+                })
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn other_length_embeddings(
+        &self,
+        dimensions: usize,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(ContextId, usize)>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        self.read_with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(OTHER_LENGTH_EMBEDDINGS)
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map(
+                    rusqlite::params![dimensions as i64, after, limit as i64],
+                    |row| {
+                        let id = context_id(row, 0)?.ok_or_else(|| corrupt("a null context_id"))?;
+                        let length: i64 = row.get(1)?;
+                        Ok((id, length.max(0) as usize))
+                    },
+                )
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn drop_embeddings(
+        &self,
+        ids: &[ContextId],
+        dimensions: usize,
+    ) -> Result<Vec<ContextId>, StoreError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let mut dropped = Vec::new();
+            {
+                let mut drop = tx.prepare_cached(DROP_EMBEDDING).map_err(db_error)?;
+                let mut clear = tx.prepare_cached(CLEAR_HAS_EMBEDDING).map_err(db_error)?;
+                for id in ids {
+                    let changed = drop
+                        .execute(rusqlite::params![id.as_str(), dimensions as i64])
+                        .map_err(db_error)?;
+                    if changed > 0 {
+                        clear.execute([id.as_str()]).map_err(db_error)?;
+                        dropped.push(id);
+                    }
+                }
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let name = name.to_owned();
+        self.read_with(move |conn| {
+            conn.query_row(INDEXER_CURSOR, [name], |row| row.get(0))
+                .optional()
+                .map(|seq| seq.unwrap_or(0))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn set_indexer_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write_with(move |conn| {
+            conn.prepare_cached(SET_INDEXER_CURSOR)
+                .and_then(|mut s| s.execute(rusqlite::params![name, seq]))
+                .map(|_| ())
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+const WITH_EMBEDDINGS: &str = "
+    SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
+           v.data, v.metadata, v.embedding, m.synced_at, m.context_id
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    WHERE m.has_embedding AND m.context_id > ?1
+    ORDER BY m.context_id
+    LIMIT ?2";
+
+/// Current embeddings whose length is not `?1` (a blob holds 4 bytes per value).
+const OTHER_LENGTH_EMBEDDINGS: &str = "
+    SELECT m.context_id, length(v.embedding) / 4
+    FROM factory_context_metadata m
+    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    WHERE m.has_embedding AND v.embedding IS NOT NULL AND length(v.embedding) <> ?1 * 4
+      AND m.context_id > ?2
+    ORDER BY m.context_id
+    LIMIT ?3";
+
+/// Nulls the current version's embedding of `?1` if its length is still not `?2`.
+const DROP_EMBEDDING: &str = "
+    UPDATE factory_context_versions SET embedding = NULL
+    WHERE context_id = ?1
+      AND version = (SELECT version FROM factory_context_metadata WHERE context_id = ?1)
+      AND embedding IS NOT NULL AND length(embedding) <> ?2 * 4";
+
+const CLEAR_HAS_EMBEDDING: &str =
+    "UPDATE factory_context_metadata SET has_embedding = 0 WHERE context_id = ?1";
+
+const INDEXER_CURSOR: &str = "SELECT seq FROM contextd_indexer_state WHERE name = ?1";
+
+const SET_INDEXER_CURSOR: &str = "
+    INSERT INTO contextd_indexer_state (name, seq) VALUES (?1, ?2)
+    ON CONFLICT (name) DO UPDATE SET
+        seq = max(seq, excluded.seq),
+        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
