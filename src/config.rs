@@ -964,23 +964,24 @@ impl Settings {
                         "must be set when vector.backend is weaviate",
                     ));
                 }
-                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    return Err(key_error(
-                        origins,
-                        "vector.weaviate.url".to_owned(),
-                        "must be an http:// or https:// URL",
-                    ));
+                Some(url) => {
+                    if let Err(message) = http_url(url) {
+                        return Err(key_error(
+                            origins,
+                            "vector.weaviate.url".to_owned(),
+                            &message,
+                        ));
+                    }
                 }
-                Some(_) => {}
             }
         }
         if let Some(url) = &self.sync.factory.webhook_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && let Err(message) = http_url(url)
         {
             return Err(key_error(
                 origins,
                 "sync.factory.webhook_url".to_owned(),
-                "must be an http:// or https:// URL",
+                &message,
             ));
         }
         if let Some(secret) = &self.sync.factory.secret
@@ -1008,16 +1009,37 @@ impl Settings {
         }
         if let Some(url) = &self.redis.url {
             let url = url.expose();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(key_error(
-                    origins,
-                    "redis.url".to_owned(),
-                    "must be a redis:// or rediss:// URL",
-                ));
+            if let Err(message) = redis_url(url) {
+                return Err(key_error(origins, "redis.url".to_owned(), &message));
             }
         }
         Ok(())
     }
+}
+
+/// An `http://` or `https://` URL with a host, parsed (not just its prefix looked at).
+fn http_url(raw: &str) -> Result<reqwest::Url, String> {
+    let url =
+        reqwest::Url::parse(raw).map_err(|e| format!("must be an http:// or https:// URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err("must be an http:// or https:// URL with a host".to_owned());
+    }
+    Ok(url)
+}
+
+/// A `redis://` or `rediss://` URL with a host, parsed; a password with special characters
+/// must be percent-encoded, as in every URL.
+fn redis_url(raw: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| {
+        format!(
+            "must be a redis:// or rediss:// URL ({e}); percent-encode special characters of \
+             the user and password (@ is %40, : is %3A, / is %2F)"
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none_or(str::is_empty) {
+        return Err("must be a redis:// or rediss:// URL with a host".to_owned());
+    }
+    Ok(())
 }
 
 fn key_error(origins: &BTreeMap<String, String>, key: String, message: &str) -> ConfigError {
@@ -1076,6 +1098,20 @@ fn set_path(tree: &mut Value, key: &[String], value: Value) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_parsed_not_prefix_matched() {
+        assert!(super::http_url("http://weaviate:8080").is_ok());
+        assert!(super::http_url("https://hooks.example.com/contextd").is_ok());
+        for bad in ["http://", "http:// spaces", "ftp://host", "weaviate:8080"] {
+            assert!(super::http_url(bad).is_err(), "{bad}");
+        }
+        assert!(super::redis_url("redis://127.0.0.1:6379/2").is_ok());
+        assert!(super::redis_url("rediss://user:p%40ss@redis.example.com:6380").is_ok());
+        for bad in ["redis://", "http://redis:6379", "redis:///0", "not a url"] {
+            assert!(super::redis_url(bad).is_err(), "{bad}");
+        }
+    }
 
     fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::from_sources(
