@@ -14,7 +14,7 @@ use super::extract::{IfNoneMatch, Json, Path, Query, etag, if_none_match_hits, p
 use crate::cache::CachedContext;
 use crate::domain::{ContextId, Principal, Source};
 use crate::error::{AppError, Problem};
-use crate::service::{ConflictStrategy, IfMatch, Page, WriteRequest, WriteStatus, Written};
+use crate::service::{ConflictStrategy, IfMatch, WriteRequest, WriteStatus, Written};
 pub use crate::wire::contexts::*;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -343,14 +343,11 @@ async fn list_contexts(
         })
         .transpose()?;
     let filter = list_filter(source, params.parent_id.as_deref())?;
-    let Page { items, next_cursor } = state
+    let page = state
         .contexts
         .list(&who, &filter, params.cursor.as_deref(), limit)
         .await?;
-    Ok(axum::Json(ContextPage {
-        items: items.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    Ok(axum::Json(page.into()))
 }
 
 /// List a context's versions
@@ -375,14 +372,11 @@ async fn list_versions(
 ) -> Result<axum::Json<VersionPage>, AppError> {
     let id = parse_id(&id)?;
     let limit = parse_limit(params.limit.as_deref())?;
-    let Page { items, next_cursor } = state
+    let page = state
         .contexts
         .versions(&who, &id, params.cursor.as_deref(), limit)
         .await?;
-    Ok(axum::Json(VersionPage {
-        items: items.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    Ok(axum::Json(page.into()))
 }
 
 /// Parses the `{n}` of a version path; anything but a number from 1 names no version (so it

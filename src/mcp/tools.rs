@@ -23,7 +23,7 @@ use super::{McpServer, caller};
 use crate::cache::CachedContext;
 use crate::domain::{JsonObject, Source};
 use crate::error::AppError;
-use crate::service::{ConflictStrategy, IfMatch, Page, Preconditions, WriteRequest};
+use crate::service::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
 use crate::wire::contexts::{
     ContextIn, ContextPage, VersionPage, list_filter, page_limit, parse_id, render,
 };
@@ -275,15 +275,12 @@ impl McpServer {
             let who = caller(&parts)?;
             let limit = page_limit(args.limit)?;
             let filter = list_filter(args.source, args.parent_id.as_deref())?;
-            let Page { items, next_cursor } = self
+            let page = self
                 .state()
                 .contexts
                 .list(&who, &filter, args.cursor.as_deref(), limit)
                 .await?;
-            Ok(ContextPage {
-                items: items.into_iter().map(Into::into).collect(),
-                next_cursor,
-            })
+            Ok(ContextPage::from(page))
         };
         reply(result.await)
     }
@@ -303,15 +300,12 @@ impl McpServer {
             let who = caller(&parts)?;
             let id = parse_id(&args.context_id)?;
             let limit = page_limit(args.limit)?;
-            let Page { items, next_cursor } = self
+            let page = self
                 .state()
                 .contexts
                 .versions(&who, &id, args.cursor.as_deref(), limit)
                 .await?;
-            Ok(VersionPage {
-                items: items.into_iter().map(Into::into).collect(),
-                next_cursor,
-            })
+            Ok(VersionPage::from(page))
         };
         reply(result.await)
     }

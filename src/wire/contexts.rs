@@ -11,6 +11,7 @@ use crate::domain::{
     VersionInfo, VersionRecord,
 };
 use crate::error::AppError;
+use crate::service::Page;
 use crate::store::ListFilter;
 
 /// A context as written by `PUT /contexts/{id}` and `POST /contexts`.
@@ -164,6 +165,15 @@ pub struct ContextPage {
     pub next_cursor: Option<String>,
 }
 
+impl From<Page<ContextSummary>> for ContextPage {
+    fn from(page: Page<ContextSummary>) -> Self {
+        Self {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+        }
+    }
+}
+
 /// One entry of a context's history.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VersionInfoOut {
@@ -192,6 +202,15 @@ pub struct VersionPage {
     pub items: Vec<VersionInfoOut>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+impl From<Page<VersionInfo>> for VersionPage {
+    fn from(page: Page<VersionInfo>) -> Self {
+        Self {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+        }
+    }
 }
 
 /// One version with its payload.
