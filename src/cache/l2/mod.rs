@@ -45,11 +45,13 @@ use tokio::task::JoinHandle;
 use super::Stamp;
 use crate::domain::ContextId;
 
-/// Consecutive failures that open the breaker.
-const BREAKER_THRESHOLD: u32 = 3;
-/// How long the breaker stays open the first time; doubled after each failed trial.
-const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(10);
+mod breaker;
+mod listener;
+
+use self::breaker::{Breaker, Permit};
+pub use self::listener::SubscriptionHandle;
+use self::listener::{Invalidation, Listener};
+
 /// At most one warning per this interval per kind (the rest are counted and reported with it).
 const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Per attempt to open a connection (and for AUTH/SELECT on it): a background cost only.
@@ -62,6 +64,7 @@ const RECONNECT_MAX_DELAY_MS: u32 = 2_000;
 /// A connection that leaves a command unanswered this long is dropped and reopened by fred,
 /// so a half-dead peer (no RST, no replies) cannot hold the client forever.
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
+/// Polling step while waiting for fred to report a connection.
 /// The invalidation listener is off the request path: it can afford longer timeouts.
 const LISTENER_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the listener checks, with a PING, that its idle connection is still alive.
@@ -69,7 +72,7 @@ const LISTENER_HEALTH_EVERY: Duration = Duration::from_secs(2);
 const LISTENER_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Messages fred may buffer for the listener before it reports a lag (then: resync).
 const LISTENER_BUFFER: usize = 4096;
-/// Polling step while waiting for fred to report a connection.
+
 const CONNECTED_POLL: Duration = Duration::from_millis(10);
 
 /// Guarded store of a current entry. KEYS[1]: the entry (a hash: `s` = stamp, `v` = record; a
@@ -623,178 +626,6 @@ impl Drop for RedisL2 {
     }
 }
 
-/// The invalidation listener of [`RedisL2::subscribe`]: dropping it, or [`Self::stop`], ends it.
-pub struct SubscriptionHandle {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-    listening: Arc<AtomicBool>,
-}
-
-impl SubscriptionHandle {
-    /// Whether the subscription is in place now (for `/readyz` and tests).
-    pub fn is_listening(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
-    }
-
-    /// Ends the listener and waits until it has closed its connection.
-    pub async fn stop(mut self) {
-        self.stop.take();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl std::fmt::Debug for SubscriptionHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubscriptionHandle")
-            .field("listening", &self.is_listening())
-            .finish()
-    }
-}
-
-/// One message on the invalidation channel.
-#[derive(Serialize, Deserialize)]
-struct Invalidation {
-    id: String,
-    stamp: String,
-}
-
-/// The invalidation listener's task and its dedicated connection.
-struct Listener {
-    client: Client,
-    channel: String,
-    listening: Arc<AtomicBool>,
-    log: LogLimiter,
-}
-
-impl Listener {
-    async fn run(
-        self,
-        on_invalidate: impl Fn(ContextId, Stamp),
-        on_resync: impl Fn(),
-        mut stopped: oneshot::Receiver<()>,
-    ) {
-        // Receivers first, so that nothing fred reports after `connect` is missed.
-        let mut messages = self.client.message_rx();
-        let mut reconnections = self.client.reconnect_rx();
-        let mut errors = self.client.error_rx();
-        let router = self.client.connect();
-        let mut first = true;
-        let mut health = tokio::time::interval(LISTENER_HEALTH_EVERY);
-
-        'session: loop {
-            self.listening.store(false, Ordering::Relaxed);
-            tokio::select! {
-                _ = &mut stopped => break 'session,
-                () = self.subscribe(&mut reconnections) => {}
-            }
-            self.listening.store(true, Ordering::Relaxed);
-            // The first subscription needs no resync unless fred reported trouble before it:
-            // until then, this instance had nothing to miss.
-            let troubled = !matches!(errors.try_recv(), Err(TryRecvError::Empty));
-            if !first || troubled {
-                on_resync();
-            }
-            first = false;
-            while !matches!(
-                errors.try_recv(),
-                Err(TryRecvError::Empty | TryRecvError::Closed)
-            ) {}
-            health.reset();
-
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break 'session,
-                    message = messages.recv() => match message {
-                        Ok(message) => self.deliver(&message, &on_invalidate),
-                        Err(RecvError::Lagged(dropped)) => {
-                            self.log.warn(&format!("dropped {dropped} invalidations; resyncing"));
-                            on_resync();
-                        }
-                        Err(RecvError::Closed) => break 'session,
-                    },
-                    // The connection dropped: not listening until the next one subscribes.
-                    error = errors.recv() => match error {
-                        Ok(_) | Err(RecvError::Lagged(_)) => {
-                            self.listening.store(false, Ordering::Relaxed);
-                        }
-                        Err(RecvError::Closed) => break 'session,
-                    },
-                    // A new connection has none of the old one's subscriptions.
-                    reconnection = reconnections.recv() => match reconnection {
-                        Ok(_) | Err(RecvError::Lagged(_)) => continue 'session,
-                        Err(RecvError::Closed) => break 'session,
-                    },
-                    _ = health.tick() => self.check_health().await,
-                }
-            }
-        }
-        self.listening.store(false, Ordering::Relaxed);
-        shut_down(self.client, router).await;
-    }
-
-    /// Subscribes, retrying until it holds. Returns once Redis has processed the SUBSCRIBE.
-    async fn subscribe(&self, reconnections: &mut broadcast::Receiver<Server>) {
-        loop {
-            while !self.client.is_connected() {
-                tokio::time::sleep(CONNECTED_POLL).await;
-            }
-            // This connection is the one subscribing: its own event, if still queued, is not a
-            // reason to subscribe again. (A later one is, and will be seen.)
-            while !matches!(
-                reconnections.try_recv(),
-                Err(TryRecvError::Empty | TryRecvError::Closed)
-            ) {}
-            // fred answers SUBSCRIBE as soon as it is written; the PING after it, answered in
-            // order on the same connection, proves that Redis has processed it.
-            let result = async {
-                self.client.subscribe(self.channel.as_str()).await?;
-                self.client.ping::<Value>(None).await
-            }
-            .await;
-            match result {
-                Ok(_) => return,
-                Err(error) => {
-                    self.log
-                        .warn(&format!("subscribing to invalidations failed: {error}"));
-                    tokio::time::sleep(LISTENER_RETRY_DELAY).await;
-                }
-            }
-        }
-    }
-
-    /// An idle connection can die without a word (a peer gone behind a NAT, a partition): if a
-    /// PING goes unanswered while fred still thinks it is connected, make it reconnect.
-    async fn check_health(&self) {
-        if !self.client.is_connected() {
-            return; // fred is already reconnecting; its event will resubscribe
-        }
-        if let Err(error) = self.client.ping::<Value>(None).await {
-            self.log
-                .warn(&format!("invalidation connection unresponsive: {error}"));
-            let _ =
-                tokio::time::timeout(LISTENER_COMMAND_TIMEOUT, self.client.force_reconnection())
-                    .await;
-        }
-    }
-
-    fn deliver(&self, message: &Message, on_invalidate: &impl Fn(ContextId, Stamp)) {
-        if &*message.channel != self.channel.as_str() {
-            return;
-        }
-        let parsed = message
-            .value
-            .as_str()
-            .and_then(|text| serde_json::from_str::<Invalidation>(&text).ok())
-            .and_then(|m| Some((ContextId::parse(&m.id).ok()?, Stamp::decode(&m.stamp)?)));
-        match parsed {
-            Some((id, stamp)) => on_invalidate(id, stamp),
-            None => self.log.warn("ignored a malformed invalidation message"),
-        }
-    }
-}
-
 /// Follows fred's connection events. An error event (a connection dropped, or an attempt to
 /// open one failed) marks the link down at once, so that calls fail fast instead of queueing
 /// behind the reconnection. A reconnection marks it up, and lets the breaker's trial through
@@ -967,157 +798,6 @@ impl Shared {
     }
 }
 
-/// The circuit breaker: [`BREAKER_THRESHOLD`] consecutive failures open it; while open, calls
-/// are refused at once; after the cooldown one trial call goes through (half-open): success
-/// closes it, failure reopens it for twice the cooldown (up to [`BREAKER_MAX_COOLDOWN`]).
-struct Breaker {
-    state: Mutex<BreakerState>,
-}
-
-struct BreakerState {
-    phase: Phase,
-    cooldown: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
-}
-
-/// Leave to make one call; says whether it is the half-open trial. A trial dropped unsettled
-/// (its caller cancelled) hands the trial on rather than leaving the breaker half-open forever.
-struct Permit<'a> {
-    breaker: &'a Breaker,
-    trial: bool,
-    settled: bool,
-}
-
-impl Permit<'_> {
-    /// The call's outcome is about to be recorded; whether it was the trial.
-    fn settle(mut self) -> bool {
-        self.settled = true;
-        self.trial
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if self.trial && !self.settled {
-            self.breaker.abandoned();
-        }
-    }
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Self {
-            state: Mutex::new(BreakerState {
-                phase: Phase::Closed { failures: 0 },
-                cooldown: BREAKER_COOLDOWN,
-            }),
-        }
-    }
-}
-
-impl Breaker {
-    fn lock(&self) -> MutexGuard<'_, BreakerState> {
-        // The state is a few words, always left consistent: a panic elsewhere does not taint it.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Leave to call Redis now, or `None` to answer without it.
-    fn admit(&self) -> Option<Permit<'_>> {
-        let mut state = self.lock();
-        let trial = match state.phase {
-            Phase::Closed { .. } => false,
-            Phase::Open { until } if Instant::now() >= until => {
-                state.phase = Phase::HalfOpen;
-                true
-            }
-            Phase::Open { .. } | Phase::HalfOpen => return None,
-        };
-        Some(Permit {
-            breaker: self,
-            trial,
-            settled: false,
-        })
-    }
-
-    /// Records a success; whether it closed an open breaker.
-    fn succeeded(&self, trial: bool) -> bool {
-        let mut state = self.lock();
-        match state.phase {
-            Phase::Closed { .. } => {
-                state.phase = Phase::Closed { failures: 0 };
-                false
-            }
-            // A success of a call let in before the breaker opened proves little; the trial's does.
-            _ if !trial => false,
-            _ => {
-                state.phase = Phase::Closed { failures: 0 };
-                state.cooldown = BREAKER_COOLDOWN;
-                true
-            }
-        }
-    }
-
-    /// Records a failure; the cooldown if it opened the breaker from closed.
-    fn failed(&self, trial: bool) -> Option<Duration> {
-        let mut state = self.lock();
-        let now = Instant::now();
-        match state.phase {
-            Phase::Closed { failures } if failures + 1 >= BREAKER_THRESHOLD => {
-                state.phase = Phase::Open {
-                    until: now + state.cooldown,
-                };
-                Some(state.cooldown)
-            }
-            Phase::Closed { failures } => {
-                state.phase = Phase::Closed {
-                    failures: failures + 1,
-                };
-                None
-            }
-            Phase::HalfOpen if trial => {
-                state.cooldown = (state.cooldown * 2).min(BREAKER_MAX_COOLDOWN);
-                state.phase = Phase::Open {
-                    until: now + state.cooldown,
-                };
-                None
-            }
-            _ => None,
-        }
-    }
-
-    fn abandoned(&self) {
-        let mut state = self.lock();
-        if state.phase == Phase::HalfOpen {
-            state.phase = Phase::Open {
-                until: Instant::now(),
-            };
-        }
-    }
-
-    /// fred has reconnected: let the next call through as the trial, with the first cooldown.
-    fn retry_now(&self) {
-        let mut state = self.lock();
-        if let Phase::Open { .. } = state.phase {
-            state.phase = Phase::Open {
-                until: Instant::now(),
-            };
-            state.cooldown = BREAKER_COOLDOWN;
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        !matches!(self.lock().phase, Phase::Closed { .. })
-    }
-}
-
 /// At most one warning per [`LOG_EVERY`]: a dead Redis fails every request, and one line every
 /// few seconds (with the count of the others) says as much as thousands.
 struct LogLimiter {
@@ -1157,61 +837,5 @@ impl LogLimiter {
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(breaker: &Breaker) {
-        for _ in 0..BREAKER_THRESHOLD {
-            let trial = breaker.admit().expect("closed").settle();
-            breaker.failed(trial);
-        }
-    }
-
-    #[test]
-    fn the_breaker_opens_after_consecutive_failures_and_a_success_resets_the_count() {
-        let breaker = Breaker::default();
-        for _ in 0..BREAKER_THRESHOLD - 1 {
-            assert_eq!(breaker.failed(false), None);
-        }
-        assert!(!breaker.succeeded(false));
-        for _ in 0..BREAKER_THRESHOLD - 1 {
-            breaker.failed(false);
-        }
-        assert!(!breaker.is_open());
-        assert_eq!(breaker.failed(false), Some(BREAKER_COOLDOWN));
-        assert!(breaker.is_open());
-        assert!(breaker.admit().is_none());
-    }
-
-    #[test]
-    fn after_the_cooldown_one_trial_goes_through_and_its_success_closes_the_breaker() {
-        let breaker = Breaker::default();
-        open(&breaker);
-        breaker.retry_now(); // as if the cooldown had passed
-        let trial = breaker.admit().expect("the trial");
-        assert!(breaker.admit().is_none(), "only one trial at a time");
-        assert!(trial.settle());
-        assert!(breaker.succeeded(true));
-        assert!(!breaker.is_open());
-        assert!(breaker.admit().is_some());
-    }
-
-    #[test]
-    fn a_failed_trial_doubles_the_cooldown_and_an_abandoned_one_hands_the_trial_on() {
-        let breaker = Breaker::default();
-        open(&breaker);
-        breaker.retry_now();
-        assert!(breaker.admit().unwrap().settle());
-        breaker.failed(true);
-        assert_eq!(breaker.lock().cooldown, BREAKER_COOLDOWN * 2);
-        assert!(breaker.admit().is_none());
-
-        breaker.retry_now();
-        drop(breaker.admit().unwrap()); // cancelled before it finished
-        assert!(breaker.admit().is_some_and(|p| p.trial));
     }
 }
