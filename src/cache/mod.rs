@@ -9,6 +9,7 @@ mod l1;
 pub mod l2;
 pub mod maintenance;
 pub mod record;
+mod shared;
 mod stamp;
 mod tiered;
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use crate::domain::Context;
 
 pub use l1::{L1, L1Stats};
+pub use shared::{NoL2, SharedLayer};
 pub use stamp::Stamp;
 pub use tiered::{CacheStats, RedisHealth, TieredCache};
 

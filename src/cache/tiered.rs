@@ -15,6 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::l2::{L2Lookup, L2Stats, RedisL2, SubscriptionHandle};
+use super::shared::{NoL2, SharedLayer};
 use super::{CacheOutcome, CachedContext, L1, L1Stats, Stamp, record};
 use crate::config::CacheSettings;
 use crate::domain::ContextId;
@@ -53,8 +54,10 @@ impl CacheStats {
 
 pub struct TieredCache {
     l1: Arc<L1>,
+    /// L2: Redis, or none.
+    l2: Arc<dyn SharedLayer>,
+    /// Redis when configured: the invalidation channel and its health, with L2 on or off.
     redis: Option<Arc<RedisL2>>,
-    l2_enabled: bool,
     store: Arc<dyn Store>,
     l3_ttl: Option<Duration>,
     l3_hits: AtomicU64,
@@ -124,9 +127,13 @@ impl TieredCache {
             .then(|| tokio::spawn(follow_commits(l1.clone(), store.commits())));
         let l3_ttl = (settings.l3.enabled && store.has_cache_table())
             .then(|| Duration::from_secs(settings.l3.ttl_seconds));
+        let l2: Arc<dyn SharedLayer> = match &redis {
+            Some(redis) if settings.l2.enabled => redis.clone(),
+            _ => Arc::new(NoL2),
+        };
         Self {
             l1,
-            l2_enabled: settings.l2.enabled && redis.is_some(),
+            l2,
             redis,
             store,
             l3_ttl,
@@ -139,18 +146,13 @@ impl TieredCache {
         }
     }
 
-    fn l2(&self) -> Option<&RedisL2> {
-        self.redis.as_deref().filter(|_| self.l2_enabled)
-    }
-
     /// The current version of `id` from the first layer that holds it, filling the layers above.
     pub async fn get(&self, id: &ContextId) -> Option<(Arc<CachedContext>, CacheOutcome)> {
         self.count_read(id);
         if let Some(context) = self.l1.get(id) {
             return Some((context, CacheOutcome::L1Hit));
         }
-        if let Some(l2) = self.l2()
-            && let L2Lookup::Hit(bytes) = l2.get(id).await
+        if let L2Lookup::Hit(bytes) = self.l2.get(id).await
             && let Some(context) = record::decode(&bytes)
         {
             let context = Arc::new(CachedContext::new(context));
@@ -185,7 +187,7 @@ impl TieredCache {
     /// layer holds is refused there.
     pub fn fill(&self, context: &Arc<CachedContext>) {
         self.l1.put(context.clone());
-        if self.l2().is_some() {
+        if self.l2.holds() {
             self.fill_l2_later(context, Bytes::from(record::encode(context)));
         }
     }
@@ -193,23 +195,24 @@ impl TieredCache {
     /// Loads a context read from the store into L1 and L2 now (`POST /cache/warm`).
     pub async fn warm(&self, context: &Arc<CachedContext>) {
         self.l1.put(context.clone());
-        if let Some(l2) = self.l2() {
-            l2.put(
-                &context.id,
-                Stamp::of(context),
-                Bytes::from(record::encode(context)),
-            )
-            .await;
+        if self.l2.holds() {
+            self.l2
+                .put(
+                    &context.id,
+                    Stamp::of(context),
+                    Bytes::from(record::encode(context)),
+                )
+                .await;
         }
     }
 
     /// Puts the L2 entry off the request's path: a read that found its value is not made to
     /// wait for Redis.
     fn fill_l2_later(&self, context: &Arc<CachedContext>, bytes: Bytes) {
-        if let Some(redis) = self.redis.clone().filter(|_| self.l2_enabled) {
-            let (id, stamp) = (context.id.clone(), Stamp::of(context));
+        if self.l2.holds() {
+            let (l2, id, stamp) = (self.l2.clone(), context.id.clone(), Stamp::of(context));
             tokio::spawn(async move {
-                redis.put(&id, stamp, bytes).await;
+                l2.put(&id, stamp, bytes).await;
             });
         }
     }
@@ -219,16 +222,15 @@ impl TieredCache {
     /// when the write is acknowledged the other instances have been told.
     pub async fn written(&self, context: &Arc<CachedContext>) {
         self.l1.put(context.clone());
-        let Some(redis) = &self.redis else {
-            return;
-        };
         let stamp = Stamp::of(context);
-        if self.l2_enabled {
-            redis
+        if self.l2.holds() {
+            self.l2
                 .put(&context.id, stamp, Bytes::from(record::encode(context)))
                 .await;
         }
-        redis.publish(&context.id, stamp).await;
+        if let Some(redis) = &self.redis {
+            redis.publish(&context.id, stamp).await;
+        }
     }
 
     /// After a committed delete: tombstones in L1 and L2, the version entries dropped (a
@@ -236,14 +238,11 @@ impl TieredCache {
     pub async fn deleted(&self, id: &ContextId, created_at: DateTime<Utc>) {
         let stamp = Stamp::tombstone(created_at);
         self.l1.delete(id, created_at);
-        let Some(redis) = &self.redis else {
-            return;
-        };
-        if self.l2_enabled {
-            redis.delete(id, stamp).await;
-            redis.forget(id).await;
+        self.l2.delete(id, stamp).await;
+        self.l2.forget(id).await;
+        if let Some(redis) = &self.redis {
+            redis.publish(id, stamp).await;
         }
-        redis.publish(id, stamp).await;
     }
 
     /// A version that is not the current one, from L2 when it holds it. Entries are keyed by
@@ -254,8 +253,7 @@ impl TieredCache {
         incarnation: DateTime<Utc>,
         version: i64,
     ) -> Option<Arc<CachedContext>> {
-        let l2 = self.l2()?;
-        let L2Lookup::Hit(bytes) = l2.get_version(id, incarnation, version).await else {
+        let L2Lookup::Hit(bytes) = self.l2.get_version(id, incarnation, version).await else {
             return None;
         };
         let context = record::decode(&bytes)?;
@@ -265,12 +263,16 @@ impl TieredCache {
 
     /// A past version read from the store, for the next reader. Past versions never change.
     pub fn fill_version(&self, context: &Arc<CachedContext>) {
-        if let Some(redis) = self.redis.clone().filter(|_| self.l2_enabled) {
-            let (id, incarnation, version) =
-                (context.id.clone(), context.created_at, context.version);
+        if self.l2.holds() {
+            let (l2, id, incarnation, version) = (
+                self.l2.clone(),
+                context.id.clone(),
+                context.created_at,
+                context.version,
+            );
             let bytes = Bytes::from(record::encode(context));
             tokio::spawn(async move {
-                redis.put_version(&id, incarnation, version, bytes).await;
+                l2.put_version(&id, incarnation, version, bytes).await;
             });
         }
     }
@@ -391,7 +393,7 @@ impl TieredCache {
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             l1: self.l1.stats(),
-            l2: self.l2().map(RedisL2::stats),
+            l2: self.l2.stats(),
             l3_enabled: self.l3_ttl.is_some(),
             l3_hits: self.l3_hits.load(Ordering::Relaxed),
             l3_misses: self.l3_misses.load(Ordering::Relaxed),
