@@ -126,3 +126,91 @@ on_both_backends!(
     an_indexer_cursor_never_moves_back,
     a_refusal_stores_nothing_and_unchanged_needs_a_context,
 );
+
+/// Rows of `factory_context_versions` one execution of `sql` reads, under the generic plan
+/// Postgres switches a prepared statement to after five executions, on ANALYZEd tables.
+async fn versions_read_by_generic_plan(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    args: &str,
+) -> (u64, f64) {
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL; PREPARE page AS {sql}"
+        ))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE page({args})"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let plan: serde_json::Value = row.get(0);
+    fn walk(node: &serde_json::Value, rows: &mut u64) {
+        if node["Relation Name"] == "factory_context_versions" || node["Index Name"]
+            .as_str()
+            .is_some_and(|name| name.starts_with("factory_context_versions"))
+        {
+            *rows += node["Actual Rows"].as_u64().unwrap_or(0)
+                * node["Actual Loops"].as_u64().unwrap_or(1);
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, rows);
+        }
+    }
+    let mut rows = 0;
+    walk(&plan[0]["Plan"], &mut rows);
+    (rows, plan[0]["Execution Time"].as_f64().unwrap())
+}
+
+/// The reported fault: paging through a large, ANALYZEd store read every version before the
+/// cursor (a merge join under the generic plan), so the last pages of a million contexts took
+/// seconds. A page must read its own rows only, wherever the cursor is.
+#[tokio::test]
+async fn a_page_of_the_list_reads_only_its_own_versions_under_the_generic_plan() {
+    const CONTEXTS: usize = 30_000;
+    let db = TestDb::new(Backend::Postgres).await;
+    let client = crate::harness::connect(&db.url()).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO factory_context_metadata
+                 (context_id, version, source, size_bytes, created_at, updated_at)
+             SELECT 'ctx_' || lpad(i::text, 6, '0'), 3, 'mcp', 2, now(), now()
+             FROM generate_series(1, {CONTEXTS}) i;
+             INSERT INTO factory_context_versions
+                 (context_id, version, source, data, change_type, changed_at, size_bytes)
+             SELECT 'ctx_' || lpad(i::text, 6, '0'), v, 'mcp', '{{}}', 'update', now(), 2
+             FROM generate_series(1, {CONTEXTS}) i, generate_series(1, 3) v;
+             ANALYZE factory_context_metadata; ANALYZE factory_context_versions;"
+        ))
+        .await
+        .unwrap();
+    let sql = contextd::store::postgres::list_statement(contextd::store::postgres::ListShape {
+        after: true,
+        ..Default::default()
+    });
+    for cursor in ["ctx_000010", "ctx_015000", "ctx_029800"] {
+        let (rows, ms) =
+            versions_read_by_generic_plan(&client, &sql, &format!("'{cursor}', 100")).await;
+        assert!(rows <= 100, "a page after {cursor} read {rows} versions ({ms} ms)");
+    }
+    // The page is the right one, through the store itself.
+    let store = contextd::startup::open_store(&TestApp::settings_for(&db.url()))
+        .await
+        .unwrap();
+    let page = store
+        .list(
+            &contextd::store::ListFilter::default(),
+            &contextd::domain::Visible::to(&contextd::domain::Principal::system()),
+            Some("ctx_029950"),
+            100,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 50);
+    assert_eq!((ids[0], ids[49]), ("ctx_029951", "ctx_030000"));
+    assert!(page.iter().all(|s| s.version == 3));
+}

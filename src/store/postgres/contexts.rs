@@ -220,34 +220,26 @@ impl ContextStore for PostgresStore {
             let parent = filter.parent_id.as_ref().map(ContextId::as_str);
             let prefix = visible.prefix();
             let limit = limit as i64;
-            let mut conditions = Vec::new();
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
             if let Some(source) = &source {
                 params.push(source);
-                conditions.push(format!("m.source = ${}", params.len()));
             }
             if let Some(parent) = &parent {
                 params.push(parent);
-                conditions.push(format!("m.parent_id = ${}", params.len()));
             }
             if let Some(prefix) = &prefix {
                 params.push(prefix);
-                conditions.push(format!(
-                    "left(m.context_id, length(${0})) = ${0}",
-                    params.len()
-                ));
             }
             if let Some(after) = &after {
                 params.push(after);
-                conditions.push(format!("m.context_id > ${}", params.len()));
             }
             params.push(&limit);
-            let mut sql = LIST_COLUMNS.to_owned();
-            if !conditions.is_empty() {
-                sql.push_str(" WHERE ");
-                sql.push_str(&conditions.join(" AND "));
-            }
-            sql.push_str(&format!(" ORDER BY m.context_id LIMIT ${}", params.len()));
+            let sql = list_statement(ListShape {
+                source: source.is_some(),
+                parent: parent.is_some(),
+                prefix: prefix.is_some(),
+                after: after.is_some(),
+            });
 
             let client = self.client().await?;
             let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
@@ -397,11 +389,64 @@ const APPEND_OUTBOX: &str = "
 
 const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context_id = $1";
 
-const LIST_COLUMNS: &str = "
-    SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
-           m.created_at, m.updated_at, m.size_bytes, m.has_embedding
-    FROM factory_context_metadata m
-    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version";
+/// Which filters a list statement has; their parameters come in this order, then the limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListShape {
+    pub source: bool,
+    pub parent: bool,
+    pub prefix: bool,
+    /// The page's cursor: ids after it.
+    pub after: bool,
+}
+
+/// The statement of one page of `list`, one per shape so that each can use its index.
+///
+/// The page of metadata rows is chosen first (an index range scan from the cursor, at most
+/// `limit` rows), and each row's version is then read by its key: the LATERAL subquery with
+/// its `LIMIT 1` cannot be pulled up into a join, so no plan, generic or custom, can turn it
+/// into a merge join that reads every version before the cursor (which made paging through a
+/// large store quadratic once the tables were ANALYZEd and Postgres switched to its generic
+/// plan).
+pub fn list_statement(shape: ListShape) -> String {
+    let mut conditions = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if shape.source {
+        conditions.push(format!("m.source = ${}", next()));
+    }
+    if shape.parent {
+        conditions.push(format!("m.parent_id = ${}", next()));
+    }
+    if shape.prefix {
+        let p = next();
+        conditions.push(format!("left(m.context_id, length(${p})) = ${p}"));
+    }
+    if shape.after {
+        conditions.push(format!("m.context_id > ${}", next()));
+    }
+    let limit = next();
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
+                m.created_at, m.updated_at, m.size_bytes, m.has_embedding
+         FROM (SELECT context_id, version, source, parent_id, created_at, updated_at,
+                      size_bytes, has_embedding
+               FROM factory_context_metadata m{filter}
+               ORDER BY m.context_id LIMIT ${limit}) m
+         CROSS JOIN LATERAL (
+             SELECT v.metadata FROM factory_context_versions v
+             WHERE v.context_id = m.context_id AND v.version = m.version
+             LIMIT 1) v
+         ORDER BY m.context_id"
+    )
+}
 
 const LIST_VERSIONS: &str = "
     SELECT version, change_type, changed_by, changed_at, size_bytes

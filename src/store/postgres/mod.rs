@@ -34,6 +34,8 @@ use crate::domain::{
 mod cache_table;
 mod changes;
 mod contexts;
+
+pub use self::contexts::{ListShape, list_statement};
 mod embeddings;
 mod keys;
 
