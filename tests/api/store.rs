@@ -149,9 +149,10 @@ async fn versions_read_by_generic_plan(
         .unwrap();
     let plan: serde_json::Value = row.get(0);
     fn walk(node: &serde_json::Value, rows: &mut u64) {
-        if node["Relation Name"] == "factory_context_versions" || node["Index Name"]
-            .as_str()
-            .is_some_and(|name| name.starts_with("factory_context_versions"))
+        if node["Relation Name"] == "factory_context_versions"
+            || node["Index Name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("factory_context_versions"))
         {
             *rows += node["Actual Rows"].as_u64().unwrap_or(0)
                 * node["Actual Loops"].as_u64().unwrap_or(1);
@@ -167,7 +168,8 @@ async fn versions_read_by_generic_plan(
 
 /// The reported fault: paging through a large, ANALYZEd store read every version before the
 /// cursor (a merge join under the generic plan), so the last pages of a million contexts took
-/// seconds. A page must read its own rows only, wherever the cursor is.
+/// seconds. On these 30,000 contexts of about 1 KB the old statement read 29,900 versions for
+/// the last page. A page must read its own rows only, wherever the cursor is.
 #[tokio::test]
 async fn a_page_of_the_list_reads_only_its_own_versions_under_the_generic_plan() {
     const CONTEXTS: usize = 30_000;
@@ -177,12 +179,13 @@ async fn a_page_of_the_list_reads_only_its_own_versions_under_the_generic_plan()
         .batch_execute(&format!(
             "INSERT INTO factory_context_metadata
                  (context_id, version, source, size_bytes, created_at, updated_at)
-             SELECT 'ctx_' || lpad(i::text, 6, '0'), 3, 'mcp', 2, now(), now()
+             SELECT 'ctx_' || lpad(i::text, 6, '0'), 1, 'mcp', 1000, now(), now()
              FROM generate_series(1, {CONTEXTS}) i;
              INSERT INTO factory_context_versions
                  (context_id, version, source, data, change_type, changed_at, size_bytes)
-             SELECT 'ctx_' || lpad(i::text, 6, '0'), v, 'mcp', '{{}}', 'update', now(), 2
-             FROM generate_series(1, {CONTEXTS}) i, generate_series(1, 3) v;
+             SELECT context_id, 1, 'mcp', jsonb_build_object('text', repeat(md5(context_id), 30)),
+                    'create', now(), 1000
+             FROM factory_context_metadata;
              ANALYZE factory_context_metadata; ANALYZE factory_context_versions;"
         ))
         .await
@@ -194,7 +197,10 @@ async fn a_page_of_the_list_reads_only_its_own_versions_under_the_generic_plan()
     for cursor in ["ctx_000010", "ctx_015000", "ctx_029800"] {
         let (rows, ms) =
             versions_read_by_generic_plan(&client, &sql, &format!("'{cursor}', 100")).await;
-        assert!(rows <= 100, "a page after {cursor} read {rows} versions ({ms} ms)");
+        assert!(
+            rows <= 100,
+            "a page after {cursor} read {rows} versions ({ms} ms)"
+        );
     }
     // The page is the right one, through the store itself.
     let store = contextd::startup::open_store(&TestApp::settings_for(&db.url()))
@@ -212,5 +218,5 @@ async fn a_page_of_the_list_reads_only_its_own_versions_under_the_generic_plan()
     let ids: Vec<&str> = page.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids.len(), 50);
     assert_eq!((ids[0], ids[49]), ("ctx_029951", "ctx_030000"));
-    assert!(page.iter().all(|s| s.version == 3));
+    assert!(page.iter().all(|s| s.version == 1));
 }

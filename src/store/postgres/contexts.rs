@@ -219,7 +219,11 @@ impl ContextStore for PostgresStore {
             let source = filter.source.map(Source::as_str);
             let parent = filter.parent_id.as_ref().map(ContextId::as_str);
             let prefix = visible.prefix();
-            let limit = limit as i64;
+            debug_assert!(
+                limit <= MAX_LIST_ROWS,
+                "a list call asks for at most a page"
+            );
+            let limit = limit.min(MAX_LIST_ROWS) as i64;
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
             if let Some(source) = &source {
                 params.push(source);
@@ -389,6 +393,10 @@ const APPEND_OUTBOX: &str = "
 
 const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context_id = $1";
 
+/// The most rows one `list` call returns: a page of the largest size, plus the one that says
+/// whether another page follows.
+pub const MAX_LIST_ROWS: usize = crate::domain::PageLimit::MAX + 1;
+
 /// Which filters a list statement has; their parameters come in this order, then the limit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListShape {
@@ -401,12 +409,16 @@ pub struct ListShape {
 
 /// The statement of one page of `list`, one per shape so that each can use its index.
 ///
-/// The page of metadata rows is chosen first (an index range scan from the cursor, at most
-/// `limit` rows), and each row's version is then read by its key: the LATERAL subquery with
-/// its `LIMIT 1` cannot be pulled up into a join, so no plan, generic or custom, can turn it
-/// into a merge join that reads every version before the cursor (which made paging through a
-/// large store quadratic once the tables were ANALYZEd and Postgres switched to its generic
-/// plan).
+/// The page of metadata rows is chosen first, by an index range scan from the cursor, and
+/// each row's version is then read by its key. Two things keep every plan, generic or custom,
+/// at the rows of the page:
+/// - the LATERAL subquery with its `LIMIT 1` cannot be pulled up into a join, so no plan can
+///   turn it into a merge join that reads every version before the cursor (which made paging
+///   through a large store quadratic once its tables were ANALYZEd and Postgres switched to
+///   its generic plan, whose estimates ignore the cursor);
+/// - the inner page has a constant bound ([`MAX_LIST_ROWS`]) the planner sees, so it scans the
+///   index rather than sorting the table (a generic plan guesses a tenth of the table for a
+///   `LIMIT $n`); the outer `LIMIT $n` then pulls only the rows asked for.
 pub fn list_statement(shape: ListShape) -> String {
     let mut conditions = Vec::new();
     let mut n = 0;
@@ -428,6 +440,7 @@ pub fn list_statement(shape: ListShape) -> String {
         conditions.push(format!("m.context_id > ${}", next()));
     }
     let limit = next();
+    let bound = MAX_LIST_ROWS;
     let filter = if conditions.is_empty() {
         String::new()
     } else {
@@ -439,12 +452,12 @@ pub fn list_statement(shape: ListShape) -> String {
          FROM (SELECT context_id, version, source, parent_id, created_at, updated_at,
                       size_bytes, has_embedding
                FROM factory_context_metadata m{filter}
-               ORDER BY m.context_id LIMIT ${limit}) m
+               ORDER BY m.context_id LIMIT {bound}) m
          CROSS JOIN LATERAL (
              SELECT v.metadata FROM factory_context_versions v
              WHERE v.context_id = m.context_id AND v.version = m.version
              LIMIT 1) v
-         ORDER BY m.context_id"
+         ORDER BY m.context_id LIMIT ${limit}"
     )
 }
 
