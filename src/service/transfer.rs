@@ -23,6 +23,56 @@ use crate::store::{ImportSummary, ListFilter};
 /// Contexts read per page while exporting.
 const EXPORT_PAGE: usize = 500;
 
+/// Contexts stored per transaction by an import: well inside a default Postgres's lock table
+/// (`max_locks_per_transaction` 64 per connection, shared), and enough that commits do not
+/// dominate.
+pub const IMPORT_BATCH: usize = 256;
+
+/// Bytes of exported lines stored per transaction at most, however few contexts they hold.
+const IMPORT_BATCH_BYTES: usize = 64 << 20;
+
+/// The checked lines of an import, in a file of its own (readable by its owner only) that is
+/// removed when the import ends, however it ends.
+struct Spool {
+    path: std::path::PathBuf,
+}
+
+impl Spool {
+    fn create() -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "contextd-import-{}-{nanos}.jsonl",
+            std::process::id()
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path)?;
+        Ok(Self { path })
+    }
+
+    fn file(&self) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new().write(true).open(&self.path)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The `context_id` a line names, for a message (the line was checked already).
+fn line_id(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["context_id"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ContextLine {
@@ -144,34 +194,64 @@ impl ContextService {
         Ok(summary)
     }
 
-    /// Reads what `export` wrote and stores it, keeping ids, versions and times. Every line is
-    /// checked before anything is written, and everything is written in one transaction: a bad
-    /// line (named by its number) leaves the store as it was. Importing twice changes nothing.
+    /// Reads exported lines into the store. Every line is checked first, and nothing is
+    /// stored when one is bad (it is named by its number); then the contexts are stored in
+    /// batches of [`IMPORT_BATCH`], each batch one transaction, so an import of any size fits a
+    /// default Postgres's lock table and memory stays bounded (the checked lines wait in a
+    /// spool file of their own, not in memory). A run that fails mid-way leaves the batches
+    /// before the failure stored; running it again stores the rest and changes nothing that
+    /// is already as the file says.
     pub async fn import(&self, input: impl BufRead) -> Result<ImportSummary, ImportError> {
-        let mut histories = Vec::new();
-        let mut seen = HashSet::new();
-        for (index, line) in input.lines().enumerate() {
-            let line_no = index + 1;
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
+        let spool = Spool::create()?;
+        {
+            let mut out = std::io::BufWriter::new(spool.file()?);
+            let mut seen = HashSet::new();
+            for (index, line) in input.lines().enumerate() {
+                let line_no = index + 1;
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let history = self
+                    .parse_line(&line)
+                    .map_err(|message| ImportError::Line {
+                        line: line_no,
+                        message,
+                    })?;
+                if !seen.insert(history.id) {
+                    return Err(ImportError::Line {
+                        line: line_no,
+                        message: format!("context {} appears twice", line_id(&line)),
+                    });
+                }
+                writeln!(out, "{line}")?;
             }
+            out.flush()?;
+        }
+        let mut summary = ImportSummary::default();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for line in std::io::BufReader::new(std::fs::File::open(&spool.path)?).lines() {
+            let line = line?;
             let history = self
                 .parse_line(&line)
-                .map_err(|message| ImportError::Line {
-                    line: line_no,
-                    message,
-                })?;
-            if !seen.insert(history.id.clone()) {
-                return Err(ImportError::Line {
-                    line: line_no,
-                    message: format!("context {} appears twice", history.id),
-                });
+                .map_err(|message| ImportError::Line { line: 0, message })?;
+            batch_bytes += line.len();
+            batch.push(history);
+            if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
+                summary += self.import_batch(std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
             }
-            histories.push(history);
         }
+        if !batch.is_empty() {
+            summary += self.import_batch(batch).await?;
+        }
+        Ok(summary)
+    }
+
+    async fn import_batch(&self, batch: Vec<ContextHistory>) -> Result<ImportSummary, ImportError> {
         self.store
-            .import(histories)
+            .import(batch)
             .await
             .map_err(|e| ImportError::Store(e.into()))
     }

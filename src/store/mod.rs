@@ -179,6 +179,13 @@ pub struct ImportSummary {
     pub unchanged: usize,
 }
 
+impl std::ops::AddAssign for ImportSummary {
+    fn add_assign(&mut self, other: Self) {
+        self.imported += other.imported;
+        self.unchanged += other.unchanged;
+    }
+}
+
 /// What the commit signal says: a change to one context was committed (by this instance or,
 /// on Postgres, any other), or the signal was interrupted and anything may have changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

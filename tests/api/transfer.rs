@@ -190,7 +190,43 @@ async fn a_bad_line_is_named_and_nothing_is_imported(store: Setup) {
     }
 }
 
+/// The reported fault: above about 10,000 contexts an import into a default Postgres
+/// (`max_locks_per_transaction` 64) stopped with "out of shared memory" and stored nothing,
+/// because the whole file was one transaction locking every context. It commits in batches
+/// now; a second run finishes what a first left and changes nothing already done.
+async fn a_large_import_commits_in_batches_and_a_second_run_changes_nothing(store: Setup) {
+    const CONTEXTS: usize = 12_000;
+    let origin = populated(Setup::SQLITE).await;
+    let exported = export(&origin.db);
+    let line = exported.lines().next().unwrap();
+    assert!(line.contains("\"context_id\":\"a\""), "{line}");
+    let input: String = (0..CONTEXTS)
+        .map(|n| {
+            line.replacen(
+                "\"context_id\":\"a\"",
+                &format!("\"context_id\":\"big_{n:05}\""),
+                1,
+            ) + "\n"
+        })
+        .collect();
+    let target = TestDb::new(store.backend).await;
+    let log = import_ok(&target, &input);
+    assert!(log.contains(&format!("imported={CONTEXTS}")), "{log}");
+    assert_eq!(
+        target
+            .scalar("SELECT count(*) FROM factory_context_metadata")
+            .await,
+        CONTEXTS as i64
+    );
+    let log = import_ok(&target, &input);
+    assert!(
+        log.contains("imported=0") && log.contains(&format!("unchanged={CONTEXTS}")),
+        "{log}"
+    );
+}
+
 crate::on_both_stores!(
+    a_large_import_commits_in_batches_and_a_second_run_changes_nothing,
     importing_twice_changes_nothing,
     a_bad_line_is_named_and_nothing_is_imported,
 );
