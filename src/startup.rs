@@ -254,6 +254,14 @@ fn stop_on(
     stopping
 }
 
+/// How long start-up waits for the vector index to load before it serves anyway.
+const INDEX_START_WAIT: Duration = Duration::from_secs(2);
+
+/// How long background work (indexer, pusher, pruner, warm loop) may take to stop after the
+/// server has: bounded, so that a stop finishes well inside a container's kill timeout at any
+/// backlog.
+const BACKGROUND_STOP: Duration = Duration::from_secs(5);
+
 /// Waits for the server to end (or the grace period after `stopping`), then stops the
 /// background work and waits for it.
 async fn finish(
@@ -270,8 +278,23 @@ async fn finish(
         } => tracing::warn!(?grace, "requests still running after the grace period; stopping anyway"),
     }
     let _ = parts.stop.send(true);
-    for task in parts.background {
-        let _ = task.await;
+    // Background work stops at its next step; what is still running after BACKGROUND_STOP
+    // (a rebuild of a large index, a push to a slow receiver) is cut off. Nothing is lost:
+    // every reader of the outbox resumes from its last recorded position.
+    let deadline = tokio::time::Instant::now() + BACKGROUND_STOP;
+    let mut cut_off = 0;
+    for mut task in parts.background {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            cut_off += 1;
+        }
+    }
+    if cut_off > 0 {
+        tracing::warn!(
+            tasks = cut_off,
+            after = ?BACKGROUND_STOP,
+            "background work was still running; stopped it (it resumes at the next start)"
+        );
     }
     tracing::info!("stopped");
 }
@@ -307,14 +330,22 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
             Duration::from_secs(settings.sync.interval_seconds),
             persistent,
         );
-        // The embedded index starts empty: load it before serving, so that a search right after
-        // start finds what is stored. Weaviate keeps its data; its indexer resumes on its own.
-        let start = if persistent {
-            None
-        } else {
-            Some(indexer.rebuild().await?)
-        };
-        background.push(indexer.spawn(start, stopped.clone()));
+        // The embedded index starts empty and is loaded from the store in the background.
+        // Start-up waits for it a moment (a small store is searchable as soon as contextd is
+        // ready), then serves: until the index has caught up, search answers from what is
+        // loaded and `/readyz` says `vector: degraded`. Weaviate keeps its data; its indexer
+        // resumes where it was.
+        background.push(indexer.spawn(None, stopped.clone()));
+        let waited = tokio::time::Instant::now() + INDEX_START_WAIT;
+        while !indexer_state.healthy() && tokio::time::Instant::now() < waited {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !indexer_state.healthy() {
+            tracing::info!(
+                waited = ?INDEX_START_WAIT,
+                "serving while the vector index loads (readyz: vector degraded until it has)"
+            );
+        }
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
         let tally = contexts.tally().clone();
         let pushing = pusher.is_some();

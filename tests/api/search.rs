@@ -267,7 +267,17 @@ async fn the_embedded_index_is_rebuilt_from_the_store_at_start() {
     let up = json!({"vector": [0.0, 0.0, 1.0, 0.0]});
     eventually(&app, up.clone(), |r| ids(r) == ["kept"]).await;
     let app = app.restart().await;
-    assert_eq!(ids(&search(&app, up).await), ["kept"]);
+    // Loaded in the background: found once the index has caught up, and ready says so.
+    eventually(&app, up, |r| ids(r) == ["kept"]).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: Value = app.get("/readyz").await.json().await.unwrap();
+        if ready["checks"]["vector"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < until, "{ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A new `vector.weaviate.class_name` (the remedy for a change of dimensions there) starts
