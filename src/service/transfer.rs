@@ -15,13 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::ContextService;
 use super::ServiceError;
 use crate::domain::{
-    ChangeType, Content, ContextHistory, ContextId, JsonObject, Principal, Source, VersionInfo,
-    VersionRecord, Visible,
+    ChangeType, Content, ContextHistory, ContextId, JsonObject, Source, VersionInfo, VersionRecord,
 };
-use crate::store::{ImportSummary, ListFilter};
-
-/// Contexts read per page while exporting.
-const EXPORT_PAGE: usize = 500;
+use crate::store::{HISTORY_PAGE, ImportSummary};
 
 /// Contexts stored per transaction by an import: well inside a default Postgres's lock table
 /// (`max_locks_per_transaction` 64 per connection, shared), and enough that commits do not
@@ -161,30 +157,19 @@ impl ContextService {
     pub async fn export(&self, out: &mut impl Write) -> Result<ExportSummary, ServiceError> {
         let mut summary = ExportSummary::default();
         let mut after: Option<String> = None;
-        let everything = Visible::to(&Principal::system());
+        // A page at a time, each read in one snapshot (two statements per page): a context
+        // written while the export runs is exported as it was when its page was read.
         loop {
-            let page = self
-                .store
-                .list(
-                    &ListFilter::default(),
-                    &everything,
-                    after.as_deref(),
-                    EXPORT_PAGE,
-                )
-                .await?;
-            for item in &page {
-                // A context deleted since the page was read is simply not exported.
-                let Some(history) = self.store.history(&item.id).await? else {
-                    continue;
-                };
-                let line = serde_json::to_string(&ContextLine::from(&history))
+            let page = self.store.histories(after.as_deref()).await?;
+            for history in &page {
+                let line = serde_json::to_string(&ContextLine::from(history))
                     .map_err(|e| ServiceError::Internal(e.into()))?;
                 writeln!(out, "{line}").map_err(|e| ServiceError::Internal(e.into()))?;
                 summary.contexts += 1;
                 summary.versions += history.versions.len();
             }
             match page.last() {
-                Some(last) if page.len() == EXPORT_PAGE => {
+                Some(last) if page.len() == HISTORY_PAGE => {
                     after = Some(last.id.as_str().to_owned())
                 }
                 _ => break,

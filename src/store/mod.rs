@@ -170,6 +170,9 @@ pub struct VersionLookup {
     pub record: Option<VersionRecord>,
 }
 
+/// Contexts per page of [`ContextStore::histories`].
+pub const HISTORY_PAGE: usize = 500;
+
 /// What an import did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -464,6 +467,11 @@ pub trait ContextStore: Send + Sync + 'static {
 
     /// A context with its whole kept history, for export.
     async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError>;
+
+    /// The next [`HISTORY_PAGE`] contexts in id order after `after`, each with its whole kept
+    /// history, read in one snapshot: what export pages through, two statements a page
+    /// whatever the store's size.
+    async fn histories(&self, after: Option<&str>) -> Result<Vec<ContextHistory>, StoreError>;
 
     /// Stores each history as given (ids, versions, times kept), in one transaction: a context
     /// whose stored history differs is replaced, one whose history is the same is left alone,

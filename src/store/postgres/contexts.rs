@@ -3,6 +3,22 @@
 
 use super::*;
 
+const _: () = assert!(
+    crate::store::HISTORY_PAGE == 500,
+    "the head statements write the page size in"
+);
+
+/// The head statement of `histories`, with its page size written in.
+macro_rules! const_format_heads {
+    ($filter:literal) => {
+        concat!(
+            "SELECT context_id, version, created_at, updated_at FROM factory_context_metadata ",
+            $filter,
+            " ORDER BY context_id LIMIT 500"
+        )
+    };
+}
+
 #[async_trait]
 impl ContextStore for PostgresStore {
     async fn get(&self, id: &ContextId) -> Result<Option<Context>, StoreError> {
@@ -346,6 +362,61 @@ impl ContextStore for PostgresStore {
         self.bounded(false, async move {
             let client = self.client().await?;
             select_history(&client, id).await
+        })
+        .await
+    }
+
+    async fn histories(&self, after: Option<&str>) -> Result<Vec<ContextHistory>, StoreError> {
+        self.bounded(false, async move {
+            let mut client = self.client().await?;
+            // One snapshot for both statements: each history is as it was at one moment.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(db_error)?;
+            let heads = match after {
+                Some(after) => tx.query(SELECT_HEADS_AFTER, &[&after]).await,
+                None => tx.query(SELECT_HEADS, &[]).await,
+            }
+            .map_err(db_error)?;
+            let (Some(first), Some(last)) = (heads.first(), heads.last()) else {
+                return Ok(Vec::new());
+            };
+            let (first, last): (&str, &str) = (
+                first.try_get(0).map_err(column_error)?,
+                last.try_get(0).map_err(column_error)?,
+            );
+            // The page is every context from its first id to its last: their versions are
+            // one range of the versions' key.
+            let rows = tx
+                .query(SELECT_VERSIONS_BETWEEN, &[&first, &last])
+                .await
+                .map_err(db_error)?;
+            let mut rows = rows.iter().peekable();
+            let mut page = Vec::with_capacity(heads.len());
+            for head in &heads {
+                let id = ContextId::parse(head.try_get::<_, &str>(0).map_err(column_error)?)
+                    .map_err(|e| corrupt(format!("a stored context id: {e}")))?;
+                let mut versions = Vec::new();
+                while let Some(row) = rows.next_if(|row| {
+                    row.try_get::<_, &str>(10)
+                        .is_ok_and(|owner| owner == id.as_str())
+                }) {
+                    versions.push(record_from_row(&id, row)?);
+                }
+                page.push(ContextHistory {
+                    version: head.try_get(1).map_err(column_error)?,
+                    created_at: head.try_get(2).map_err(column_error)?,
+                    updated_at: head.try_get(3).map_err(column_error)?,
+                    id,
+                    versions,
+                });
+            }
+            tx.commit().await.map_err(db_error)?;
+            Ok(page)
         })
         .await
     }
@@ -770,3 +841,17 @@ async fn store_versions(
     }
     Ok(())
 }
+
+/// A page of heads for `histories`. The page size is a constant the planner sees, so even a
+/// generic plan walks the key's index from the cursor.
+const SELECT_HEADS: &str = const_format_heads!("");
+const SELECT_HEADS_AFTER: &str = const_format_heads!("WHERE context_id > $1");
+
+/// Every kept version of the contexts whose ids lie from `$1` to `$2`, in key order; the
+/// owner's id last.
+const SELECT_VERSIONS_BETWEEN: &str = "
+    SELECT version, source, parent_id, data, metadata, embedding,
+           change_type, changed_by, changed_at, size_bytes, context_id
+    FROM factory_context_versions
+    WHERE context_id >= $1 AND context_id <= $2
+    ORDER BY context_id, version";

@@ -229,6 +229,84 @@ impl ContextStore for SqliteStore {
             .await
     }
 
+    async fn histories(&self, after: Option<&str>) -> Result<Vec<ContextHistory>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.read_with(move |conn| {
+            // One read transaction for both statements: each history is as it was at one
+            // moment.
+            let tx = conn.unchecked_transaction().map_err(db_error)?;
+            let heads = {
+                let mut statement = tx
+                    .prepare_cached(if after.is_some() {
+                        SELECT_HEADS_AFTER
+                    } else {
+                        SELECT_HEADS
+                    })
+                    .map_err(db_error)?;
+                let map = |row: &Row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        time(row, 2)?,
+                        time(row, 3)?,
+                    ))
+                };
+                match &after {
+                    Some(after) => statement.query_map([after], map),
+                    None => statement.query_map([], map),
+                }
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(db_error)?
+            };
+            let (Some(first), Some(last)) = (heads.first(), heads.last()) else {
+                return Ok(Vec::new());
+            };
+            let mut statement = tx
+                .prepare_cached(SELECT_VERSIONS_BETWEEN)
+                .map_err(db_error)?;
+            let mut rows = statement
+                .query([first.0.as_str(), last.0.as_str()])
+                .map_err(db_error)?;
+            let mut page = Vec::with_capacity(heads.len());
+            let mut pending: Option<(String, VersionRecord)> = None;
+            for (raw, version, created_at, updated_at) in &heads {
+                let id = ContextId::parse(raw)
+                    .map_err(|e| StoreError::Internal(anyhow!("a stored context id: {e}")))?;
+                let mut versions = Vec::new();
+                loop {
+                    if pending.is_none() {
+                        pending = match rows.next().map_err(db_error)? {
+                            Some(row) => {
+                                let owner: String = row.get(10).map_err(db_error)?;
+                                let owner_id = ContextId::parse(&owner).map_err(|e| {
+                                    StoreError::Internal(anyhow!("a stored context id: {e}"))
+                                })?;
+                                Some((owner, record_from_row(&owner_id, row).map_err(db_error)?))
+                            }
+                            None => None,
+                        };
+                    }
+                    match pending.take() {
+                        Some((owner, record)) if owner == id.as_str() => versions.push(record),
+                        other => {
+                            pending = other;
+                            break;
+                        }
+                    }
+                }
+                page.push(ContextHistory {
+                    id,
+                    version: *version,
+                    created_at: *created_at,
+                    updated_at: *updated_at,
+                    versions,
+                });
+            }
+            Ok(page)
+        })
+        .await
+    }
+
     async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {
         self.write_with(move |conn| {
             let tx = conn
@@ -354,3 +432,23 @@ fn replace_history(conn: &Connection, history: &ContextHistory) -> rusqlite::Res
         Some(current.info.change_type),
     )
 }
+
+const _: () = assert!(
+    crate::store::HISTORY_PAGE == 500,
+    "the head statements write the page size in"
+);
+
+/// A page of heads for `histories` (the page size written in).
+const SELECT_HEADS: &str = "SELECT context_id, version, created_at, updated_at
+    FROM factory_context_metadata ORDER BY context_id LIMIT 500";
+const SELECT_HEADS_AFTER: &str = "SELECT context_id, version, created_at, updated_at
+    FROM factory_context_metadata WHERE context_id > ?1 ORDER BY context_id LIMIT 500";
+
+/// Every kept version of the contexts whose ids lie from `?1` to `?2`, in key order; the
+/// owner's id last.
+const SELECT_VERSIONS_BETWEEN: &str = "
+    SELECT version, source, parent_id, data, metadata, embedding,
+           change_type, changed_by, changed_at, size_bytes, context_id
+    FROM factory_context_versions
+    WHERE context_id >= ?1 AND context_id <= ?2
+    ORDER BY context_id, version";
