@@ -332,7 +332,7 @@ test_unknown_keys() {
 # =================================================================================================
 # METRICS_CONTEXTS contexts bench_m_1.. of METRICS_VERSIONS versions each, the ~1 KB payload of
 # the other benchmarks (plus "seq") as every version's data, written with SQL beside a
-# stopped server, as bench/seed.sql and seed.sqlite.sql do.
+# stopped server by bench/seed.sql and seed.sqlite.sql (the write benchmarks' seeds).
 PAYLOAD_FILE=$RUN_DIR/payload.json
 jq -c . bench/payload.json >"$PAYLOAD_FILE"
 
@@ -341,54 +341,15 @@ seed_versions() {
     size=$(wc -c <"$PAYLOAD_FILE")
     case $STORE in
         postgres)
-            psql_db -v payload="$(<"$PAYLOAD_FILE")" -v size="$size" \
-                -v contexts="$METRICS_CONTEXTS" -v versions="$METRICS_VERSIONS" <<'SQL'
-BEGIN;
-INSERT INTO factory_context_metadata
-    (context_id, version, source, parent_id, size_bytes, has_embedding, created_at, updated_at)
-SELECT 'bench_m_' || n, :versions, 'factory', NULL, :size, false, now(), now()
-FROM generate_series(1, :contexts) AS n;
-INSERT INTO factory_context_versions
-    (context_id, version, source, parent_id, data, metadata, embedding,
-     change_type, changed_by, changed_at, size_bytes)
-SELECT 'bench_m_' || n, v, 'factory', NULL,
-       :'payload'::jsonb || jsonb_build_object('seq', v), '{}'::jsonb, NULL,
-       CASE WHEN v = 1 THEN 'create' ELSE 'update' END, NULL, now(), :size
-FROM generate_series(1, :contexts) AS n, generate_series(1, :versions) AS v;
-COMMIT;
--- What autovacuum would have done on a database that grew to this size.
-VACUUM ANALYZE factory_context_metadata, factory_context_versions;
-SQL
-            ;;
+            psql_db -v prefix=bench_m_ -v payload="$(<"$PAYLOAD_FILE")" -v size="$size" \
+                -v contexts="$METRICS_CONTEXTS" -v retention="$METRICS_VERSIONS" \
+                -f bench/seed.sql ;;
         sqlite)
-            sqlite_db -cmd ".parameter set :payload_file \"'$PAYLOAD_FILE'\"" \
+            sqlite_db -cmd ".parameter set :prefix \"'bench_m_'\"" \
+                -cmd ".parameter set :payload_file \"'$PAYLOAD_FILE'\"" \
                 -cmd ".parameter set :size $size" \
                 -cmd ".parameter set :contexts $METRICS_CONTEXTS" \
-                -cmd ".parameter set :versions $METRICS_VERSIONS" >/dev/null <<'SQL'
-BEGIN IMMEDIATE;
-WITH RECURSIVE
-    n(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM n WHERE n < :contexts),
-    now(t) AS (SELECT replace(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'Z', '000Z'))
-INSERT INTO factory_context_metadata
-    (context_id, version, source, parent_id, size_bytes, has_embedding, created_at, updated_at)
-SELECT 'bench_m_' || n, :versions, 'factory', NULL, :size, 0, t, t
-FROM n, now;
-WITH RECURSIVE
-    n(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM n WHERE n < :contexts),
-    v(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM v WHERE v < :versions),
-    now(t) AS (SELECT replace(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'Z', '000Z')),
-    p(payload) AS (SELECT CAST(readfile(:payload_file) AS TEXT))
-INSERT INTO factory_context_versions
-    (context_id, version, source, parent_id, data, metadata, embedding,
-     change_type, changed_by, changed_at, size_bytes)
-SELECT 'bench_m_' || n, v, 'factory', NULL,
-       json_set(payload, '$.seq', v), '{}', NULL,
-       CASE WHEN v = 1 THEN 'create' ELSE 'update' END, NULL, t, :size
-FROM n, v, now, p;
-COMMIT;
-PRAGMA wal_checkpoint(TRUNCATE);
-SQL
-            ;;
+                -cmd ".parameter set :retention $METRICS_VERSIONS" <bench/seed.sqlite.sql >/dev/null ;;
     esac
 }
 

@@ -136,10 +136,11 @@ seed() {
 
     case $STORE in
         postgres)
-            psql_db -v payload="$PAYLOAD" -v size="$SIZE" -v contexts="$CONTEXTS" \
-                -v retention="$RETENTION" -f bench/seed.sql ;;
+            psql_db -v prefix=bench_put_ -v payload="$PAYLOAD" -v size="$SIZE" \
+                -v contexts="$CONTEXTS" -v retention="$RETENTION" -f bench/seed.sql ;;
         sqlite)
-            sqlite_db -cmd ".parameter set :payload_file \"'$PAYLOAD_FILE'\"" \
+            sqlite_db -cmd ".parameter set :prefix \"'bench_put_'\"" \
+                -cmd ".parameter set :payload_file \"'$PAYLOAD_FILE'\"" \
                 -cmd ".parameter set :size $SIZE" -cmd ".parameter set :contexts $CONTEXTS" \
                 -cmd ".parameter set :retention $RETENTION" <bench/seed.sqlite.sql >/dev/null ;;
     esac
