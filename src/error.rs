@@ -153,14 +153,6 @@ fn slug(status: StatusCode) -> &'static str {
 }
 
 impl AppError {
-    /// The refusal of a caller whose role is below `needed`.
-    pub fn forbidden(needed: crate::domain::Role) -> Self {
-        AppError::Forbidden(format!(
-            "this needs a key with the {} role or above",
-            needed.as_str()
-        ))
-    }
-
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,

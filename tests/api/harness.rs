@@ -816,3 +816,11 @@ impl Drop for StandardReceiver {
         let _ = self.child.wait();
     }
 }
+
+/// The value of the sample `name_and_labels` (exactly, labels as rendered) in a Prometheus
+/// text exposition.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}

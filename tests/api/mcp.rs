@@ -566,18 +566,12 @@ async fn a_write_on_another_instance_reaches_the_subscriber() {
     assert_eq!(uri.as_deref(), Some("context://shared"));
 }
 
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .map(|value| value.parse().unwrap())
-}
-
 async fn metrics_count_sessions_and_tool_calls_by_tool_and_outcome(store: Setup) {
     let app = TestApp::spawn(store).await;
     let scrape = || async { app.get("/metrics").await.text().await.unwrap() };
     let before = scrape().await;
     assert_eq!(
-        metric(&before, "contextd_mcp_sessions"),
+        crate::harness::metric(&before, "contextd_mcp_sessions"),
         Some(0.0),
         "{before}"
     );
@@ -585,7 +579,7 @@ async fn metrics_count_sessions_and_tool_calls_by_tool_and_outcome(store: Setup)
         let series =
             format!("contextd_mcp_tool_calls_total{{outcome=\"{outcome}\",tool=\"get_context\"}}");
         assert_eq!(
-            metric(&before, &series),
+            crate::harness::metric(&before, &series),
             Some(0.0),
             "{series} shows at 0: {before}"
         );
@@ -607,7 +601,11 @@ async fn metrics_count_sessions_and_tool_calls_by_tool_and_outcome(store: Setup)
         .await;
     assert!(bad.is_err(), "{bad:?}");
     let text = scrape().await;
-    assert_eq!(metric(&text, "contextd_mcp_sessions"), Some(1.0), "{text}");
+    assert_eq!(
+        crate::harness::metric(&text, "contextd_mcp_sessions"),
+        Some(1.0),
+        "{text}"
+    );
     for (tool, outcome, calls) in [
         ("put_context", "ok", 1.0),
         ("get_context", "ok", 1.0),
@@ -617,7 +615,11 @@ async fn metrics_count_sessions_and_tool_calls_by_tool_and_outcome(store: Setup)
     ] {
         let series =
             format!("contextd_mcp_tool_calls_total{{outcome=\"{outcome}\",tool=\"{tool}\"}}");
-        assert_eq!(metric(&text, &series), Some(calls), "{series}: {text}");
+        assert_eq!(
+            crate::harness::metric(&text, &series),
+            Some(calls),
+            "{series}: {text}"
+        );
     }
     client.cancel().await.unwrap();
 }

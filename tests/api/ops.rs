@@ -123,14 +123,6 @@ async fn metrics_text(app: &TestApp) -> String {
     response.text().await.unwrap()
 }
 
-fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| {
-            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
-        })
-        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
-}
-
 async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Setup) {
     let app = TestApp::spawn(store).await;
     app.put_data("secret-id-1", json!({})).await;
@@ -145,7 +137,7 @@ async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Setup
         "a raw path leaked into a label"
     );
     assert_eq!(
-        sample(
+        crate::harness::metric(
             &text,
             r#"contextd_http_requests_total{method="PUT",route="/contexts/{id}",status="201"}"#
         ),
@@ -153,7 +145,7 @@ async fn metrics_count_requests_by_route_template_never_by_raw_path(store: Setup
         "{text}"
     );
     assert_eq!(
-        sample(
+        crate::harness::metric(
             &text,
             r#"contextd_http_requests_total{method="GET",route="unmatched",status="404"}"#
         ),
@@ -172,9 +164,13 @@ async fn metrics_gauge_contexts_and_kept_versions(store: Setup) {
     }
     app.put_data("b", json!({})).await;
     let text = metrics_text(&app).await;
-    assert_eq!(sample(&text, "contextd_contexts"), Some(2.0), "{text}");
     assert_eq!(
-        sample(&text, "contextd_context_versions"),
+        crate::harness::metric(&text, "contextd_contexts"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        crate::harness::metric(&text, "contextd_context_versions"),
         Some(3.0),
         "{text}"
     );
@@ -200,9 +196,13 @@ async fn metrics_come_from_running_counts_without_a_query_per_scrape() {
     let started = std::time::Instant::now();
     let text = metrics_text(&app).await;
     assert!(started.elapsed() < std::time::Duration::from_millis(500));
-    assert_eq!(sample(&text, "contextd_contexts"), Some(2.0), "{text}");
     assert_eq!(
-        sample(&text, "contextd_context_versions"),
+        crate::harness::metric(&text, "contextd_contexts"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        crate::harness::metric(&text, "contextd_context_versions"),
         Some(3.0),
         "{text}"
     );
@@ -218,40 +218,52 @@ async fn metrics_show_the_build_the_process_the_pool_and_redis(store: Setup) {
     let text = metrics_text(&app).await;
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
-        sample(
+        crate::harness::metric(
             &text,
             &format!("contextd_build_info{{version=\"{version}\"}}")
         ),
         Some(1.0),
         "{text}"
     );
-    let rss = sample(&text, "process_resident_memory_bytes").expect("RSS");
+    let rss = crate::harness::metric(&text, "process_resident_memory_bytes").expect("RSS");
     assert!((1e6..1e11).contains(&rss), "{rss}");
-    let fds = sample(&text, "process_open_fds").expect("open fds");
-    let max_fds = sample(&text, "process_max_fds").expect("max fds");
+    let fds = crate::harness::metric(&text, "process_open_fds").expect("open fds");
+    let max_fds = crate::harness::metric(&text, "process_max_fds").expect("max fds");
     assert!(fds >= 3.0 && fds < max_fds, "{fds} of {max_fds}");
-    assert!(sample(&text, "process_cpu_seconds_total").expect("cpu") > 0.0);
+    assert!(crate::harness::metric(&text, "process_cpu_seconds_total").expect("cpu") > 0.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let started = sample(&text, "process_start_time_seconds").expect("start time");
+    let started = crate::harness::metric(&text, "process_start_time_seconds").expect("start time");
     assert!(now - started >= 0.0 && now - started < 3600.0, "{started}");
-    assert_eq!(sample(&text, "contextd_store_up"), Some(1.0), "{text}");
-    assert!(sample(&text, "contextd_vector_backlog").is_some(), "{text}");
+    assert_eq!(
+        crate::harness::metric(&text, "contextd_store_up"),
+        Some(1.0),
+        "{text}"
+    );
     assert!(
-        sample(&text, "contextd_embedding_queue").is_some(),
+        crate::harness::metric(&text, "contextd_vector_backlog").is_some(),
+        "{text}"
+    );
+    assert!(
+        crate::harness::metric(&text, "contextd_embedding_queue").is_some(),
         "{text}"
     );
     match store.backend {
         crate::harness::Backend::Postgres => {
-            let size = sample(&text, "contextd_db_pool_size").expect("pool size");
+            let size = crate::harness::metric(&text, "contextd_db_pool_size").expect("pool size");
             assert_eq!(size, app.settings.database.pool_size as f64);
-            let in_use = sample(&text, "contextd_db_pool_connections{state=\"in_use\"}");
-            let idle = sample(&text, "contextd_db_pool_connections{state=\"idle\"}");
+            let in_use =
+                crate::harness::metric(&text, "contextd_db_pool_connections{state=\"in_use\"}");
+            let idle =
+                crate::harness::metric(&text, "contextd_db_pool_connections{state=\"idle\"}");
             let open = in_use.expect("in use") + idle.expect("idle");
             assert!(open >= 1.0 && open <= size, "{text}");
-            assert_eq!(sample(&text, "contextd_db_pool_waiting"), Some(0.0));
+            assert_eq!(
+                crate::harness::metric(&text, "contextd_db_pool_waiting"),
+                Some(0.0)
+            );
         }
         crate::harness::Backend::Sqlite => {
             assert!(
@@ -282,8 +294,15 @@ async fn metrics_show_the_build_the_process_the_pool_and_redis(store: Setup) {
         );
     }
     if store.redis {
-        assert_eq!(sample(&text, "contextd_redis_up"), Some(1.0), "{text}");
-        assert_eq!(sample(&text, "contextd_redis_breaker_open"), Some(0.0));
+        assert_eq!(
+            crate::harness::metric(&text, "contextd_redis_up"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            crate::harness::metric(&text, "contextd_redis_breaker_open"),
+            Some(0.0)
+        );
     } else {
         assert!(
             !text.contains("contextd_redis_"),
@@ -300,7 +319,7 @@ async fn store_up_falls_when_postgres_stops_answering_and_scrapes_stay_fast() {
     let settings = TestApp::settings_for(&proxy.url_for(&db.name));
     let app = TestApp::start(db, settings).await;
     assert_eq!(
-        sample(&metrics_text(&app).await, "contextd_store_up"),
+        crate::harness::metric(&metrics_text(&app).await, "contextd_store_up"),
         Some(1.0)
     );
     proxy.cut();
@@ -309,7 +328,7 @@ async fn store_up_falls_when_postgres_stops_answering_and_scrapes_stay_fast() {
         let started = std::time::Instant::now();
         let text = metrics_text(&app).await;
         assert!(started.elapsed() < std::time::Duration::from_millis(500));
-        if sample(&text, "contextd_store_up") == Some(0.0) {
+        if crate::harness::metric(&text, "contextd_store_up") == Some(0.0) {
             break;
         }
         assert!(
@@ -320,7 +339,7 @@ async fn store_up_falls_when_postgres_stops_answering_and_scrapes_stay_fast() {
     }
     proxy.restore();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while sample(&metrics_text(&app).await, "contextd_store_up") != Some(1.0) {
+    while crate::harness::metric(&metrics_text(&app).await, "contextd_store_up") != Some(1.0) {
         assert!(std::time::Instant::now() < deadline, "store_up stayed 0");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
