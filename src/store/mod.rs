@@ -465,9 +465,6 @@ pub trait ContextStore: Send + Sync + 'static {
     /// How many contexts and versions are stored.
     async fn counts(&self) -> Result<Counts, StoreError>;
 
-    /// A context with its whole kept history, for export.
-    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError>;
-
     /// The next [`HISTORY_PAGE`] contexts in id order after `after`, each with its whole kept
     /// history, read in one snapshot: what export pages through, two statements a page
     /// whatever the store's size.

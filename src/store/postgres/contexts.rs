@@ -358,14 +358,6 @@ impl ContextStore for PostgresStore {
         .await
     }
 
-    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {
-        self.bounded(false, async move {
-            let client = self.client().await?;
-            select_history(&client, id).await
-        })
-        .await
-    }
-
     async fn histories(&self, after: Option<&str>) -> Result<Vec<ContextHistory>, StoreError> {
         self.bounded(false, async move {
             let mut client = self.client().await?;

@@ -223,12 +223,6 @@ impl ContextStore for SqliteStore {
         .await
     }
 
-    async fn history(&self, id: &ContextId) -> Result<Option<ContextHistory>, StoreError> {
-        let id = id.clone();
-        self.read_with(move |conn| select_history(conn, &id).map_err(db_error))
-            .await
-    }
-
     async fn histories(&self, after: Option<&str>) -> Result<Vec<ContextHistory>, StoreError> {
         let after = after.map(str::to_owned);
         self.read_with(move |conn| {
