@@ -168,11 +168,29 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never wait for the writer. synchronous=FULL: a commit is on disk before the
     // write is acknowledged, as with Postgres.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    enter_wal(&conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Switches the file to WAL. Two processes opening a new file at once race for that switch,
+/// and SQLite answers the loser "database is locked" at once, without calling the busy
+/// handler; so retry here for as long as the busy timeout would have waited.
+fn enter_wal(conn: &Connection) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result.context("switching the SQLite file to WAL"),
+        }
+    }
 }
 
 /// Applies `schema.sqlite.sql`: each section once, each in an IMMEDIATE transaction that
