@@ -120,3 +120,24 @@ CREATE TABLE api_keys (
     last_used_at timestamptz,
     revoked_at   timestamptz
 );
+
+-- migration: 3 lean cache
+-- L3 moves to a leaner table: keyed by the context id alone (L3 holds current versions only),
+-- the record compressed by contextd, nothing kept twice. The old table is emptied, not dropped,
+-- so that instances of the previous release still running during a rolling upgrade write to it
+-- harmlessly; a later migration drops it.
+CREATE TABLE factory_cache_records (
+    context_id    text        COLLATE "C" PRIMARY KEY
+                              REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version       bigint      NOT NULL,
+    -- The cache record (every field of the version as compact JSON), raw-deflate compressed.
+    record        bytea       NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    access_count  bigint      NOT NULL DEFAULT 0,
+    last_accessed timestamptz
+);
+CREATE INDEX factory_cache_records_expires_idx ON factory_cache_records (expires_at);
+CREATE INDEX factory_cache_records_hot_idx ON factory_cache_records (access_count DESC);
+TRUNCATE factory_cache_entries;
+-- Nothing reads the outbox by context: its index only cost bytes and write time.
+DROP INDEX factory_sync_outbox_context_idx;

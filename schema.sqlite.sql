@@ -101,3 +101,17 @@ CREATE TABLE api_keys (
     last_used_at TEXT,
     revoked_at   TEXT
 );
+
+-- migration: 3 lean cache
+-- The same tables as schema.sql's migration 3 (L3 itself stays off on SQLite).
+CREATE TABLE factory_cache_records (
+    context_id    TEXT    NOT NULL PRIMARY KEY
+                          REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version       INTEGER NOT NULL,
+    record        BLOB    NOT NULL,
+    expires_at    TEXT    NOT NULL,
+    access_count  INTEGER NOT NULL DEFAULT 0,
+    last_accessed TEXT
+);
+DELETE FROM factory_cache_entries;
+DROP INDEX factory_sync_outbox_context_idx;

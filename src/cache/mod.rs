@@ -1,6 +1,6 @@
 //! Cache: what keeps hot contexts out of the store's way, in three layers behind
 //! [`TieredCache`]: L1, a sharded in-process LRU; L2, Redis (shared by the instances, which it
-//! also keeps coherent with an invalidation channel); L3, the Postgres `factory_cache_entries`
+//! also keeps coherent with an invalidation channel); L3, the Postgres `factory_cache_records`
 //! table, written by each write's own transaction. Entries carry a [`Stamp`] so that a fill
 //! which raced a write can never put an older version over a newer one. The cache never decides
 //! anything about contexts: the service tells it what was read and what was written.

@@ -161,8 +161,10 @@ impl TieredCache {
         }
         if self.l3_ttl.is_some() {
             match self.store.cache_get(id).await {
-                Ok(Some(bytes)) => {
-                    if let Some(context) = record::decode(&bytes) {
+                Ok(Some(packed)) => {
+                    if let Some(bytes) = record::decompress(&packed)
+                        && let Some(context) = record::decode(&bytes)
+                    {
                         self.l3_hits.fetch_add(1, Ordering::Relaxed);
                         let context = Arc::new(CachedContext::new(context));
                         self.fill_l2_later(&context, Bytes::from(bytes));
@@ -286,7 +288,7 @@ impl TieredCache {
     ) -> Option<CacheEntry> {
         let ttl = self.l3_ttl?;
         Some(CacheEntry {
-            value: record::encode_new(id, new),
+            value: record::compress(&record::encode_new(id, new)),
             expires_at: now + ttl,
         })
     }
@@ -317,8 +319,10 @@ impl TieredCache {
         match self.store.cache_hottest(top_n).await {
             Ok(values) => {
                 let mut warmed = 0;
-                for bytes in values {
-                    if let Some(context) = record::decode(&bytes) {
+                for packed in values {
+                    if let Some(bytes) = record::decompress(&packed)
+                        && let Some(context) = record::decode(&bytes)
+                    {
                         let context = Arc::new(CachedContext::new(context));
                         self.l1.put(context.clone());
                         self.fill_l2_later(&context, Bytes::from(bytes));

@@ -132,7 +132,7 @@ pub struct L2Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct L3Settings {
-    /// Use the Postgres table `factory_cache_entries` as L3 (never on SQLite).
+    /// Use the Postgres table `factory_cache_records` as L3 (never on SQLite).
     pub enabled: bool,
     /// Seconds an entry written by a write stays valid.
     pub ttl_seconds: u64,

@@ -109,6 +109,27 @@ mod tests {
         assert!(visible.admits("team-a:x") && !visible.admits("team-b:x"));
         assert_eq!(Visible::to(&Principal::system()).prefix(), None);
     }
+
+    #[test]
+    fn the_id_range_holds_exactly_the_ids_under_the_prefix() {
+        let visible = Visible::to(&key(Role::Read, Some("team-a:")));
+        let (from, until) = visible.id_range().unwrap();
+        assert_eq!((from, until.as_str()), ("team-a:", "team-a;"));
+        for id in [
+            "team-a:",
+            "team-a:x",
+            "team-a:zzz",
+            "team-a:~",
+            "team-a",
+            "team-a;",
+            "team-b",
+        ] {
+            let in_range = from <= id && id < until.as_str();
+            assert_eq!(in_range, visible.admits(id), "{id}");
+        }
+        assert_eq!(successor("az"), "a{");
+        assert_eq!(Visible::to(&Principal::system()).id_range(), None);
+    }
 }
 
 /// The contexts a caller may see and touch: every one, or those whose id starts with its key's
@@ -132,6 +153,29 @@ impl Visible {
     pub fn admits(&self, id: &str) -> bool {
         under(self.prefix(), id)
     }
+
+    /// The visible ids as a range of keys, `from <= id < until`: the ids that start with the
+    /// prefix are exactly those that sort (bytewise) within it. A store reads that range
+    /// from its key index rather than testing every id after a cursor. `None`: every id.
+    pub fn id_range(&self) -> Option<(&str, String)> {
+        let prefix = self.prefix()?;
+        Some((prefix, successor(prefix)))
+    }
+}
+
+/// The least string above every string that starts with `prefix`: its last character moved
+/// one up (one dropped first while it has no successor). Ids and prefixes are ASCII, so for
+/// them it is always the last byte plus one.
+fn successor(prefix: &str) -> String {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return chars.into_iter().collect();
+        }
+    }
+    // Only reached for a prefix of nothing but char::MAX, which no id holds.
+    char::MAX.to_string()
 }
 
 /// The one prefix rule: no prefix sees every id, a prefix the ids that start with it.

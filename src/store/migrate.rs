@@ -124,7 +124,7 @@ mod tests {
         for table in [
             "factory_context_metadata",
             "factory_context_versions",
-            "factory_cache_entries",
+            "factory_cache_records",
             "factory_sync_outbox",
         ] {
             assert!(

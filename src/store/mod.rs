@@ -84,8 +84,8 @@ impl NewVersion {
     }
 }
 
-/// An L3 entry (`factory_cache_entries`): the encoded current version, written by the write
-/// itself so it is never stale.
+/// An L3 entry (`factory_cache_records`): the current version's cache record, compressed,
+/// written by the write itself so it is never stale.
 #[derive(Debug, Clone)]
 pub struct CacheEntry {
     pub value: Vec<u8>,
@@ -158,6 +158,18 @@ pub enum DeleteOutcome {
 pub struct ListFilter {
     pub source: Option<Source>,
     pub parent_id: Option<ContextId>,
+}
+
+/// Which filters one page of `list` has, as each backend's `list_statement` takes them: their
+/// parameters come in this order (the prefix as two, its key range), then the limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListShape {
+    pub source: bool,
+    pub parent: bool,
+    /// Only the ids under a key's prefix.
+    pub prefix: bool,
+    /// The page's cursor: ids after it.
+    pub after: bool,
 }
 
 /// A version looked up by number, with what is needed to tell "pruned" from "never was".

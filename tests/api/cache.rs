@@ -337,7 +337,7 @@ async fn expired_l3_entries_are_swept_and_then_miss() {
     })
     .await;
     app.put_data("brief", json!({})).await;
-    let entries = "SELECT count(*) FROM factory_cache_entries WHERE context_id = 'brief'";
+    let entries = "SELECT count(*) FROM factory_cache_records WHERE context_id = 'brief'";
     assert_eq!(app.db.scalar(entries).await, 1);
     wait_until("the sweep", Duration::from_secs(5), async || {
         app.db.scalar(entries).await == 0
@@ -390,7 +390,7 @@ async fn the_warm_loop_loads_the_most_read_contexts_after_a_restart() {
     for _ in 0..5 {
         app.get("/contexts/hot").await;
     }
-    let counted = "SELECT access_count FROM factory_cache_entries WHERE context_id = 'hot'";
+    let counted = "SELECT access_count FROM factory_cache_records WHERE context_id = 'hot'";
     wait_until(
         "read counts written back",
         Duration::from_secs(5),

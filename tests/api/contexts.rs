@@ -208,7 +208,7 @@ async fn delete_removes_the_context_and_its_history(store: Setup) {
         .db
         .scalar(
             "SELECT (SELECT count(*) FROM factory_context_versions WHERE context_id = 'c')
-                  + (SELECT count(*) FROM factory_cache_entries WHERE context_id = 'c')",
+                  + (SELECT count(*) FROM factory_cache_records WHERE context_id = 'c')",
         )
         .await;
     assert_eq!(left, 0);

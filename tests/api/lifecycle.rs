@@ -38,7 +38,10 @@ async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migra
     let applied = db
         .query("SELECT version FROM contextd_schema_migrations ORDER BY version")
         .await;
-    assert_eq!(applied, vec![vec![json!(1)], vec![json!(2)]]);
+    assert_eq!(
+        applied,
+        vec![vec![json!(1)], vec![json!(2)], vec![json!(3)]]
+    );
 
     // And a third start on the migrated database changes nothing.
     let app = TestApp::start(Arc::new(db), settings).await;

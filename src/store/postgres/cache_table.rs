@@ -1,4 +1,4 @@
-//! The Postgres store: the L3 cache table, a rendered copy of hot current versions.
+//! The Postgres store: the L3 cache table, a compressed record of each current version.
 
 use super::*;
 
@@ -16,7 +16,7 @@ impl CacheTable for PostgresStore {
                 .await
                 .map_err(db_error)?;
             let row = client
-                .query_opt(&statement, &[&cache_key(id)])
+                .query_opt(&statement, &[&id.as_str()])
                 .await
                 .map_err(db_error)?;
             row.map(|row| row.try_get(0).map_err(column_error))
@@ -32,7 +32,7 @@ impl CacheTable for PostgresStore {
             }
             let (keys, ns): (Vec<String>, Vec<i64>) = counts
                 .into_iter()
-                .map(|(id, n)| (cache_key(&id), n))
+                .map(|(id, n)| (id.as_str().to_owned(), n))
                 .unzip();
             let client = self.client().await?;
             client
@@ -71,20 +71,19 @@ impl CacheTable for PostgresStore {
 }
 
 const SELECT_CACHE_ENTRY: &str = "
-    SELECT value FROM factory_cache_entries
-    WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > now())";
+    SELECT record FROM factory_cache_records WHERE context_id = $1 AND expires_at > now()";
 
 const TOUCH_CACHE_ENTRIES: &str = "
-    UPDATE factory_cache_entries e
+    UPDATE factory_cache_records e
     SET access_count = e.access_count + t.n, last_accessed = now()
-    FROM unnest($1::text[], $2::bigint[]) AS t(cache_key, n)
-    WHERE e.cache_key = t.cache_key";
+    FROM unnest($1::text[], $2::bigint[]) AS t(context_id, n)
+    WHERE e.context_id = t.context_id";
 
 const DELETE_EXPIRED_CACHE_ENTRIES: &str =
-    "DELETE FROM factory_cache_entries WHERE expires_at <= now()";
+    "DELETE FROM factory_cache_records WHERE expires_at <= now()";
 
 const SELECT_HOTTEST_CACHE_ENTRIES: &str = "
-    SELECT value FROM factory_cache_entries
-    WHERE expires_at IS NULL OR expires_at > now()
+    SELECT record FROM factory_cache_records
+    WHERE expires_at > now()
     ORDER BY access_count DESC
     LIMIT $1";

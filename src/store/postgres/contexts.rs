@@ -234,7 +234,7 @@ impl ContextStore for PostgresStore {
             // One statement per combination of filters, so each can use its index.
             let source = filter.source.map(Source::as_str);
             let parent = filter.parent_id.as_ref().map(ContextId::as_str);
-            let prefix = visible.prefix();
+            let range = visible.id_range();
             debug_assert!(
                 limit <= MAX_LIST_ROWS,
                 "a list call asks for at most a page"
@@ -247,8 +247,9 @@ impl ContextStore for PostgresStore {
             if let Some(parent) = &parent {
                 params.push(parent);
             }
-            if let Some(prefix) = &prefix {
-                params.push(prefix);
+            if let Some((from, until)) = &range {
+                params.push(from);
+                params.push(until);
             }
             if let Some(after) = &after {
                 params.push(after);
@@ -257,7 +258,7 @@ impl ContextStore for PostgresStore {
             let sql = list_statement(ListShape {
                 source: source.is_some(),
                 parent: parent.is_some(),
-                prefix: prefix.is_some(),
+                prefix: range.is_some(),
                 after: after.is_some(),
             });
 
@@ -460,16 +461,6 @@ const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context
 /// whether another page follows.
 pub const MAX_LIST_ROWS: usize = crate::domain::PageLimit::MAX + 1;
 
-/// Which filters a list statement has; their parameters come in this order, then the limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ListShape {
-    pub source: bool,
-    pub parent: bool,
-    pub prefix: bool,
-    /// The page's cursor: ids after it.
-    pub after: bool,
-}
-
 /// The statement of one page of `list`, one per shape so that each can use its index.
 ///
 /// The page of metadata rows is chosen first, by an index range scan from the cursor, and
@@ -496,8 +487,11 @@ pub fn list_statement(shape: ListShape) -> String {
         conditions.push(format!("m.parent_id = ${}", next()));
     }
     if shape.prefix {
-        let p = next();
-        conditions.push(format!("left(m.context_id, length(${p})) = ${p}"));
+        // The prefix as a key range ([`Visible::id_range`]), which the index scan bounds.
+        let (from, until) = (next(), next());
+        conditions.push(format!(
+            "m.context_id >= ${from} AND m.context_id < ${until}"
+        ));
     }
     if shape.after {
         conditions.push(format!("m.context_id > ${}", next()));
@@ -811,13 +805,7 @@ async fn store_versions(
         if let Some(entry) = &new.cache_entry {
             statements.push((
                 &cache,
-                vec![
-                    &s.cache_key,
-                    &s.key,
-                    &new.version,
-                    &entry.value,
-                    &entry.expires_at,
-                ],
+                vec![&s.key, &new.version, &entry.value, &entry.expires_at],
             ));
         }
         statements.push((&notify, vec![&s.notice]));

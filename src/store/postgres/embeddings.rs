@@ -152,7 +152,7 @@ const DROP_EMBEDDINGS: &str = "
         UPDATE factory_context_metadata m SET has_embedding = false
         FROM dropped d WHERE m.context_id = d.context_id
     ), uncached AS (
-        DELETE FROM factory_cache_entries c USING dropped d WHERE c.context_id = d.context_id
+        DELETE FROM factory_cache_records c USING dropped d WHERE c.context_id = d.context_id
     )
     SELECT context_id FROM dropped ORDER BY context_id";
 

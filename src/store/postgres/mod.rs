@@ -21,9 +21,9 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checke
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, CacheTable, Change, ChangeLog, ChangeOp, ChangedContent,
     CommitNotice, Committed, ContextStore, Counts, Decide, DecideDelete, DeleteOutcome, Deliver,
-    DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, NewVersion,
-    PoolStatus, Resolved, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome,
-    WriteView, migrate,
+    DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, ListShape,
+    NewVersion, PoolStatus, Resolved, StoreError, StoreHealth, VersionLookup, WriteGate,
+    WriteOutcome, WriteView, migrate,
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
@@ -35,7 +35,7 @@ mod cache_table;
 mod changes;
 mod contexts;
 
-pub use self::contexts::{ListShape, list_statement};
+pub use self::contexts::list_statement;
 mod embeddings;
 mod keys;
 
@@ -83,12 +83,11 @@ const KEYS_CHANGED_PAYLOAD: &str = "!keys";
 
 /// The L3 entry of the current version; `access_count` survives the write.
 const UPSERT_CACHE_ENTRY: &str = "
-    INSERT INTO factory_cache_entries (cache_key, context_id, version, value, expires_at)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (cache_key) DO UPDATE SET
+    INSERT INTO factory_cache_records (context_id, version, record, expires_at)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (context_id) DO UPDATE SET
         version = EXCLUDED.version,
-        value = EXCLUDED.value,
-        created_at = now(),
+        record = EXCLUDED.record,
         expires_at = EXCLUDED.expires_at";
 
 const SELECT_HEAD: &str = "
@@ -100,11 +99,6 @@ const SELECT_ALL_VERSIONS: &str = "
     FROM factory_context_versions
     WHERE context_id = $1
     ORDER BY version";
-
-/// The L3 key of a context's current version.
-pub fn cache_key(id: &ContextId) -> String {
-    format!("context:{id}")
-}
 
 /// Statement parameters.
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
@@ -569,7 +563,6 @@ struct Staged<'a> {
     metadata: JsonbRef<'a>,
     change_type: &'static str,
     op: &'static str,
-    cache_key: String,
     /// The commit signal's payload.
     notice: String,
 }
@@ -588,7 +581,6 @@ impl<'a> Staged<'a> {
             metadata: JsonbRef(&content.metadata),
             change_type: new.change_type.as_str(),
             op: "upsert",
-            cache_key: cache_key(id),
             notice: Committed {
                 created_at: new.created_at,
                 version: new.version,

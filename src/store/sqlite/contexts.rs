@@ -143,33 +143,29 @@ impl ContextStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ContextSummary>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut params: Vec<String> = Vec::new();
+        // Parameters in the order `list_statement` numbers them.
+        let mut params: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(source) = filter.source {
-            params.push(source.as_str().to_owned());
-            conditions.push(format!("m.source = ?{}", params.len()));
+            params.push(source.as_str().to_owned().into());
         }
         if let Some(parent) = &filter.parent_id {
-            params.push(parent.as_str().to_owned());
-            conditions.push(format!("m.parent_id = ?{}", params.len()));
+            params.push(parent.as_str().to_owned().into());
         }
-        if let Some(prefix) = visible.prefix() {
-            params.push(prefix.to_owned());
-            conditions.push(format!(
-                "substr(m.context_id, 1, length(?{0})) = ?{0}",
-                params.len()
-            ));
+        let range = visible.id_range();
+        if let Some((from, until)) = &range {
+            params.push(from.to_string().into());
+            params.push(until.clone().into());
         }
         if let Some(after) = after {
-            params.push(after.to_owned());
-            conditions.push(format!("m.context_id > ?{}", params.len()));
+            params.push(after.to_owned().into());
         }
-        let mut sql = LIST_COLUMNS.to_owned();
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(&format!(" ORDER BY m.context_id LIMIT {limit}"));
+        params.push((limit as i64).into());
+        let sql = list_statement(ListShape {
+            source: filter.source.is_some(),
+            parent: filter.parent_id.is_some(),
+            prefix: range.is_some(),
+            after: after.is_some(),
+        });
         self.read_with(move |conn| {
             let mut statement = conn.prepare_cached(&sql).map_err(db_error)?;
             let rows = statement
@@ -332,11 +328,47 @@ const SELECT_HEAD: &str =
 
 const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context_id = ?1";
 
-const LIST_COLUMNS: &str = "
-    SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
-           m.created_at, m.updated_at, m.size_bytes, m.has_embedding
-    FROM factory_context_metadata m
-    JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version";
+/// The statement of one page of `list`, one per shape of filters so that each reads its own
+/// index from the cursor: the key (the prefix as a key range, [`Visible::id_range`]),
+/// `(source, context_id)` or `(parent_id, context_id)`. Then each row's version is read by its
+/// key, so a page reads its own rows wherever the cursor is.
+pub fn list_statement(shape: ListShape) -> String {
+    let mut conditions = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if shape.source {
+        conditions.push(format!("m.source = ?{}", next()));
+    }
+    if shape.parent {
+        conditions.push(format!("m.parent_id = ?{}", next()));
+    }
+    if shape.prefix {
+        let (from, until) = (next(), next());
+        conditions.push(format!(
+            "m.context_id >= ?{from} AND m.context_id < ?{until}"
+        ));
+    }
+    if shape.after {
+        conditions.push(format!("m.context_id > ?{}", next()));
+    }
+    let limit = next();
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
+                m.created_at, m.updated_at, m.size_bytes, m.has_embedding
+         FROM factory_context_metadata m
+         JOIN factory_context_versions v
+           ON v.context_id = m.context_id AND v.version = m.version{filter}
+         ORDER BY m.context_id LIMIT ?{limit}"
+    )
+}
 
 const LIST_VERSIONS: &str = "
     SELECT version, change_type, changed_by, changed_at, size_bytes

@@ -20,8 +20,9 @@ use tokio::sync::broadcast;
 use super::{
     ApiKeyRecord, COMMIT_SIGNAL_CAPACITY, CacheTable, Change, ChangeLog, ChangeOp, ChangedContent,
     CommitNotice, ContextStore, Counts, Decide, DecideDelete, DeleteOutcome, Deliver,
-    DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, NewVersion,
-    Resolved, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome, WriteView, migrate,
+    DeliverOutcome, Delivery, EmbeddingStore, ImportSummary, KeyStore, ListFilter, ListShape,
+    NewVersion, Resolved, StoreError, StoreHealth, VersionLookup, WriteGate, WriteOutcome,
+    WriteView, migrate,
 };
 use crate::domain::{
     ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
@@ -30,6 +31,7 @@ use crate::domain::{
 
 mod changes;
 mod contexts;
+pub use self::contexts::list_statement;
 mod embeddings;
 mod keys;
 
