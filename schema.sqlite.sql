@@ -103,7 +103,34 @@ CREATE TABLE api_keys (
 );
 
 -- migration: 3 lean cache
--- The same tables as schema.sql's migration 3 (L3 itself stays off on SQLite).
+-- Versions move to an ordinary (rowid) table. A WITHOUT ROWID table keeps at most about 1,000
+-- bytes of a row in its b-tree page (with 4 KB pages) and puts the rest in overflow pages of
+-- their own, so a 1 KB context took 4.7 KB on disk; a rowid table keeps rows of up to about
+-- 4 KB in the page. The copy runs once, in this migration's transaction.
+CREATE TABLE factory_context_versions_rowid (
+    context_id  TEXT    NOT NULL
+                        REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    source      TEXT    NOT NULL CHECK (source IN ('factory', 'mcp')),
+    parent_id   TEXT,
+    data        TEXT    NOT NULL CHECK (json_type(data) = 'object'),
+    metadata    TEXT    NOT NULL DEFAULT '{}' CHECK (json_type(metadata) = 'object'),
+    embedding   BLOB,
+    change_type TEXT    NOT NULL
+                        CHECK (change_type IN ('create', 'update', 'merge', 'restore', 'sync')),
+    changed_by  TEXT,
+    changed_at  TEXT    NOT NULL,
+    size_bytes  INTEGER NOT NULL CHECK (size_bytes >= 0),
+    PRIMARY KEY (context_id, version)
+);
+INSERT INTO factory_context_versions_rowid
+    SELECT context_id, version, source, parent_id, data, metadata, embedding, change_type,
+           changed_by, changed_at, size_bytes
+    FROM factory_context_versions ORDER BY context_id, version;
+DROP TABLE factory_context_versions;
+ALTER TABLE factory_context_versions_rowid RENAME TO factory_context_versions;
+
+-- The same cache table as schema.sql's migration 3 (L3 itself stays off on SQLite).
 CREATE TABLE factory_cache_records (
     context_id    TEXT    NOT NULL PRIMARY KEY
                           REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
