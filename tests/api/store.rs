@@ -332,16 +332,26 @@ async fn a_page_of_the_list_reads_only_its_own_rows_on_sqlite() {
          ANALYZE;"
     ))
     .unwrap();
-    let steps = |sql: &str, params: Vec<Sql>| -> (usize, i32) {
+    // Rows, steps and the plan of one page.
+    let steps = |sql: &str, params: Vec<Sql>| -> (usize, i32, String) {
+        let params_again = params.clone();
         let mut statement = conn.prepare(sql).unwrap();
         let rows = statement
             .query_map(rusqlite::params_from_iter(params), |_| Ok(()))
             .unwrap()
             .count();
-        (
-            rows,
-            statement.get_status(rusqlite::StatementStatus::VmStep),
-        )
+        let steps = statement.get_status(rusqlite::StatementStatus::VmStep);
+        drop(statement);
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params_again), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        (rows, steps, plan.join("; "))
     };
     let literal = |raw: &str| Sql::Text(raw.trim_matches('\'').to_owned());
     for (shape, filters, cursors) in plan_cases() {
@@ -350,18 +360,18 @@ async fn a_page_of_the_list_reads_only_its_own_rows_on_sqlite() {
         for cursor in cursors {
             let mut params: Vec<Sql> = filters.iter().map(|f| literal(f)).collect();
             params.extend([Sql::Text(cursor.to_owned()), Sql::Integer(100)]);
-            let (rows, steps) = steps(&sql, params);
+            let (rows, steps, plan) = steps(&sql, params);
             assert!(
                 rows > 0,
                 "{shape:?} after {cursor}: an empty page proves nothing"
             );
-            costs.push((cursor, rows, steps));
+            costs.push((cursor, rows, steps, plan));
         }
         // (Later pages of a prefix hold fewer rows, never more steps.)
         assert!(
             costs
                 .iter()
-                .all(|&(_, _, steps)| steps as f64 <= 1.5 * costs[0].2 as f64),
+                .all(|(_, _, steps, _)| *steps as f64 <= 1.5 * costs[0].2 as f64),
             "{shape:?}: a later page took more steps than the first: {costs:?}"
         );
     }

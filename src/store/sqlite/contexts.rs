@@ -331,7 +331,9 @@ const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context
 /// The statement of one page of `list`, one per shape of filters so that each reads its own
 /// index from the cursor: the key (the prefix as a key range, [`Visible::id_range`]),
 /// `(source, context_id)` or `(parent_id, context_id)`. Then each row's version is read by its
-/// key, so a page reads its own rows wherever the cursor is.
+/// key, so a page reads its own rows wherever the cursor is. The `CROSS JOIN` is SQLite's way
+/// to fix that order: with a cursor near the end, its planner otherwise reads every version
+/// after the cursor and sorts them.
 pub fn list_statement(shape: ListShape) -> String {
     let mut conditions = Vec::new();
     let mut n = 0;
@@ -364,7 +366,7 @@ pub fn list_statement(shape: ListShape) -> String {
         "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
                 m.created_at, m.updated_at, m.size_bytes, m.has_embedding
          FROM factory_context_metadata m
-         JOIN factory_context_versions v
+         CROSS JOIN factory_context_versions v
            ON v.context_id = m.context_id AND v.version = m.version{filter}
          ORDER BY m.context_id LIMIT ?{limit}"
     )
