@@ -3,7 +3,10 @@
 //! deflated ([`compress`]): the table is a second copy of every current version, and text
 //! compresses to about half.
 
+use std::cell::RefCell;
+
 use chrono::{DateTime, Utc};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Content, Context, ContextId, JsonObject, Source};
@@ -86,31 +89,60 @@ fn encode_parts(
 /// the size limit, so only a corrupt entry reaches it.
 const MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
 
+thread_local! {
+    /// One deflate and one inflate state per thread, reset for each record. Each holds a few
+    /// hundred KB; made afresh per record, they were large short-lived allocations that
+    /// glibc's malloc kept (its mmap threshold rises after the first), and a server on Postgres
+    /// grew by tens of KB per write.
+    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(3), false));
+    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
 /// A record as L3 stores it: raw deflate at level 3, which on JSON of prose and of
 /// agent notes keeps about half the bytes (level 1 keeps about 70%) for some tens of
 /// microseconds per kilobyte; levels above 3 gain under 1%.
 pub fn compress(record: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut encoder = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(record.len() / 2 + 16),
-        flate2::Compression::new(3),
-    );
-    encoder
-        .write_all(record)
-        .and_then(|()| encoder.finish())
-        .expect("deflating into memory cannot fail")
+    DEFLATE.with_borrow_mut(|deflate| {
+        deflate.reset();
+        let mut packed = Vec::with_capacity(record.len() / 2 + 64);
+        loop {
+            let rest = &record[deflate.total_in() as usize..];
+            match deflate.compress_vec(rest, &mut packed, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => return packed,
+                // Out of room: more, and go on from where it stopped.
+                Ok(Status::Ok | Status::BufError) => packed.reserve(packed.capacity().max(64)),
+                Err(e) => unreachable!("deflating into memory cannot fail: {e}"),
+            }
+        }
+    })
 }
 
-/// The record [`compress`] made; `None` for bytes that do not inflate (corruption) or inflate
-/// beyond [`MAX_RECORD_BYTES`]: a miss.
+/// The record [`compress`] made; `None` for bytes that do not inflate (corruption, a record
+/// cut short) or inflate beyond [`MAX_RECORD_BYTES`]: a miss.
 pub fn decompress(packed: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut record = Vec::with_capacity(packed.len() * 3);
-    flate2::read::DeflateDecoder::new(packed)
-        .take(MAX_RECORD_BYTES + 1)
-        .read_to_end(&mut record)
-        .ok()?;
-    (record.len() as u64 <= MAX_RECORD_BYTES).then_some(record)
+    INFLATE.with_borrow_mut(|inflate| {
+        inflate.reset(false);
+        let mut record = Vec::with_capacity(packed.len() * 3 + 64);
+        loop {
+            let (read, written) = (inflate.total_in(), inflate.total_out());
+            let rest = &packed[read as usize..];
+            match inflate.decompress_vec(rest, &mut record, FlushDecompress::Finish) {
+                Ok(Status::StreamEnd) => return Some(record),
+                Ok(Status::Ok | Status::BufError) => {
+                    let stuck = inflate.total_in() == read && inflate.total_out() == written;
+                    if record.len() as u64 > MAX_RECORD_BYTES
+                        || (stuck && record.len() < record.capacity())
+                    {
+                        return None;
+                    }
+                    // Room for twice as much, never beyond the bound.
+                    let bound = MAX_RECORD_BYTES as usize + 1;
+                    record.reserve(record.capacity().min(bound - record.len()).max(64));
+                }
+                Err(_) => return None,
+            }
+        }
+    })
 }
 
 /// `None` for bytes that are not a record (another version's format, corruption): a miss.
@@ -177,6 +209,11 @@ mod tests {
         assert_eq!(decompress(&packed).as_deref(), Some(record.as_slice()));
 
         assert_eq!(decompress(b"\xff\xfe not deflate"), None);
+        // A large record, many times the first guess of its size, and one after the other on
+        // the same thread's state.
+        let large = text.repeat(5_000).into_bytes();
+        assert_eq!(decompress(&compress(&large)), Some(large));
+        assert_eq!(decompress(&packed).as_deref(), Some(record.as_slice()));
         // A record cut short does not inflate whole.
         assert_ne!(
             decompress(&packed[..packed.len() / 2]).as_deref(),
