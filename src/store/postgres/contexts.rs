@@ -388,26 +388,7 @@ impl ContextStore for PostgresStore {
                 .query(SELECT_VERSIONS_BETWEEN, &[&first, &last])
                 .await
                 .map_err(db_error)?;
-            let mut rows = rows.iter().peekable();
-            let mut page = Vec::with_capacity(heads.len());
-            for head in &heads {
-                let id = ContextId::parse(head.try_get::<_, &str>(0).map_err(column_error)?)
-                    .map_err(|e| corrupt(format!("a stored context id: {e}")))?;
-                let mut versions = Vec::new();
-                while let Some(row) = rows.next_if(|row| {
-                    row.try_get::<_, &str>(10)
-                        .is_ok_and(|owner| owner == id.as_str())
-                }) {
-                    versions.push(record_from_row(&id, row)?);
-                }
-                page.push(ContextHistory {
-                    version: head.try_get(1).map_err(column_error)?,
-                    created_at: head.try_get(2).map_err(column_error)?,
-                    updated_at: head.try_get(3).map_err(column_error)?,
-                    id,
-                    versions,
-                });
-            }
+            let page = assemble_histories(&heads, &rows)?;
             tx.commit().await.map_err(db_error)?;
             Ok(page)
         })
@@ -417,21 +398,84 @@ impl ContextStore for PostgresStore {
     async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        let lock = tx.prepare_cached(LOCK_CONTEXT).await.map_err(db_error)?;
+        // The batch's locks in one statement, in key order (so two imports cannot deadlock),
+        // then what is stored under those ids now, in two more.
+        let mut keys: Vec<&str> = histories.iter().map(|h| h.id.as_str()).collect();
+        keys.sort_unstable();
+        tx.execute(LOCK_CONTEXTS, &[&keys])
+            .await
+            .map_err(db_error)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys];
+        let (heads, versions) = tokio::try_join!(
+            tx.query(SELECT_HEADS_OF, &params),
+            tx.query(SELECT_VERSIONS_OF, &params),
+        )
+        .map_err(db_error)?;
+        let stored: std::collections::HashMap<ContextId, ContextHistory> =
+            assemble_histories(&heads, &versions)?
+                .into_iter()
+                .map(|history| (history.id.clone(), history))
+                .collect();
         let mut summary = ImportSummary::default();
-        for history in &histories {
-            let key = history.id.as_str();
-            tx.execute(&lock, &[&key]).await.map_err(db_error)?;
-            if select_history(&tx, &history.id).await?.as_ref() == Some(history) {
-                summary.unchanged += 1;
-                continue;
-            }
-            replace_history(&tx, history).await?;
-            summary.imported += 1;
-        }
+        let changed: Vec<&ContextHistory> = histories
+            .iter()
+            .filter(|history| {
+                let same = stored.get(&history.id) == Some(*history);
+                if same {
+                    summary.unchanged += 1;
+                } else {
+                    summary.imported += 1;
+                }
+                !same
+            })
+            .collect();
+        replace_histories(&tx, &changed).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(summary)
     }
+}
+
+/// Takes the import's locks: one per id of `$1`, in the array's order.
+const LOCK_CONTEXTS: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k";
+
+/// The heads of the ids in `$1`, in key order.
+const SELECT_HEADS_OF: &str = "
+    SELECT context_id, version, created_at, updated_at FROM factory_context_metadata
+    WHERE context_id = ANY($1) ORDER BY context_id";
+
+/// Every kept version of the ids in `$1`, in key order; the owner's id last.
+const SELECT_VERSIONS_OF: &str = "
+    SELECT version, source, parent_id, data, metadata, embedding,
+           change_type, changed_by, changed_at, size_bytes, context_id
+    FROM factory_context_versions
+    WHERE context_id = ANY($1)
+    ORDER BY context_id, version";
+
+/// Histories from heads (`context_id, version, created_at, updated_at`) and their versions
+/// (the columns of `record_from_row`, the owner's id last), both in key order.
+fn assemble_histories(heads: &[Row], versions: &[Row]) -> Result<Vec<ContextHistory>, StoreError> {
+    let mut rows = versions.iter().peekable();
+    let mut page = Vec::with_capacity(heads.len());
+    for head in heads {
+        let id = ContextId::parse(head.try_get::<_, &str>(0).map_err(column_error)?)
+            .map_err(|e| corrupt(format!("a stored context id: {e}")))?;
+        let mut versions = Vec::new();
+        while let Some(row) = rows.next_if(|row| {
+            row.try_get::<_, &str>(10)
+                .is_ok_and(|owner| owner == id.as_str())
+        }) {
+            versions.push(record_from_row(&id, row)?);
+        }
+        page.push(ContextHistory {
+            version: head.try_get(1).map_err(column_error)?,
+            created_at: head.try_get(2).map_err(column_error)?,
+            updated_at: head.try_get(3).map_err(column_error)?,
+            id,
+            versions,
+        });
+    }
+    Ok(page)
 }
 
 /// `SELECT_CURRENT` for many ids at once, with the id first.
@@ -604,44 +648,16 @@ fn summary_from_row(row: &Row) -> Result<ContextSummary, StoreError> {
     })
 }
 
-async fn select_history(
-    client: &impl deadpool_postgres::GenericClient,
-    id: &ContextId,
-) -> Result<Option<ContextHistory>, StoreError> {
-    let key = id.as_str();
-    let head = client
-        .query_opt(SELECT_HEAD, &[&key])
-        .await
-        .map_err(db_error)?;
-    let Some(head) = head else {
-        return Ok(None);
-    };
-    let rows = client
-        .query(SELECT_ALL_VERSIONS, &[&key])
-        .await
-        .map_err(db_error)?;
-    Ok(Some(ContextHistory {
-        id: id.clone(),
-        version: head.try_get(0).map_err(column_error)?,
-        created_at: head.try_get(1).map_err(column_error)?,
-        updated_at: head.try_get(2).map_err(column_error)?,
-        versions: rows
-            .iter()
-            .map(|row| record_from_row(id, row))
-            .collect::<Result<_, _>>()?,
-    }))
-}
-
-/// Replaces whatever is stored under the history's id with exactly that history.
-async fn replace_history(
+/// Replaces whatever is stored under each history's id with exactly that history, every
+/// statement of the batch pipelined: one round trip, whatever its size. Statements go out in
+/// order, so a context's old rows go before its new head, and its head before its versions.
+async fn replace_histories(
     tx: &deadpool_postgres::Transaction<'_>,
-    history: &ContextHistory,
+    histories: &[&ContextHistory],
 ) -> Result<(), StoreError> {
-    let current = history
-        .current()
-        .ok_or_else(|| StoreError::Internal(anyhow!("a history without its current version")))?;
-    let key = history.id.as_str();
-    let content = &current.content;
+    if histories.is_empty() {
+        return Ok(());
+    }
     let (delete, upsert, insert, outbox) = tokio::try_join!(
         tx.prepare_cached(DELETE_CONTEXT),
         tx.prepare_cached(UPSERT_METADATA),
@@ -649,56 +665,110 @@ async fn replace_history(
         tx.prepare_cached(APPEND_OUTBOX),
     )
     .map_err(db_error)?;
-    tx.execute(&delete, &[&key]).await.map_err(db_error)?;
-    tx.execute(
-        &upsert,
-        &[
-            &key,
-            &history.version,
-            &content.source.as_str(),
-            &content.parent_id.as_ref().map(ContextId::as_str),
-            &(content.size_bytes() as i64),
-            &content.embedding.is_some(),
-            &history.created_at,
-            &history.updated_at,
-            &None::<DateTime<Utc>>,
-        ],
-    )
-    .await
-    .map_err(db_error)?;
-    for record in &history.versions {
-        let c = &record.content;
-        tx.execute(
-            &insert,
-            &[
-                &key,
-                &record.info.version,
-                &c.source.as_str(),
-                &c.parent_id.as_ref().map(ContextId::as_str),
-                &JsonbRef(&c.data),
-                &JsonbRef(&c.metadata),
-                &c.embedding,
-                &record.info.change_type.as_str(),
-                &record.info.changed_by,
-                &record.info.changed_at,
-                &(c.size_bytes() as i64),
-            ],
-        )
-        .await
-        .map_err(db_error)?;
+    /// The values of one history's statements, owned here so the parameters can borrow them.
+    struct Staged<'a> {
+        history: &'a ContextHistory,
+        key: &'a str,
+        /// The current version's change type, for the outbox row.
+        change_type: &'static str,
+        source: &'static str,
+        parent: Option<&'a str>,
+        size: i64,
+        has_embedding: bool,
+        versions: Vec<StagedVersion<'a>>,
     }
-    tx.execute(
-        &outbox,
-        &[
-            &key,
-            &history.version,
-            &history.created_at,
-            &"upsert",
-            &current.info.change_type.as_str(),
-        ],
+    struct StagedVersion<'a> {
+        record: &'a VersionRecord,
+        source: &'static str,
+        parent: Option<&'a str>,
+        data: JsonbRef<'a>,
+        metadata: JsonbRef<'a>,
+        change_type: &'static str,
+        size: i64,
+    }
+    const NO_SYNC: Option<DateTime<Utc>> = None;
+    let staged = histories
+        .iter()
+        .map(|history| {
+            let current = history.current().ok_or_else(|| {
+                StoreError::Internal(anyhow!("a history without its current version"))
+            })?;
+            let content = &current.content;
+            Ok(Staged {
+                history,
+                key: history.id.as_str(),
+                change_type: current.info.change_type.as_str(),
+                source: content.source.as_str(),
+                parent: content.parent_id.as_ref().map(ContextId::as_str),
+                size: content.size_bytes() as i64,
+                has_embedding: content.embedding.is_some(),
+                versions: history
+                    .versions
+                    .iter()
+                    .map(|record| StagedVersion {
+                        record,
+                        source: record.content.source.as_str(),
+                        parent: record.content.parent_id.as_ref().map(ContextId::as_str),
+                        data: JsonbRef(&record.content.data),
+                        metadata: JsonbRef(&record.content.metadata),
+                        change_type: record.info.change_type.as_str(),
+                        size: record.content.size_bytes() as i64,
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+    let mut statements: Vec<(&tokio_postgres::Statement, Vec<Param<'_>>)> = Vec::new();
+    for s in &staged {
+        let h = s.history;
+        statements.push((&delete, vec![&s.key]));
+        statements.push((
+            &upsert,
+            vec![
+                &s.key,
+                &h.version,
+                &s.source,
+                &s.parent,
+                &s.size,
+                &s.has_embedding,
+                &h.created_at,
+                &h.updated_at,
+                &NO_SYNC,
+            ],
+        ));
+        for v in &s.versions {
+            statements.push((
+                &insert,
+                vec![
+                    &s.key,
+                    &v.record.info.version,
+                    &v.source,
+                    &v.parent,
+                    &v.data,
+                    &v.metadata,
+                    &v.record.content.embedding,
+                    &v.change_type,
+                    &v.record.info.changed_by,
+                    &v.record.info.changed_at,
+                    &v.size,
+                ],
+            ));
+        }
+        statements.push((
+            &outbox,
+            vec![&s.key, &h.version, &h.created_at, &"upsert", &s.change_type],
+        ));
+    }
+    let results = futures_util::future::join_all(
+        statements
+            .iter()
+            .map(|(statement, params)| tx.execute(*statement, params)),
     )
-    .await
-    .map_err(db_error)?;
+    .await;
+    for result in results {
+        result.map_err(db_error)?;
+    }
     Ok(())
 }
 

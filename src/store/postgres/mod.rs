@@ -90,16 +90,6 @@ const UPSERT_CACHE_ENTRY: &str = "
         record = EXCLUDED.record,
         expires_at = EXCLUDED.expires_at";
 
-const SELECT_HEAD: &str = "
-    SELECT version, created_at, updated_at FROM factory_context_metadata WHERE context_id = $1";
-
-const SELECT_ALL_VERSIONS: &str = "
-    SELECT version, source, parent_id, data, metadata, embedding,
-           change_type, changed_by, changed_at, size_bytes
-    FROM factory_context_versions
-    WHERE context_id = $1
-    ORDER BY version";
-
 /// Statement parameters.
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
