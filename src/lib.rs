@@ -27,6 +27,7 @@ pub mod config;
 pub mod cpu;
 pub mod domain;
 pub mod error;
+pub mod keyword;
 pub mod mcp;
 pub mod metrics;
 pub mod server;

@@ -14,6 +14,7 @@ mod merge;
 mod page;
 mod principal;
 mod strategies;
+mod text;
 mod webhook;
 
 pub use context::{
@@ -28,4 +29,5 @@ pub use merge::three_way_merge;
 pub use page::{InvalidLimit, PageLimit};
 pub use principal::{Principal, Role, Visible};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};
+pub use text::context_text;
 pub use webhook::webhook_key;
