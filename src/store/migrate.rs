@@ -144,18 +144,35 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(names(&postgres), names(&sqlite));
+        // The tables each schema leaves, following its CREATE, DROP and RENAME statements.
         let tables = |schema: &str| {
-            let mut tables: Vec<String> = schema
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("CREATE TABLE "))
-                .map(|rest| {
-                    rest.trim_start_matches("IF NOT EXISTS ")
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .to_owned()
-                })
-                .collect();
+            let mut tables: Vec<String> = Vec::new();
+            let name = |rest: &str| -> String {
+                let rest = rest.trim_start_matches("IF NOT EXISTS ");
+                rest.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(';')
+                    .to_owned()
+            };
+            for line in schema.lines().map(str::trim) {
+                if let Some(rest) = line.strip_prefix("CREATE TABLE ") {
+                    tables.push(name(rest));
+                } else if let Some(rest) = line.strip_prefix("DROP TABLE ") {
+                    let dropped = name(rest);
+                    tables.retain(|t| *t != dropped);
+                } else if let Some(rest) = line.strip_prefix("ALTER TABLE ")
+                    && let Some((from, to)) = rest.split_once(" RENAME TO ")
+                {
+                    let (from, to) = (name(from), name(to));
+                    tables.retain(|t| *t != to);
+                    for t in &mut tables {
+                        if *t == from {
+                            t.clone_from(&to);
+                        }
+                    }
+                }
+            }
             tables.sort();
             tables
         };
