@@ -146,11 +146,17 @@ struct Connection {
 
 impl Connection {
     async fn serve(self, stream: TcpStream) {
-        let http2 = match tokio::time::timeout(self.limits.header_timeout, sniff_h2(&stream)).await
-        {
-            Ok(Ok(http2)) => http2,
-            // Nothing (or not enough to tell) within the header timeout, or the peer left.
-            Ok(Err(_)) | Err(_) => return,
+        let sniffed = tokio::time::timeout(self.limits.header_timeout, sniff_h2(&stream));
+        let http2 = tokio::select! {
+            sniffed = sniffed => match sniffed {
+                Ok(Ok(http2)) => http2,
+                // Nothing (or not enough to tell) within the header timeout, or the peer left.
+                Ok(Err(_)) | Err(_) => return,
+            },
+            // Stopping: a connection that has not sent a byte has no request to finish, and
+            // must not hold up the exit until its header timeout (a load balancer's
+            // pre-connect, a client pool's spare).
+            () = self.shutdown.cancelled() => return,
         };
         if http2 {
             self.serve_h2(stream).await;

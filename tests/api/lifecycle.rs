@@ -48,6 +48,27 @@ async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migra
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
+/// The reported fault: a connection opened and never used (a load balancer's pre-connect, a
+/// client pool's spare) held the server's exit until the header timeout ran out. It has no
+/// request to finish, so the stop closes it at once.
+async fn a_connection_that_sent_nothing_does_not_hold_up_the_stop(store: Setup) {
+    let mut app = TestApp::spawn_with(store, |s| s.server.header_timeout_seconds = 60).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stopping = app.begin_stop();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), stopping).await;
+    assert!(
+        stopped.is_ok(),
+        "the server still waited on a connection that never sent a byte"
+    );
+    stopped.unwrap().unwrap().unwrap();
+    // And the connection was closed, not left open.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(1), idle.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
 async fn a_request_in_flight_when_shutdown_begins_still_completes(store: Setup) {
     let mut app = TestApp::spawn(store).await;
     let body = r#"{"data": {"finished": true}, "source": "mcp"}"#;
@@ -80,4 +101,5 @@ crate::on_both_stores!(
     data_survives_a_restart,
     two_instances_starting_at_once_on_a_new_database_both_come_up_and_migrate_once,
     a_request_in_flight_when_shutdown_begins_still_completes,
+    a_connection_that_sent_nothing_does_not_hold_up_the_stop,
 );
