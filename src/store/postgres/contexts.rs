@@ -398,6 +398,11 @@ impl ContextStore for PostgresStore {
     async fn import(&self, histories: Vec<ContextHistory>) -> Result<ImportSummary, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
+        // Estimates on tables an import is filling are stale; JIT-compiling a keyed lookup
+        // for them would cost more than the lookup.
+        tx.batch_execute("SET LOCAL jit = off")
+            .await
+            .map_err(db_error)?;
         // The batch's locks in one statement, in key order (so two imports cannot deadlock),
         // then what is stored under those ids now, in two more.
         let mut keys: Vec<&str> = histories.iter().map(|h| h.id.as_str()).collect();
@@ -444,13 +449,19 @@ const SELECT_HEADS_OF: &str = "
     SELECT context_id, version, created_at, updated_at FROM factory_context_metadata
     WHERE context_id = ANY($1) ORDER BY context_id";
 
-/// Every kept version of the ids in `$1`, in key order; the owner's id last.
+/// Every kept version of the ids in `$1`, in key order; the owner's id last. Looked up id by
+/// id: the `LIMIT` keeps the LATERAL subquery from being pulled up into a join, which on a
+/// growing table Postgres has not analyzed (no autovacuum) planned as a sequential scan of
+/// every version per batch, and made an import of 1M contexts with 5 versions quadratic.
 const SELECT_VERSIONS_OF: &str = "
-    SELECT version, source, parent_id, data, metadata, embedding,
-           change_type, changed_by, changed_at, size_bytes, context_id
-    FROM factory_context_versions
-    WHERE context_id = ANY($1)
-    ORDER BY context_id, version";
+    SELECT v.version, v.source, v.parent_id, v.data, v.metadata, v.embedding,
+           v.change_type, v.changed_by, v.changed_at, v.size_bytes, v.context_id
+    FROM unnest($1::text[]) AS k(id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM factory_context_versions v
+        WHERE v.context_id = k.id
+        ORDER BY v.version LIMIT 1000000) v
+    ORDER BY v.context_id, v.version";
 
 /// Histories from heads (`context_id, version, created_at, updated_at`) and their versions
 /// (the columns of `record_from_row`, the owner's id last), both in key order.
