@@ -172,6 +172,40 @@ pub struct ListShape {
     pub after: bool,
 }
 
+impl ListShape {
+    /// The shape's `WHERE` clause over the heads `m` (empty without filters) and the number of
+    /// the limit's parameter, with parameters written `{mark}1`, `{mark}2`, ... (`$` for
+    /// Postgres, `?` for SQLite). The prefix is a key range ([`Visible::id_range`]), which
+    /// the key's index bounds.
+    pub fn filter(self, mark: char) -> (String, usize) {
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("{mark}{n}")
+        };
+        if self.source {
+            conditions.push(format!("m.source = {}", next()));
+        }
+        if self.parent {
+            conditions.push(format!("m.parent_id = {}", next()));
+        }
+        if self.prefix {
+            let (from, until) = (next(), next());
+            conditions.push(format!("m.context_id >= {from} AND m.context_id < {until}"));
+        }
+        if self.after {
+            conditions.push(format!("m.context_id > {}", next()));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        (filter, n + 1)
+    }
+}
+
 /// A version looked up by number, with what is needed to tell "pruned" from "never was".
 #[derive(Debug)]
 pub struct VersionLookup {

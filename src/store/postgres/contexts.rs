@@ -529,35 +529,8 @@ pub const MAX_LIST_ROWS: usize = crate::domain::PageLimit::MAX + 1;
 ///   index rather than sorting the table (a generic plan guesses a tenth of the table for a
 ///   `LIMIT $n`); the outer `LIMIT $n` then pulls only the rows asked for.
 pub fn list_statement(shape: ListShape) -> String {
-    let mut conditions = Vec::new();
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    if shape.source {
-        conditions.push(format!("m.source = ${}", next()));
-    }
-    if shape.parent {
-        conditions.push(format!("m.parent_id = ${}", next()));
-    }
-    if shape.prefix {
-        // The prefix as a key range ([`Visible::id_range`]), which the index scan bounds.
-        let (from, until) = (next(), next());
-        conditions.push(format!(
-            "m.context_id >= ${from} AND m.context_id < ${until}"
-        ));
-    }
-    if shape.after {
-        conditions.push(format!("m.context_id > ${}", next()));
-    }
-    let limit = next();
+    let (filter, limit) = shape.filter('$');
     let bound = MAX_LIST_ROWS;
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
     format!(
         "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
                 m.created_at, m.updated_at, m.size_bytes, m.has_embedding
@@ -729,7 +702,6 @@ async fn replace_histories(
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
     let mut statements: Vec<(&tokio_postgres::Statement, Vec<Param<'_>>)> = Vec::new();
     for s in &staged {
         let h = s.history;
@@ -771,6 +743,17 @@ async fn replace_histories(
             vec![&s.key, &h.version, &h.created_at, &"upsert", &s.change_type],
         ));
     }
+    execute_pipelined(tx, &statements).await
+}
+
+type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Sends every statement at once, in order, on the transaction's connection (one round trip),
+/// then fails with the first error if any failed.
+async fn execute_pipelined(
+    tx: &deadpool_postgres::Transaction<'_>,
+    statements: &[(&tokio_postgres::Statement, Vec<Param<'_>>)],
+) -> Result<(), StoreError> {
     let results = futures_util::future::join_all(
         statements
             .iter()
@@ -844,7 +827,6 @@ async fn store_versions(
         .iter()
         .map(|(id, new)| Staged::new(id, new))
         .collect();
-    type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
     let mut statements: Vec<(&tokio_postgres::Statement, Vec<Param<'_>>)> = Vec::new();
     for s in &staged {
         let new = s.new;
@@ -891,16 +873,7 @@ async fn store_versions(
         }
         statements.push((&notify, vec![&s.notice]));
     }
-    let results = futures_util::future::join_all(
-        statements
-            .iter()
-            .map(|(statement, params)| tx.execute(*statement, params)),
-    )
-    .await;
-    for result in results {
-        result.map_err(db_error)?;
-    }
-    Ok(())
+    execute_pipelined(tx, &statements).await
 }
 
 /// A page of heads for `histories`. The page size is a constant the planner sees, so even a

@@ -335,33 +335,7 @@ const DELETE_CONTEXT: &str = "DELETE FROM factory_context_metadata WHERE context
 /// to fix that order: with a cursor near the end, its planner otherwise reads every version
 /// after the cursor and sorts them.
 pub fn list_statement(shape: ListShape) -> String {
-    let mut conditions = Vec::new();
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    if shape.source {
-        conditions.push(format!("m.source = ?{}", next()));
-    }
-    if shape.parent {
-        conditions.push(format!("m.parent_id = ?{}", next()));
-    }
-    if shape.prefix {
-        let (from, until) = (next(), next());
-        conditions.push(format!(
-            "m.context_id >= ?{from} AND m.context_id < ?{until}"
-        ));
-    }
-    if shape.after {
-        conditions.push(format!("m.context_id > ?{}", next()));
-    }
-    let limit = next();
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
+    let (filter, limit) = shape.filter('?');
     format!(
         "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
                 m.created_at, m.updated_at, m.size_bytes, m.has_embedding
