@@ -26,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod cpu;
 pub mod domain;
+pub mod embed;
 pub mod error;
 pub mod keyword;
 pub mod mcp;

@@ -277,6 +277,63 @@ impl Settings {
                 }
             }
         }
+        for pointer in &self.embedder.text {
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                return Err(key_error(
+                    origins,
+                    "embedder.text".to_owned(),
+                    &format!(
+                        "{pointer:?} is not a JSON pointer (RFC 6901: empty, or starting with /)"
+                    ),
+                ));
+            }
+        }
+        match self.embedder.backend {
+            EmbedderBackend::None => {}
+            EmbedderBackend::Local => {
+                if self.embedder.local.model_dir.is_none() {
+                    return Err(key_error(
+                        origins,
+                        "embedder.local.model_dir".to_owned(),
+                        "must be set when embedder.backend is local",
+                    ));
+                }
+            }
+            EmbedderBackend::Openai => {
+                match &self.embedder.openai.url {
+                    None => {
+                        return Err(key_error(
+                            origins,
+                            "embedder.openai.url".to_owned(),
+                            "must be set when embedder.backend is openai",
+                        ));
+                    }
+                    Some(url) => {
+                        if let Err(message) = http_url(url) {
+                            return Err(key_error(
+                                origins,
+                                "embedder.openai.url".to_owned(),
+                                &message,
+                            ));
+                        }
+                    }
+                }
+                if !(1..=2048).contains(&self.embedder.openai.batch_size) {
+                    return Err(key_error(
+                        origins,
+                        "embedder.openai.batch_size".to_owned(),
+                        "must be between 1 and 2048",
+                    ));
+                }
+                if self.embedder.openai.timeout_ms == 0 {
+                    return Err(key_error(
+                        origins,
+                        "embedder.openai.timeout_ms".to_owned(),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
         if let Some(url) = &self.sync.factory.webhook_url
             && let Err(message) = http_url(url)
         {

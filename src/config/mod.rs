@@ -29,6 +29,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub cache: CacheSettings,
     pub vector: VectorSettings,
+    pub embedder: EmbedderSettings,
     pub sync: SyncSettings,
     pub mcp: McpSettings,
     pub auth: AuthSettings,
@@ -235,6 +236,54 @@ pub struct WeaviateSettings {
     pub api_key: Option<Secret<String>>,
     /// The class contexts are stored in.
     pub class_name: String,
+    /// Milliseconds one request may take.
+    pub timeout_ms: u64,
+}
+
+/// Which embedder makes the embeddings of contexts written without one, and of text queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderBackend {
+    /// No embeddings made by contextd: clients bring their own; text queries search by keyword.
+    None,
+    /// A sentence-transformers model run in process on the CPU.
+    Local,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint.
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbedderSettings {
+    pub backend: EmbedderBackend,
+    /// JSON pointers into `data` selecting a context's text (what is embedded and indexed for
+    /// keyword search). Empty: every string value of `data`, in document order.
+    pub text: Vec<String>,
+    pub local: LocalEmbedderSettings,
+    pub openai: OpenAiEmbedderSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalEmbedderSettings {
+    /// A directory with `config.json`, `tokenizer.json` and `model.safetensors` (a
+    /// sentence-transformers BERT model such as all-MiniLM-L6-v2); required with
+    /// `embedder.backend: local`.
+    pub model_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiEmbedderSettings {
+    /// `https://HOST[:PORT][/prefix]`: requests go to `{url}/v1/embeddings`; required with
+    /// `embedder.backend: openai`.
+    pub url: Option<String>,
+    /// The `model` sent with each request.
+    pub model: String,
+    /// Sent as `Authorization: Bearer <key>`. A secret.
+    pub api_key: Option<Secret<String>>,
+    /// Texts per request, 1..=2048.
+    pub batch_size: usize,
     /// Milliseconds one request may take.
     pub timeout_ms: u64,
 }
@@ -448,6 +497,29 @@ impl Default for WeaviateSettings {
             api_key: None,
             class_name: "FactoryContext".to_owned(),
             timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for EmbedderSettings {
+    fn default() -> Self {
+        Self {
+            backend: EmbedderBackend::None,
+            text: Vec::new(),
+            local: LocalEmbedderSettings::default(),
+            openai: OpenAiEmbedderSettings::default(),
+        }
+    }
+}
+
+impl Default for OpenAiEmbedderSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            model: "text-embedding-3-small".to_owned(),
+            api_key: None,
+            batch_size: 64,
+            timeout_ms: 10_000,
         }
     }
 }
