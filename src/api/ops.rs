@@ -41,6 +41,7 @@ pub struct Checks {
     pub store: Check,
     pub redis: Check,
     pub vector: Check,
+    pub embedder: Check,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,6 +87,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             store: readiness.store,
             redis: readiness.redis,
             vector: readiness.vector,
+            embedder: readiness.embedder,
         },
         vector: VectorReady {
             backend: readiness.vector_backend,

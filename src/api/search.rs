@@ -1,4 +1,4 @@
-//! `POST /contexts/search`: semantic search by embedding vector.
+//! `POST /contexts/search`: search by words, by meaning, or both.
 
 use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,10 +14,12 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(search))
 }
 
-/// Search contexts by embedding
+/// Search contexts by words, by meaning, or both
 ///
-/// The contexts whose current embedding is nearest `vector` by cosine, highest score first,
-/// those below `threshold` left out.
+/// `keyword` mode ranks by BM25 over each context's text (its string values); `vector` mode by
+/// cosine to `vector` (or to `query`, embedded by the server's embedder), leaving out those
+/// below `threshold`; `hybrid` fuses both (relative score fusion, `alpha` weighing the vector
+/// side). Highest score first, ties by id; each result's `matched` says which side found it.
 #[utoipa::path(
     post, path = "/contexts/search", tag = "contexts",
     request_body = SearchIn,
@@ -25,8 +27,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "Results", body = SearchOut),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong vector length, an all-zero vector, a bad limit, threshold or filter", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The vector backend (or the store) is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Neither query nor vector, a query too long, a wrong vector length or an all-zero vector, a mode that needs what is missing (an embedder, a query), a bad limit, alpha, threshold or filter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The index the mode needs (vector, keyword), the embedder a text-only vector search needs, or the store is unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn search(

@@ -36,6 +36,11 @@ fn starting(settings: &Settings) -> Router {
     } else {
         Check::Disabled
     };
+    let embedder = if settings.embedder.backend == crate::config::EmbedderBackend::None {
+        Check::Disabled
+    } else {
+        Check::Down
+    };
     let vector = match settings.vector.backend {
         crate::config::VectorBackend::Embedded => "embedded",
         crate::config::VectorBackend::Weaviate => "weaviate",
@@ -56,6 +61,7 @@ fn starting(settings: &Settings) -> Router {
                         store: Check::Down,
                         redis,
                         vector: Check::Down,
+                        embedder,
                     },
                     vector: VectorReady {
                         backend: vector,

@@ -29,5 +29,5 @@ pub use merge::three_way_merge;
 pub use page::{InvalidLimit, PageLimit};
 pub use principal::{Principal, Role, Visible};
 pub use strategies::{MergeInput, MergeStrategy, merge_data};
-pub use text::context_text;
+pub use text::{context_text, context_text_up_to};
 pub use webhook::webhook_key;

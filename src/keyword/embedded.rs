@@ -2,8 +2,8 @@
 //!
 //! Each context is a document of its id (also what it is deleted by), source and parent (for
 //! filters) and text (tokenized by tantivy's default analyzer: split on non-alphanumerics,
-//! lowercased, very long tokens dropped). A query is the same analysis of its text, each word
-//! a `Should` clause scored by BM25 (tantivy's own, k1 = 1.2 and b = 0.75), with the filters as
+//! lowercased, very long tokens dropped). A query is the same analysis of its text, English
+//! stopwords left out as Weaviate leaves them out, each word a `Should` clause scored by BM25 (tantivy's own, k1 = 1.2 and b = 0.75), with the filters as
 //! clauses that must match and score nothing. Writes take one writer (a mutex: the indexer is
 //! its only caller) and are visible to searches when the call returns.
 
@@ -27,6 +27,15 @@ const WRITER_MEMORY: usize = 15_000_000;
 /// The most words of a query that count: a query is at most 4,096 characters, and each word
 /// is a clause.
 const MAX_QUERY_WORDS: usize = 256;
+
+/// Query words that count for nothing: Weaviate's `en` stopword preset (the Lucene English
+/// list), dropped from queries (not from texts) as Weaviate does for its `word` tokenization,
+/// so that "the" or "of" in a query does not lift every context holding it.
+const STOPWORDS: [&str; 33] = [
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with",
+];
 
 /// How far past the limit a search reads to break ties by id: up to this many times it.
 const MAX_TIE_ROUNDS: usize = 16;
@@ -117,7 +126,10 @@ impl Shared {
         let mut words: Vec<String> = Vec::new();
         let mut analyzer = self.index.tokenizer_for_field(f.text)?;
         analyzer.token_stream(&query.text).process(&mut |token| {
-            if words.len() < MAX_QUERY_WORDS && !words.contains(&token.text) {
+            if words.len() < MAX_QUERY_WORDS
+                && !words.contains(&token.text)
+                && !STOPWORDS.contains(&token.text.as_str())
+            {
                 words.push(token.text.clone());
             }
         });
@@ -189,6 +201,18 @@ impl Shared {
     }
 }
 
+/// Runs an index write on a blocking thread; a panic in it carries on here.
+async fn background(
+    work: impl FnOnce() -> tantivy::Result<()> + Send + 'static,
+) -> Result<(), KeywordError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down: the write did not happen, which the next start redoes.
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> KeywordError {
     KeywordError::Unavailable(anyhow!("the embedded keyword index: {e}"))
 }
@@ -199,18 +223,17 @@ impl KeywordIndex for EmbeddedKeywordIndex {
         "embedded"
     }
 
+    // Writes are the indexer's background work: on a blocking thread of their own, never
+    // holding the CPU pool that requests wait for (a batch of a thousand texts takes tens of
+    // milliseconds). Searches, on the request path, run on the pool.
     async fn upsert(&self, entries: Vec<KeywordEntry>) -> Result<(), KeywordError> {
         let shared = self.shared.clone();
-        crate::cpu::run(move || shared.apply(&[], &entries))
-            .await
-            .map_err(unavailable)
+        background(move || shared.apply(&[], &entries)).await
     }
 
     async fn delete(&self, ids: Vec<ContextId>) -> Result<(), KeywordError> {
         let shared = self.shared.clone();
-        crate::cpu::run(move || shared.apply(&ids, &[]))
-            .await
-            .map_err(unavailable)
+        background(move || shared.apply(&ids, &[])).await
     }
 
     async fn search(&self, query: &KeywordQuery) -> Result<Vec<KeywordHit>, KeywordError> {
@@ -304,6 +327,20 @@ mod tests {
                 .is_empty()
         );
         assert!(index.search(&query("  ")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stopwords_in_a_query_count_for_nothing() {
+        let index = corpus().await;
+        // "the" and "and" are in texts, but a query's stopwords are dropped (as Weaviate's
+        // `en` preset does): only "tea" counts.
+        let hits = index.search(&query("the tea and")).await.unwrap();
+        assert_eq!(ids(&hits), ["a:tea"]);
+        assert_eq!(
+            hits[0].score,
+            index.search(&query("tea")).await.unwrap()[0].score
+        );
+        assert!(index.search(&query("The AND")).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -3,15 +3,16 @@
 //! derived from the store like the embedded vector index (rebuilt at start, fed from the
 //! outbox), so it ranks the same on SQLite and Postgres. This layer indexes and searches text;
 //! it decides nothing about contexts, and leaves scores raw (the service scales them).
-//!
-//! (Not yet wired into search: the request's `query` and `mode`, the indexer and start-up come
-//! next. See the open search issue.)
 
 pub mod embedded;
 
 use async_trait::async_trait;
 
 use crate::domain::{ContextId, Source, Visible};
+
+/// The most of a context's text that is indexed, in bytes (the start of it, cut at a character
+/// boundary): a 10 MB context would otherwise cost the index several times that in memory.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
 
 /// What the index keeps of one context: its text and what filters need.
 #[derive(Debug, Clone, PartialEq)]

@@ -332,9 +332,13 @@ impl McpServer {
     }
 
     #[tool(
-        description = "Find the contexts whose embedding is nearest `vector` (cosine), highest \
-                       score first. `score` is (1 + cos) / 2; results below `threshold` \
-                       (default 0.7) are left out. Filter by source or parent_id.",
+        description = "Find contexts by words (`query`), by meaning (`vector`, or `query` \
+                       embedded by the server when it has an embedder), or both, highest score \
+                       first; each result's `matched` says which. `mode`: `keyword` (BM25), \
+                       `vector` (cosine; results below `threshold`, default 0.7, left out) or \
+                       `hybrid` (both fused; `alpha` 0..1 weighs the vector side, default 0.5). \
+                       Default: `vector` with only `vector`, else `hybrid` with an embedder, \
+                       else `keyword`. Filter by source or parent_id.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn search_contexts(

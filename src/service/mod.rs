@@ -20,6 +20,6 @@ pub use keys::{CreatedKey, KeyService};
 pub use ops::{Check, Ops, Readiness, Summary};
 pub use reindex::{ReindexSummary, reindex};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
-pub use search::{MAX_SEARCH_LIMIT, SearchHit, SearchRequest, SearchService};
+pub use search::{MAX_SEARCH_LIMIT, Matched, SearchHit, SearchMode, SearchRequest, SearchService};
 pub use sync::{FactoryItem, MAX_SYNC_ITEMS, SyncResult, SyncStatus};
 pub use transfer::{ExportSummary, ImportError};

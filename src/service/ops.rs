@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cache::{RedisHealth, TieredCache};
 use crate::config::Settings;
+use crate::embed::Pending;
 use crate::store::{StoreHealth, Tally};
 use crate::sync::{IndexerState, SyncState};
 use crate::vector::VectorIndex;
@@ -49,6 +50,9 @@ pub struct Readiness {
     pub store: Check,
     pub redis: Check,
     pub vector: Check,
+    /// `disabled` with `embedder.backend: none`; `degraded` while a model loads or after
+    /// failures.
+    pub embedder: Check,
     /// `embedded` or `weaviate`.
     pub vector_backend: &'static str,
     /// Changes committed but not yet applied to the vector index.
@@ -81,6 +85,7 @@ pub struct Ops {
     sync: Arc<SyncState>,
     index: Arc<dyn VectorIndex>,
     indexer: Arc<IndexerState>,
+    embedder: Option<Arc<Pending>>,
     target_hit_rate: f64,
     sync_interval_seconds: u64,
     store_watch: Arc<StoreWatch>,
@@ -185,6 +190,7 @@ impl Ops {
             sync,
             index,
             indexer,
+            embedder: None,
             target_hit_rate: settings.cache.target_hit_rate,
             sync_interval_seconds: settings.sync.interval_seconds,
             // The store was opened just before: up, as of now.
@@ -194,6 +200,12 @@ impl Ops {
                 probing: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// `/readyz` reports on this embedder.
+    pub fn with_embedder(mut self, embedder: Arc<Pending>) -> Self {
+        self.embedder = Some(embedder);
+        self
     }
 
     /// Changes waiting for the webhook; 0 when there is none to push to.
@@ -322,12 +334,20 @@ impl Ops {
                 Ok(Ok(())) if self.indexer.healthy() && self.indexer.mismatched().count() == 0 => {
                     Check::Ok
                 }
-                // Reachable, but changes are not being applied (yet), or stored embeddings of
-                // another length are left out (`contextd reindex` drops them): searchable, but
-                // not everything is found.
+                // Reachable, but changes are not being applied (yet) to it and the keyword
+                // index, or stored embeddings of another length are left out (`contextd
+                // reindex` drops them): searchable, but not everything is found.
                 Ok(Ok(())) => Check::Degraded,
                 Ok(Err(_)) | Err(_) => Check::Down,
             }
+        };
+        let embedder = match self.embedder.as_deref() {
+            None => Check::Disabled,
+            // Loading, failed to load, or failing now: search by vector and by keyword works.
+            Some(embedder) => match embedder.state() {
+                Some(Ok(())) if !embedder.failing() => Check::Ok,
+                _ => Check::Degraded,
+            },
         };
         let (store, redis, vector) = tokio::join!(store, redis, vector);
         self.store_watch.record(store != Check::Down);
@@ -336,6 +356,7 @@ impl Ops {
             store,
             redis,
             vector,
+            embedder,
             vector_backend: self.index.backend(),
             vector_backlog: self.indexer.backlog(),
         }

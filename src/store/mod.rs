@@ -595,16 +595,17 @@ pub trait ChangeLog: Send + Sync + 'static {
     async fn prune_outbox(&self, before: DateTime<Utc>, all: bool) -> Result<u64, StoreError>;
 }
 
-/// What the vector indexer reads and keeps: current embeddings, those of another length,
-/// and how far each indexer has applied the outbox.
+/// What the indexer reads and keeps: current contexts (all, or those with an embedding),
+/// embeddings of another length, and how far each indexer has applied the outbox.
 #[async_trait]
 pub trait EmbeddingStore: Send + Sync + 'static {
-    /// Contexts whose current version has an embedding, in id order after `after`, at most
-    /// `limit`: what a vector index is rebuilt from.
-    async fn with_embeddings(
+    /// Current contexts in id order after `after`, at most `limit`; with `embedded_only`, only
+    /// those whose current version has an embedding. What the indexes are rebuilt from.
+    async fn current_contexts(
         &self,
         after: Option<&str>,
         limit: usize,
+        embedded_only: bool,
     ) -> Result<Vec<Context>, StoreError>;
 
     /// Contexts whose current version has an embedding whose length is not `dimensions`, in

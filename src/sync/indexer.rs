@@ -1,11 +1,12 @@
-//! The vector indexer: applies committed changes to the vector index, from the outbox, with
-//! retries, so a write never waits for (or fails because of) the vector backend, and nothing is
-//! lost while the backend is down.
+//! The indexers: each applies committed changes to one index derived from the store (the
+//! vector index, the keyword index), from the outbox, with retries, so a write never waits for
+//! (or fails because of) an index, and nothing is lost while one is down.
 //!
-//! It does not replay versions: for each changed context it reads the current state from the
-//! store and makes the index match it (the embedding of the current version, or nothing). So the
-//! index converges on the store whatever the order or repetition of the changes, and a late
-//! update can never bring back an old vector or a deleted context.
+//! An indexer does not replay versions: for each changed context it reads the current state
+//! from the store and makes the index match it (the embedding or the text of the current
+//! version, or nothing). So the index converges on the store whatever the order or repetition
+//! of the changes, and a late update can never bring back an old vector, an old text or a
+//! deleted context.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::domain::{Context, ContextId, Principal, Visible};
+use crate::domain::{Context, ContextId, Principal, Visible, context_text_up_to};
+use crate::keyword::{KeywordEntry, KeywordIndex, MAX_TEXT_BYTES};
 use crate::store::Store;
 use crate::vector::{MISMATCH_REMEDY, Mismatched, VectorEntry, VectorIndex};
 
@@ -83,9 +85,30 @@ pub fn entry_of(context: &Context) -> Option<VectorEntry> {
     })
 }
 
+/// The keyword entry of a context's current version: its text as `pointers` select it.
+pub fn keyword_entry_of(context: &Context, pointers: &[String]) -> KeywordEntry {
+    let text = context_text_up_to(&context.content.data, pointers, MAX_TEXT_BYTES);
+    KeywordEntry {
+        id: context.id.clone(),
+        version: context.version,
+        text,
+        source: context.content.source,
+        parent_id: context.content.parent_id.clone(),
+    }
+}
+
+/// The keyword index an indexer keeps, and what a context's text is.
+struct KeywordTarget {
+    index: Arc<dyn KeywordIndex>,
+    /// `embedder.text`.
+    pointers: Vec<String>,
+}
+
 pub struct Indexer {
     store: Arc<dyn Store>,
     index: Arc<dyn VectorIndex>,
+    /// Set: the indexer keeps this keyword index as well (in memory: loaded at each start).
+    keyword: Option<KeywordTarget>,
     state: Arc<IndexerState>,
     poll: Duration,
     /// Whether the index keeps what it holds across restarts (Weaviate) or starts empty
@@ -104,10 +127,19 @@ impl Indexer {
         Self {
             store,
             index,
+            keyword: None,
             state,
             poll,
             persistent,
         }
+    }
+
+    /// The indexer keeps `index`, a keyword index, as well: every current context's text as
+    /// `pointers` select it, loaded from the store at each start (it keeps nothing across
+    /// restarts) and then kept from the outbox with the vector index, each change read once.
+    pub fn with_keywords(mut self, index: Arc<dyn KeywordIndex>, pointers: Vec<String>) -> Self {
+        self.keyword = Some(KeywordTarget { index, pointers });
+        self
     }
 
     /// The cursor's name in `contextd_indexer_state`.
@@ -122,36 +154,55 @@ impl Indexer {
     }
 
     /// Loads every current embedding of the index's length into the index, leaving the others
-    /// out (counted, and warned about once); returns the outbox position to go on from. The
-    /// position is read first, so changes committed during the scan are applied again
-    /// (harmless: applying is idempotent).
+    /// out (counted, and warned about once), and every current context's text into the keyword
+    /// index when there is one; returns the outbox position to go on from. The position is
+    /// read first, so changes committed during the scan are applied again (harmless: applying
+    /// is idempotent).
     pub async fn rebuild(&self) -> anyhow::Result<i64> {
         Ok(self.rebuild_counted().await?.from)
     }
 
     /// [`Indexer::rebuild`], saying how many embeddings it loaded and left out.
     pub async fn rebuild_counted(&self) -> anyhow::Result<Rebuilt> {
+        self.load(true).await
+    }
+
+    /// One scan of the store's current contexts: their embeddings into the vector index when
+    /// `vectors`, their texts into the keyword index when there is one.
+    async fn load(&self, vectors: bool) -> anyhow::Result<Rebuilt> {
         let from = self.store.latest_seq().await?;
         let mut after: Option<String> = None;
-        let (mut loaded, mut skipped) = (0usize, 0usize);
+        let (mut loaded, mut skipped, mut texts) = (0usize, 0usize, 0usize);
         loop {
             let page = self
                 .store
-                .with_embeddings(after.as_deref(), REBUILD_PAGE)
+                .current_contexts(after.as_deref(), REBUILD_PAGE, self.keyword.is_none())
                 .await?;
-            let mut entries = Vec::with_capacity(page.len());
-            for entry in page.iter().filter_map(entry_of) {
-                let fits = self.fits(&entry);
-                self.state.mismatched.note(&entry.id, !fits);
-                if fits {
-                    entries.push(entry);
-                } else {
-                    skipped += 1;
+            if let Some(keyword) = &self.keyword {
+                let entries: Vec<KeywordEntry> = page
+                    .iter()
+                    .map(|context| keyword_entry_of(context, &keyword.pointers))
+                    .collect();
+                texts += entries.len();
+                if !entries.is_empty() {
+                    keyword.index.upsert(entries).await?;
                 }
             }
-            loaded += entries.len();
-            if !entries.is_empty() {
-                self.index.upsert(entries).await?;
+            if vectors {
+                let mut entries = Vec::with_capacity(page.len());
+                for entry in page.iter().filter_map(entry_of) {
+                    let fits = self.fits(&entry);
+                    self.state.mismatched.note(&entry.id, !fits);
+                    if fits {
+                        entries.push(entry);
+                    } else {
+                        skipped += 1;
+                    }
+                }
+                loaded += entries.len();
+                if !entries.is_empty() {
+                    self.index.upsert(entries).await?;
+                }
             }
             match page.last() {
                 Some(last) if page.len() == REBUILD_PAGE => {
@@ -160,12 +211,17 @@ impl Indexer {
                 _ => break,
             }
         }
-        tracing::info!(
-            backend = self.index.backend(),
-            loaded,
-            "vector index rebuilt from the store"
-        );
-        self.warn_at_start(skipped);
+        if vectors {
+            tracing::info!(
+                backend = self.index.backend(),
+                loaded,
+                "vector index rebuilt from the store"
+            );
+            self.warn_at_start(skipped);
+        }
+        if self.keyword.is_some() {
+            tracing::info!(contexts = texts, "keyword index loaded from the store");
+        }
         Ok(Rebuilt {
             from,
             loaded,
@@ -192,7 +248,7 @@ impl Indexer {
         loop {
             let page = self
                 .store
-                .with_embeddings(after.as_deref(), REBUILD_PAGE)
+                .current_contexts(after.as_deref(), REBUILD_PAGE, true)
                 .await?;
             for entry in page.iter().filter_map(entry_of) {
                 if self.fits(&entry) {
@@ -284,7 +340,7 @@ impl Indexer {
                         if self.state.healthy.swap(false, Ordering::Relaxed) {
                             tracing::warn!(
                                 error = format!("{e:#}"),
-                                "the vector indexer failed; retrying"
+                                "the indexer failed; retrying"
                             );
                         }
                         let at = Instant::now() + retry;
@@ -327,6 +383,11 @@ impl Indexer {
                         0 => self.rebuild().await?,
                         at => {
                             self.survey().await?;
+                            // The keyword index starts empty whatever Weaviate holds; loaded
+                            // after `at`, it applies from there again, which is harmless.
+                            if self.keyword.is_some() {
+                                self.load(false).await?;
+                            }
                             at
                         }
                     }
@@ -361,9 +422,17 @@ impl Indexer {
     async fn apply(&self, ids: BTreeSet<ContextId>) -> anyhow::Result<()> {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
+        let (mut texts, mut untexts) = (Vec::new(), Vec::new());
         let mut met = 0usize;
         for id in ids {
-            match self.store.get(&id).await?.as_ref().and_then(entry_of) {
+            let context = self.store.get(&id).await?;
+            if let Some(keyword) = &self.keyword {
+                match &context {
+                    Some(context) => texts.push(keyword_entry_of(context, &keyword.pointers)),
+                    None => untexts.push(id.clone()),
+                }
+            }
+            match context.as_ref().and_then(entry_of) {
                 Some(entry) if self.fits(&entry) => {
                     self.state.mismatched.note(&id, false);
                     upserts.push(entry);
@@ -391,6 +460,14 @@ impl Indexer {
                 self.index.dimensions(),
                 if met == 1 { "it" } else { "them" },
             );
+        }
+        if let Some(keyword) = &self.keyword {
+            if !texts.is_empty() {
+                keyword.index.upsert(texts).await?;
+            }
+            if !untexts.is_empty() {
+                keyword.index.delete(untexts).await?;
+            }
         }
         if !upserts.is_empty() {
             self.index.upsert(upserts).await?;

@@ -2,6 +2,8 @@
 //! (cloned from a template migrated once), so the suite runs in parallel.
 
 mod harness;
+#[path = "../common/openai_fake.rs"]
+mod openai_fake;
 #[path = "../common/redis_servers.rs"]
 mod redis_servers;
 #[path = "../common/weaviate_fake.rs"]
@@ -12,6 +14,7 @@ mod cache;
 mod cli;
 mod concurrency;
 mod contexts;
+mod embedder;
 mod errors;
 mod failures;
 mod lifecycle;
@@ -21,6 +24,7 @@ mod merge;
 mod ops;
 mod redis;
 mod reindex;
+mod retrieval;
 mod search;
 mod store;
 mod sync;

@@ -243,6 +243,32 @@ async fn tools_return_the_rest_bodies(store: Setup) {
     };
     assert_eq!(found["results"][0]["context_id"], "near");
     assert!(found["results"][0]["score"].as_f64().unwrap() > 0.9);
+    assert_eq!(found["results"][0]["matched"], json!(["vector"]));
+    // By words, with no vector at all: an agent needs none.
+    ok(call(
+        &client,
+        "put_context",
+        json!({"context_id": "notes", "data": {"text": "the staging deploy failed on Tuesday"}}),
+    )
+    .await);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let by_words = loop {
+        let found = ok(call(
+            &client,
+            "search_contexts",
+            json!({"query": "deploy staging"}),
+        )
+        .await);
+        if !found["results"].as_array().unwrap().is_empty()
+            || tokio::time::Instant::now() > deadline
+        {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(by_words["results"][0]["context_id"], "notes", "{by_words}");
+    assert_eq!(by_words["results"][0]["matched"], json!(["keyword"]));
+    assert_eq!(by_words["results"][0]["score"], 1.0);
 
     let deleted = ok(call(&client, "delete_context", json!({"context_id": "m2"})).await);
     assert_eq!(deleted, json!({"context_id": "m2", "deleted": true}));

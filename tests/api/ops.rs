@@ -30,7 +30,8 @@ async fn readyz_reports_the_store_and_redis_disabled_unless_configured(store: Se
             "checks": {
                 "store": "ok",
                 "redis": if store.redis { "ok" } else { "disabled" },
-                "vector": "ok"
+                "vector": "ok",
+                "embedder": "disabled"
             },
             "vector": {"backend": "embedded", "backlog": 0}
         })

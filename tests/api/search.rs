@@ -19,11 +19,12 @@ pub enum Vectors {
 }
 
 /// Makes each listed `async fn name(vectors: Vectors)` three tests.
+#[macro_export]
 macro_rules! on_both_vector_backends {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
-                use super::Vectors;
+                use $crate::search::Vectors;
 
                 #[tokio::test]
                 async fn embedded_postgres() {
@@ -45,16 +46,25 @@ macro_rules! on_both_vector_backends {
 }
 
 /// The app on `vectors`, and the fake Weaviate when it uses one.
-async fn app_on(vectors: Vectors) -> (TestApp, Option<FakeWeaviate>) {
+pub async fn app_on(vectors: Vectors) -> (TestApp, Option<FakeWeaviate>) {
+    app_on_with(vectors, |_| {}).await
+}
+
+/// [`app_on`] with settings changed by `configure`.
+pub async fn app_on_with(
+    vectors: Vectors,
+    configure: impl FnOnce(&mut contextd::config::Settings) + Send + 'static,
+) -> (TestApp, Option<FakeWeaviate>) {
     match vectors {
-        Vectors::EmbeddedPostgres => (TestApp::spawn(Setup::POSTGRES).await, None),
-        Vectors::EmbeddedSqlite => (TestApp::spawn(Setup::SQLITE).await, None),
+        Vectors::EmbeddedPostgres => (TestApp::spawn_with(Setup::POSTGRES, configure).await, None),
+        Vectors::EmbeddedSqlite => (TestApp::spawn_with(Setup::SQLITE, configure).await, None),
         Vectors::Weaviate => {
             let fake = FakeWeaviate::start().await;
             let url = fake.url();
             let app = TestApp::spawn_with(Setup::POSTGRES, move |s| {
                 s.vector.backend = contextd::config::VectorBackend::Weaviate;
                 s.vector.weaviate.url = Some(url);
+                configure(s);
             })
             .await;
             (app, Some(fake))
@@ -259,6 +269,310 @@ on_both_vector_backends!(
     only_current_versions_are_found_and_deleted_contexts_never,
     bad_searches_answer_422,
 );
+
+async fn put_text(app: &TestApp, id: &str, data: Value, extra: Value) {
+    let mut body = json!({"data": data, "source": "mcp"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let response = app.put(id, body).await;
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+fn scores(results: &Value) -> Vec<f64> {
+    results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect()
+}
+
+async fn a_text_query_ranks_by_bm25_over_the_best_result(vectors: Vectors) {
+    let (app, fake) = app_on(vectors).await;
+    put_text(
+        &app,
+        "twice",
+        json!({"title": "pump pressure", "note": "the pump alarm rang"}),
+        json!({}),
+    )
+    .await;
+    put_text(
+        &app,
+        "once",
+        json!({"title": "pump overheated and stopped for the night"}),
+        json!({}),
+    )
+    .await;
+    put_text(
+        &app,
+        "other",
+        json!({"title": "motor overheat alarm"}),
+        json!({}),
+    )
+    .await;
+    // Keys and numbers are not text: only string values are.
+    put_text(&app, "keys", json!({"pump": 3, "n": [1, 2]}), json!({})).await;
+    // Every context in the index before anything is looked at ("alarm" is in two, "stopped"
+    // in another, "pump" in two).
+    eventually(&app, json!({"query": "alarm stopped"}), |r| {
+        ids(r).len() == 3
+    })
+    .await;
+    let pump = json!({"query": "Pump"});
+    let results = eventually(&app, pump.clone(), |r| ids(r).len() == 2).await;
+    assert_eq!(ids(&results), ["twice", "once"]);
+    let first = &results["results"][0];
+    assert_eq!(first["score"], 1.0, "{results}");
+    assert_eq!(first["distance"], Value::Null);
+    assert_eq!(first["matched"], json!(["keyword"]));
+    assert_eq!(first["version"], 1);
+    let second = scores(&results)[1];
+    assert!(second > 0.0 && second < 1.0, "{results}");
+    // No default threshold in keyword mode; an explicit one holds.
+    let strict = search(
+        &app,
+        json!({"query": "pump", "threshold": (second + 1.0) / 2.0}),
+    )
+    .await;
+    assert_eq!(ids(&strict), ["twice"]);
+    // Any word of the query finds; the mode may be named.
+    let any = search(
+        &app,
+        json!({"query": "alarm stopped", "mode": "keyword", "include_data": true}),
+    )
+    .await;
+    assert_eq!(ids(&any).len(), 3, "{any}");
+    assert!(any["results"][0]["data"].is_object());
+    assert!(ids(&search(&app, json!({"query": "zeppelin"})).await).is_empty());
+    assert_eq!(
+        ids(&search(&app, json!({"query": "pump", "limit": 1})).await),
+        ["twice"]
+    );
+    assert_no_violations(&fake);
+}
+
+async fn keyword_search_follows_writes_deletes_and_filters(vectors: Vectors) {
+    let (app, fake) = app_on(vectors).await;
+    put_text(&app, "root", json!({"t": "the root of it"}), json!({})).await;
+    put_text(
+        &app,
+        "a",
+        json!({"t": "valve leak"}),
+        json!({"source": "factory", "parent_id": "root"}),
+    )
+    .await;
+    put_text(
+        &app,
+        "b",
+        json!({"t": "valve leak"}),
+        json!({"parent_id": "root"}),
+    )
+    .await;
+    put_text(
+        &app,
+        "c",
+        json!({"t": "valve leak"}),
+        json!({"source": "factory"}),
+    )
+    .await;
+    let valve = |filter: Value| json!({"query": "valve", "filter": filter});
+    // Equal scores: by id.
+    let all = eventually(&app, valve(json!({})), |r| ids(r).len() == 3).await;
+    assert_eq!(ids(&all), ["a", "b", "c"]);
+    assert_eq!(scores(&all), [1.0, 1.0, 1.0]);
+    assert_eq!(
+        ids(&search(&app, valve(json!({"source": "factory"}))).await),
+        ["a", "c"]
+    );
+    assert_eq!(
+        ids(&search(&app, valve(json!({"parent_id": "root"}))).await),
+        ["a", "b"]
+    );
+    // A new version's text replaces the old one's; a deleted context is never found.
+    put_text(
+        &app,
+        "a",
+        json!({"t": "gasket replaced"}),
+        json!({"source": "factory", "parent_id": "root"}),
+    )
+    .await;
+    app.delete("/contexts/b").await;
+    assert!(!ids(&search(&app, valve(json!({}))).await).contains(&"b".to_owned()));
+    eventually(&app, valve(json!({})), |r| ids(r) == ["c"]).await;
+    let gasket = eventually(&app, json!({"query": "gasket"}), |r| ids(r) == ["a"]).await;
+    assert_eq!(gasket["results"][0]["version"], 2);
+    assert_no_violations(&fake);
+}
+
+async fn hybrid_fuses_both_sides_and_keeps_keyword_only_hits(vectors: Vectors) {
+    let (app, fake) = app_on(vectors).await;
+    // "both": the nearest vector and the best keyword score (its text is the word alone);
+    // "near": only near; "word": only the word (and no embedding at all); "far": the farthest
+    // vector and the worst keyword score (the word in a long text).
+    put_text(
+        &app,
+        "both",
+        json!({"t": "compressor"}),
+        json!({"embedding": [1.0, 0.0, 0.0, 0.0]}),
+    )
+    .await;
+    put_text(
+        &app,
+        "near",
+        json!({"t": "engine noise"}),
+        json!({"embedding": [0.9, 0.1, 0.0, 0.0]}),
+    )
+    .await;
+    put_text(&app, "word", json!({"t": "compressor fault"}), json!({})).await;
+    put_text(
+        &app,
+        "far",
+        json!({"t": "lunch menu and a compressor that is loud"}),
+        json!({"embedding": [-1.0, 0.0, 0.0, 0.0]}),
+    )
+    .await;
+    let hybrid = |alpha: f64| json!({"query": "compressor", "vector": [1.0, 0.0, 0.0, 0.0], "mode": "hybrid", "alpha": alpha});
+    // Both indexes follow the store a moment behind: wait for each side to see all it will.
+    eventually(&app, json!({"query": "compressor"}), |r| ids(r).len() == 3).await;
+    eventually(
+        &app,
+        json!({"vector": [1.0, 0.0, 0.0, 0.0], "threshold": 0.0}),
+        |r| ids(r).len() == 3,
+    )
+    .await;
+    let results = search(&app, hybrid(0.5)).await;
+    let by_id = |id: &str| {
+        results["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["context_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(ids(&results)[0], "both", "{results}");
+    assert_eq!(by_id("both")["matched"], json!(["vector", "keyword"]));
+    assert_eq!(by_id("far")["matched"], json!(["vector", "keyword"]));
+    assert_eq!(by_id("near")["matched"], json!(["vector"]));
+    assert_eq!(by_id("word")["matched"], json!(["keyword"]));
+    assert_eq!(by_id("word")["distance"], Value::Null);
+    assert!(by_id("near")["distance"].as_f64().unwrap() > 0.0);
+    // The best of both sides scores both weights; the worst of both, nothing; one side's
+    // middle scores part of its weight.
+    let score = |id: &str| by_id(id)["score"].as_f64().unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    assert!(close(score("both"), 1.0), "{results}");
+    assert!(close(score("far"), 0.0), "{results}");
+    assert!(score("word") > 0.0 && score("word") < 0.5, "{results}");
+    assert!(score("near") > 0.0 && score("near") < 0.5, "{results}");
+    // No default threshold in hybrid mode: the one scoring 0 is still there; an explicit one
+    // holds.
+    assert_eq!(ids(&results)[3], "far");
+    let strict = search(&app, json!({"query": "compressor", "vector": [1.0, 0.0, 0.0, 0.0], "mode": "hybrid", "threshold": 0.9})).await;
+    assert_eq!(ids(&strict), ["both"]);
+    // alpha 0: the keyword side alone decides the order; 1: the vector side.
+    let keyword_first = search(&app, hybrid(0.0)).await;
+    assert_eq!(
+        ids(&keyword_first)[..2],
+        ["both", "word"],
+        "{keyword_first}"
+    );
+    let vector_first = search(&app, hybrid(1.0)).await;
+    assert_eq!(ids(&vector_first)[..2], ["both", "near"], "{vector_first}");
+    assert_no_violations(&fake);
+}
+
+async fn text_search_requests_are_checked(vectors: Vectors) {
+    let (app, fake) = app_on(vectors).await;
+    let long = "w".repeat(4097);
+    for (body, says) in [
+        (json!({}), "query"),
+        (json!({"limit": 5}), "query"),
+        (json!({"query": ""}), "query"),
+        (json!({"query": long}), "4096"),
+        (json!({"query": "x", "mode": "vector"}), "embedder"),
+        (json!({"query": "x", "mode": "hybrid"}), "embedder"),
+        (
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "mode": "keyword"}),
+            "query",
+        ),
+        (
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "mode": "hybrid"}),
+            "query",
+        ),
+        (json!({"query": "x", "alpha": 1.5}), "alpha"),
+        (json!({"query": "x", "alpha": -0.5}), "alpha"),
+        (json!({"query": "x", "mode": "fuzzy"}), "mode"),
+        (json!({"query": 7}), "query"),
+    ] {
+        let body = problem(
+            app.post("/contexts/search", body.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{body}: should say {says:?}");
+    }
+    assert_no_violations(&fake);
+}
+
+on_both_vector_backends!(
+    a_text_query_ranks_by_bm25_over_the_best_result,
+    keyword_search_follows_writes_deletes_and_filters,
+    hybrid_fuses_both_sides_and_keeps_keyword_only_hits,
+    text_search_requests_are_checked,
+);
+
+#[tokio::test]
+async fn the_keyword_index_is_rebuilt_from_the_store_at_start() {
+    for setup in [Setup::SQLITE, Setup::POSTGRES] {
+        let app = TestApp::spawn(setup).await;
+        put_text(&app, "kept", json!({"t": "sediment filter"}), json!({})).await;
+        put_text(&app, "gone", json!({"t": "sediment trap"}), json!({})).await;
+        app.delete("/contexts/gone").await;
+        let q = json!({"query": "sediment"});
+        eventually(&app, q.clone(), |r| ids(r) == ["kept"]).await;
+        let app = app.restart().await;
+        eventually(&app, q, |r| ids(r) == ["kept"]).await;
+    }
+}
+
+/// `hybrid` with the vector index down answers its keyword side alone, saying so in each
+/// result's `matched`, where `vector` mode answers 503.
+#[tokio::test]
+async fn hybrid_with_the_vector_index_down_answers_its_keyword_side() {
+    let (app, fake) = app_on(Vectors::Weaviate).await;
+    let fake = fake.unwrap();
+    put_text(
+        &app,
+        "v",
+        json!({"t": "boiler"}),
+        json!({"embedding": [1.0, 0.0, 0.0, 0.0]}),
+    )
+    .await;
+    let hybrid = json!({"query": "boiler", "vector": [1.0, 0.0, 0.0, 0.0], "mode": "hybrid"});
+    eventually(&app, hybrid.clone(), |r| {
+        r["results"][0]["matched"] == json!(["vector", "keyword"])
+    })
+    .await;
+    fake.set_down(true);
+    let alone = search(&app, hybrid).await;
+    assert_eq!(ids(&alone), ["v"]);
+    assert_eq!(alone["results"][0]["matched"], json!(["keyword"]));
+    assert_eq!(alone["results"][0]["distance"], Value::Null);
+    problem(
+        app.post("/contexts/search", json!({"vector": [1.0, 0.0, 0.0, 0.0]}))
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    fake.set_down(false);
+}
 
 #[tokio::test]
 async fn the_embedded_index_is_rebuilt_from_the_store_at_start() {

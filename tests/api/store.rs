@@ -387,7 +387,10 @@ async fn a_context_of_one_kilobyte_takes_at_most_two_and_a_half_on_disk(backend:
         Backend::Postgres => crate::harness::Setup::POSTGRES_L2_OFF,
         Backend::Sqlite => crate::harness::Setup::SQLITE,
     };
-    let app = TestApp::spawn(setup).await;
+    // A batch of a thousand writes is one transaction: on a machine busy with the rest of the
+    // suite it may take longer than the tests' usual 2 s store deadline. This test is about
+    // bytes on disk, not latency.
+    let app = TestApp::spawn_with(setup, |s| s.database.connect_timeout_seconds = 15).await;
     // Notes of an agent: sentences over a vocabulary of a few hundred words, about 1 KB each.
     let words: Vec<String> = (0..400)
         .map(|i| format!("w{:x}ord", i * 7919 % 4093))
@@ -414,7 +417,8 @@ async fn a_context_of_one_kilobyte_takes_at_most_two_and_a_half_on_disk(backend:
         let response = app
             .post("/sync/factory", serde_json::json!({ "contexts": contexts }))
             .await;
-        assert_eq!(response.status(), 200);
+        let status = response.status();
+        assert_eq!(status, 200, "{}", response.text().await.unwrap());
         // Until the change feed holds every change (Postgres numbers them after commit).
         let last = (batch + 1) * 1000;
         for _ in 0..200 {

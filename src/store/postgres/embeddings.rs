@@ -1,19 +1,23 @@
-//! The Postgres store: what the vector indexer reads (current embeddings, those of another length)
+//! The Postgres store: what the indexer reads (current contexts, embeddings of another length)
 //! and keeps (how far each indexer has applied the outbox).
 
 use super::*;
 
 #[async_trait]
 impl EmbeddingStore for PostgresStore {
-    async fn with_embeddings(
+    async fn current_contexts(
         &self,
         after: Option<&str>,
         limit: usize,
+        embedded_only: bool,
     ) -> Result<Vec<Context>, StoreError> {
         self.bounded(false, async move {
             let client = self.client().await?;
             let rows = client
-                .query(WITH_EMBEDDINGS, &[&after.unwrap_or(""), &(limit as i64)])
+                .query(
+                    CURRENT_CONTEXTS,
+                    &[&after.unwrap_or(""), &(limit as i64), &embedded_only],
+                )
                 .await
                 .map_err(db_error)?;
             rows.iter()
@@ -119,12 +123,13 @@ impl EmbeddingStore for PostgresStore {
     }
 }
 
-const WITH_EMBEDDINGS: &str = "
+/// Current contexts after `$1`, at most `$2`; only those with an embedding when `$3`.
+const CURRENT_CONTEXTS: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
            v.data, v.metadata, v.embedding, m.synced_at, m.context_id
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
-    WHERE m.has_embedding AND m.context_id > $1
+    WHERE (m.has_embedding OR NOT $3) AND m.context_id > $1
     ORDER BY m.context_id
     LIMIT $2";
 

@@ -1,23 +1,28 @@
-//! The SQLite store: what the vector indexer reads (current embeddings, those of another length)
+//! The SQLite store: what the indexer reads (current contexts, embeddings of another length)
 //! and keeps (how far each indexer has applied the outbox).
 
 use super::*;
 
 #[async_trait]
 impl EmbeddingStore for SqliteStore {
-    async fn with_embeddings(
+    async fn current_contexts(
         &self,
         after: Option<&str>,
         limit: usize,
+        embedded_only: bool,
     ) -> Result<Vec<Context>, StoreError> {
         let after = after.unwrap_or("").to_owned();
         self.read_with(move |conn| {
-            let mut statement = conn.prepare_cached(WITH_EMBEDDINGS).map_err(db_error)?;
+            let mut statement = conn.prepare_cached(CURRENT_CONTEXTS).map_err(db_error)?;
             let rows = statement
-                .query_map(rusqlite::params![after, limit as i64], |row| {
-                    let id = context_id(row, 10)?.ok_or_else(|| corrupt("a null context_id"))?;
-                    context_from_row(&id, row)
-                })
+                .query_map(
+                    rusqlite::params![after, limit as i64, embedded_only],
+                    |row| {
+                        let id =
+                            context_id(row, 10)?.ok_or_else(|| corrupt("a null context_id"))?;
+                        context_from_row(&id, row)
+                    },
+                )
                 .map_err(db_error)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
         })
@@ -108,12 +113,13 @@ impl EmbeddingStore for SqliteStore {
     }
 }
 
-const WITH_EMBEDDINGS: &str = "
+/// Current contexts after `?1`, at most `?2`; only those with an embedding when `?3`.
+const CURRENT_CONTEXTS: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
            v.data, v.metadata, v.embedding, m.synced_at, m.context_id
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
-    WHERE m.has_embedding AND m.context_id > ?1
+    WHERE (m.has_embedding OR NOT ?3) AND m.context_id > ?1
     ORDER BY m.context_id
     LIMIT ?2";
 
