@@ -1736,12 +1736,12 @@ fn render(f: &Figures, knobs: &Knobs, queries: &Queries) -> String {
         String::new(),
     );
     row(
-        "restart on the loaded store, embedder none: indexes loaded (`checks.vector` ok), then the HNSW graph linked (CPU idle)",
+        "restart on the loaded store, embedder none",
         boot_text(&f.full_none),
         String::new(),
     );
     row(
-        "restart on the loaded store, embedder local: the same + the model load (searches below start once idle)",
+        "restart on the loaded store, embedder local (the searches below start once its CPU is idle: the HNSW graph linked)",
         boot_text(&f.full_local),
         String::new(),
     );
