@@ -29,21 +29,11 @@ use contextd::embed::local::{self, LocalEmbedder, ModelInfo};
 use contextd::embed::{EmbedError, Embedder};
 use serde::Deserialize;
 
-const MIN_COSINE: f32 = 0.999;
+#[path = "common/model.rs"]
+mod model;
+use model::model_dir;
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("CONTEXTD_TEST_MODEL_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "no all-MiniLM-L6-v2 at {}: run scripts/fetch-model.sh (it puts the model in \
-         target/models/all-MiniLM-L6-v2), or set CONTEXTD_TEST_MODEL_DIR to a copy of it",
-        dir.display()
-    );
-    dir
-}
+const MIN_COSINE: f32 = 0.999;
 
 static MODEL: LazyLock<LocalEmbedder> =
     LazyLock::new(|| LocalEmbedder::load(&model_dir()).expect("all-MiniLM-L6-v2 loads"));

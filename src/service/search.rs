@@ -424,7 +424,7 @@ impl SearchService {
     async fn keyword_side(&self, query: &KeywordQuery) -> Result<Vec<KeywordHit>, ServiceError> {
         let Some(index) = &self.keyword else {
             return Err(ServiceError::Unavailable(
-                "keyword search is not available with this vector backend yet".to_owned(),
+                "keyword search is not configured on this server".to_owned(),
             ));
         };
         index.search(query).await.map_err(|e| match e {

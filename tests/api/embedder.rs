@@ -3,13 +3,12 @@
 //! each text a hashed bag of its words): text-only searches by meaning, the default mode with
 //! an embedder, what happens while it is down, and the start-up check of its length.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Setup, TestApp, problem};
 use crate::openai_fake::{FakeOpenAi, MODEL};
+use crate::search::{eventually, ids, search};
 
 /// The app on `setup` with the fake as its embedder.
 async fn app_with_embedder(setup: Setup) -> (TestApp, FakeOpenAi) {
@@ -35,35 +34,6 @@ async fn put_embedded(app: &TestApp, id: &str, text: &str) {
         )
         .await;
     assert!(response.status().is_success());
-}
-
-async fn search(app: &TestApp, body: Value) -> Value {
-    let response = app.post("/contexts/search", body).await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
-fn ids(results: &Value) -> Vec<String> {
-    results["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["context_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-async fn eventually(app: &TestApp, body: Value, check: impl Fn(&Value) -> bool) -> Value {
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let results = search(app, body.clone()).await;
-        if check(&results) {
-            return results;
-        }
-        assert!(std::time::Instant::now() < until, "last: {results}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn a_text_query_is_embedded_by_the_server(setup: Setup) {

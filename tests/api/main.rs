@@ -2,6 +2,8 @@
 //! (cloned from a template migrated once), so the suite runs in parallel.
 
 mod harness;
+#[path = "../common/model.rs"]
+mod model;
 #[path = "../common/openai_fake.rs"]
 mod openai_fake;
 #[path = "../common/redis_servers.rs"]

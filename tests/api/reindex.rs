@@ -186,15 +186,6 @@ fn unit(axis: usize) -> Vec<f32> {
     v
 }
 
-fn hit_ids(results: &Value) -> Vec<String> {
-    results["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["context_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The reproduction: an embedding of 4 dimensions under the default 1536 used to stop every
 /// start ("the embedding of a has 4 dimensions; the index has 1536").
 async fn serve_with_embeddings_of_another_length_serves_them_out_of_search_and_degraded(
@@ -230,12 +221,12 @@ async fn serve_with_embeddings_of_another_length_serves_them_out_of_search_and_d
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{results}");
-        if !hit_ids(&results).is_empty() || Instant::now() > until {
+        if !crate::search::ids(&results).is_empty() || Instant::now() > until {
             break results;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(hit_ids(&results), ["c"], "{results}");
+    assert_eq!(crate::search::ids(&results), ["c"], "{results}");
     // A write of the wrong length is still refused.
     let (status, problem) = served
         .send(
@@ -368,7 +359,7 @@ async fn the_indexer_skips_embeddings_of_another_length_from_the_outbox(setup: S
             .await;
         assert_eq!(response.status(), StatusCode::OK);
         let results: Value = response.json().await.unwrap();
-        if hit_ids(&results) == ["g"] {
+        if crate::search::ids(&results) == ["g"] {
             break;
         }
         assert!(Instant::now() < until, "g never found: {results}");

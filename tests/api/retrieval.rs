@@ -10,28 +10,13 @@
 //! the test; the server embeds the queries.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use contextd::embed::local::LocalEmbedder;
 use serde_json::{Value, json};
 
+use crate::model::model_dir;
 use crate::search::{Vectors, app_on_with};
-
-/// The model's directory: `$CONTEXTD_TEST_MODEL_DIR`, else where scripts/fetch-model.sh puts it.
-pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("CONTEXTD_TEST_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "no model at {}: run scripts/fetch-model.sh (scripts/test.sh does)",
-        dir.display()
-    );
-    dir
-}
 
 /// Words as keyword search sees them: runs of letters and digits, lowercased.
 fn words(text: &str) -> BTreeSet<String> {

@@ -72,8 +72,9 @@ pub async fn app_on_with(
     }
 }
 
-async fn put_vector(app: &TestApp, id: &str, vector: [f64; 4], extra: Value) {
-    let mut body = json!({"data": {"id": id}, "source": "mcp", "embedding": vector});
+/// Writes `id` with `data` (source `mcp`), and the members of `extra` over that body.
+pub async fn put_text(app: &TestApp, id: &str, data: Value, extra: Value) {
+    let mut body = json!({"data": data, "source": "mcp"});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
@@ -85,7 +86,14 @@ async fn put_vector(app: &TestApp, id: &str, vector: [f64; 4], extra: Value) {
     );
 }
 
-async fn search(app: &TestApp, body: Value) -> Value {
+async fn put_vector(app: &TestApp, id: &str, vector: [f64; 4], extra: Value) {
+    let mut extra = extra;
+    extra["embedding"] = json!(vector);
+    put_text(app, id, json!({"id": id}), extra).await;
+}
+
+/// A search that must answer 200; its body.
+pub async fn search(app: &TestApp, body: Value) -> Value {
     let response = app.post("/contexts/search", body).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
@@ -93,7 +101,8 @@ async fn search(app: &TestApp, body: Value) -> Value {
     body
 }
 
-fn ids(results: &Value) -> Vec<String> {
+/// The ids of a search's results, in order.
+pub fn ids(results: &Value) -> Vec<String> {
     results["results"]
         .as_array()
         .unwrap()
@@ -103,7 +112,7 @@ fn ids(results: &Value) -> Vec<String> {
 }
 
 /// Searches until `check` holds: the index follows the store a moment behind.
-async fn eventually(app: &TestApp, body: Value, check: impl Fn(&Value) -> bool) -> Value {
+pub async fn eventually(app: &TestApp, body: Value, check: impl Fn(&Value) -> bool) -> Value {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let results = search(app, body.clone()).await;
@@ -269,19 +278,6 @@ on_both_vector_backends!(
     only_current_versions_are_found_and_deleted_contexts_never,
     bad_searches_answer_422,
 );
-
-async fn put_text(app: &TestApp, id: &str, data: Value, extra: Value) {
-    let mut body = json!({"data": data, "source": "mcp"});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    let response = app.put(id, body).await;
-    assert!(
-        response.status().is_success(),
-        "{}",
-        response.text().await.unwrap()
-    );
-}
 
 fn scores(results: &Value) -> Vec<f64> {
     results["results"]
