@@ -201,7 +201,7 @@ async fn get_context(
 #[utoipa::path(
     put, path = "/contexts/{id}", tag = "contexts",
     params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"), WriteParams,
-        ("If-Match" = Option<String>, Header, nullable = false, description = "The version you read, e.g. \"3\", or *", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The version you read, e.g. \"3\" (a bare 3 is taken too), or *", pattern = r#"^(\*|"[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#),
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "* to create only", pattern = r"^\*$")),
     request_body = ContextIn,
     responses(
@@ -289,7 +289,7 @@ async fn create_context(
 #[utoipa::path(
     delete, path = "/contexts/{id}", tag = "contexts",
     params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"),
-        ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only if this is the current version, e.g. \"3\"", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#)),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only if this is the current version, e.g. \"3\" (a bare 3 is taken too)", pattern = r#"^(\*|"[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#)),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed If-Match", body = Problem, content_type = "application/problem+json"),
@@ -428,7 +428,7 @@ pub struct RestoreIn {
     post, path = "/contexts/{id}/versions/{n}/restore", tag = "versions",
     params(("id" = String, Path, description = "Context id", pattern = r"^[A-Za-z0-9._:-]{1,255}$", example = "ctx_123"),
         ("n" = i64, Path, description = "Version to restore", minimum = 1, example = 1),
-        ("If-Match" = Option<String>, Header, nullable = false, description = "Restore only if this is the current version, e.g. \"3\"", pattern = r#"^(\*|"[1-9][0-9]{0,17}")$"#)),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Restore only if this is the current version, e.g. \"3\" (a bare 3 is taken too)", pattern = r#"^(\*|"[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#)),
     request_body(content = Option<RestoreIn>, description = "Optional"),
     responses(
         (status = 200, description = "The new current version", body = ContextOut, headers(("ETag" = String))),
