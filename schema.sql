@@ -149,3 +149,22 @@ ALTER TABLE factory_context_versions
     DROP CONSTRAINT factory_context_versions_data_check,
     ALTER COLUMN data TYPE json USING data::json,
     ADD CONSTRAINT factory_context_versions_data_check CHECK (json_typeof(data) = 'object');
+
+-- migration: 4 server embeddings
+-- The embedding contextd's embedder made of a context's text, for contexts written without one
+-- (`embedding_source: server`). One row per context, of the version it was made for: a row of
+-- an older version is stale and never read as the current one's (the next is made by then, or
+-- the old one taken over when `text_sha256` says the text did not change). A client's
+-- embedding stays in `factory_context_versions.embedding` and is never replaced by this one.
+CREATE TABLE contextd_server_embeddings (
+    context_id  text        COLLATE "C" PRIMARY KEY
+                            REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version     bigint      NOT NULL CHECK (version >= 1),
+    -- The embedder that made it (`local:<model directory>`, `openai:<model>`): an embedding of
+    -- another is made again.
+    model       text        NOT NULL,
+    -- SHA-256 of the text embedded.
+    text_sha256 bytea       NOT NULL CHECK (octet_length(text_sha256) = 32),
+    embedding   real[]      NOT NULL,
+    embedded_at timestamptz NOT NULL DEFAULT now()
+);

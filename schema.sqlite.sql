@@ -142,3 +142,16 @@ CREATE TABLE factory_cache_records (
 );
 DELETE FROM factory_cache_entries;
 DROP INDEX factory_sync_outbox_context_idx;
+
+-- migration: 4 server embeddings
+-- The same table as schema.sql's migration 4: the embedding contextd made of a context's text,
+-- of the version it was made for (a row of an older version is stale).
+CREATE TABLE contextd_server_embeddings (
+    context_id  TEXT    NOT NULL PRIMARY KEY
+                        REFERENCES factory_context_metadata (context_id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    model       TEXT    NOT NULL,
+    text_sha256 BLOB    NOT NULL CHECK (length(text_sha256) = 32),
+    embedding   BLOB    NOT NULL,
+    embedded_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);

@@ -42,16 +42,19 @@ enum Command {
         /// The JSON lines to read; stdin when absent.
         file: Option<PathBuf>,
     },
-    /// Drop stored embeddings whose length is not `vector.dimensions`, and rebuild the index.
+    /// Drop stored embeddings whose length is not `vector.dimensions`, make the server's
+    /// embeddings again, and rebuild the index.
     ///
     /// Such embeddings (stored under other `vector.dimensions`) are left out of vector search,
-    /// and `/readyz` says the vector check is `degraded`, until this drops them. Every
-    /// embedding is client-supplied today, so each is dropped: the context and its current
-    /// version stay, without an embedding. It is a repair, not a write: no new version, and
-    /// nothing in the change feed or the webhook. Then the index is rebuilt (Weaviate: every
-    /// embedding upserted again; the embedded index is rebuilt at each start), so the next
-    /// start is clean. Run it with the servers stopped (a running one stays degraded until it
-    /// restarts); running it again drops nothing.
+    /// and `/readyz` says the vector check is `degraded`, until this drops them. A client's
+    /// embedding cannot be made again, so it is dropped: the context and its current version
+    /// stay, without an embedding. With an embedder configured, every embedding the server made
+    /// is made again with it (after a change of model), as are those still missing; without
+    /// one, the server's of another length are removed. It is a repair, not a write: no new
+    /// version, and nothing in the change feed or the webhook. Then the index is rebuilt
+    /// (Weaviate: every embedding upserted again; the embedded index is rebuilt at each start),
+    /// so the next start is clean. Run it with the servers stopped (a running one stays
+    /// degraded until it restarts); running it again drops nothing.
     Reindex,
     /// Manage API keys, in the store directly (no server needed).
     Keys {
@@ -232,6 +235,7 @@ fn main() -> ExitCode {
                 tracing::info!(
                     backend = summary.backend,
                     dropped = summary.dropped,
+                    remade = summary.remade,
                     indexed = summary.indexed,
                     "reindexed"
                 );

@@ -26,7 +26,7 @@ use crate::mcp::{self, subscriptions::Subscriptions};
 use crate::metrics::Metrics;
 use crate::service::{ContextService, KeyService, Ops, SearchService};
 use crate::store::{PostgresStore, SqliteStore, Store, Tally};
-use crate::sync::{self, Indexer, IndexerState, Pusher, SyncState};
+use crate::sync::{self, EmbeddingWorker, Indexer, IndexerState, Pusher, SyncState};
 use crate::vector::VectorIndex;
 use crate::vector::embedded::EmbeddedIndex;
 use crate::vector::weaviate::WeaviateIndex;
@@ -108,7 +108,13 @@ async fn open_embedder(
                 ));
             }
             let pending = Arc::new(
-                Pending::new("local", dimensions, local::BATCH_SIZE).observed_by(observer()),
+                Pending::new(
+                    "local",
+                    local::model_name(&dir),
+                    dimensions,
+                    local::BATCH_SIZE,
+                )
+                .observed_by(observer()),
             );
             let loading = pending.clone();
             tokio::task::spawn_blocking(move || {
@@ -164,7 +170,13 @@ pub async fn reindex(settings: &Settings) -> anyhow::Result<crate::service::Rein
         None
     };
     let (index, persistent) = open_vector_index(settings)?;
-    crate::service::reindex(store, index, persistent, redis).await
+    let remaker = open_embedder(settings, &Arc::new(Metrics::new()))
+        .await?
+        .map(|embedder| crate::service::Remaker {
+            embedder,
+            pointers: settings.embedder.text.clone(),
+        });
+    crate::service::reindex(store, index, persistent, redis, remaker).await
 }
 
 /// How long start-up waits for the invalidation channel before serving anyway.
@@ -416,7 +428,7 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
         // The keyword index is in memory: kept by the same indexer, loaded at each start.
         let keyword: Arc<dyn KeywordIndex> =
             Arc::new(EmbeddedKeywordIndex::new().context("making the keyword index")?);
-        let indexer = Indexer::new(
+        let mut indexer = Indexer::new(
             store.clone(),
             index.clone(),
             indexer_state.clone(),
@@ -424,6 +436,19 @@ async fn assemble(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<
             persistent,
         )
         .with_keywords(keyword.clone(), settings.embedder.text.clone());
+        // With an embedder, contexts written without an embedding get the server's, made
+        // after commit by a worker the indexer hands them to.
+        if let Some(embedder) = &embedder {
+            let (worker, link) = EmbeddingWorker::new(
+                store.clone(),
+                embedder.clone(),
+                cache.clone(),
+                metrics.clone(),
+                settings.embedder.text.clone(),
+            );
+            indexer = indexer.with_embedding(link);
+            background.push(worker.spawn(stopped.clone()));
+        }
         // The embedded index starts empty and is loaded from the store in the background.
         // Start-up waits for it a moment (a small store is searchable as soon as contextd is
         // ready), then serves: until the index has caught up, search answers from what is

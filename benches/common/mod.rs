@@ -554,5 +554,6 @@ pub fn cached_context(id: ContextId, data: Value, metadata: Value) -> Arc<Cached
         created_at,
         updated_at: created_at,
         size_bytes,
+        server_embedding: None,
     }))
 }

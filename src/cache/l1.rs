@@ -114,11 +114,7 @@ impl L1 {
         // The rendered body, once made, costs about as much again as the JSON it renders.
         let bytes = ENTRY_OVERHEAD
             + 2 * context.size_bytes.max(0) as usize
-            + context
-                .content
-                .embedding
-                .as_ref()
-                .map_or(0, |e| e.len() * 4);
+            + context.embedding().map_or(0, |e| e.len() * 4);
         let stamp = Stamp::of(&context);
         let id = context.id.clone();
         self.insert(id, Some(context), stamp, bytes);
@@ -250,6 +246,7 @@ mod tests {
             created_at,
             updated_at: created_at,
             size_bytes: 4,
+            server_embedding: None,
         }))
     }
 

@@ -22,6 +22,8 @@ struct RecordRef<'a> {
     data: &'a JsonObject,
     metadata: &'a JsonObject,
     embedding: Option<&'a [f32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_embedding: Option<&'a [f32]>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     size_bytes: i64,
@@ -37,6 +39,9 @@ struct Record {
     data: JsonObject,
     metadata: JsonObject,
     embedding: Option<Vec<f32>>,
+    /// Absent from the records of earlier releases, which had none.
+    #[serde(default)]
+    server_embedding: Option<Vec<f32>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     size_bytes: i64,
@@ -47,8 +52,8 @@ pub fn encode(context: &Context) -> Vec<u8> {
         &context.id,
         context.version,
         &context.content,
-        context.created_at,
-        context.updated_at,
+        context.server_embedding.as_deref(),
+        (context.created_at, context.updated_at),
     )
 }
 
@@ -58,8 +63,8 @@ pub fn encode_new(id: &ContextId, new: &NewVersion) -> Vec<u8> {
         id,
         new.version,
         &new.content,
-        new.created_at,
-        new.updated_at,
+        None,
+        (new.created_at, new.updated_at),
     )
 }
 
@@ -67,8 +72,8 @@ fn encode_parts(
     id: &ContextId,
     version: i64,
     content: &Content,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+    server_embedding: Option<&[f32]>,
+    (created_at, updated_at): (DateTime<Utc>, DateTime<Utc>),
 ) -> Vec<u8> {
     serde_json::to_vec(&RecordRef {
         context_id: id.as_str(),
@@ -78,6 +83,7 @@ fn encode_parts(
         data: &content.data,
         metadata: &content.metadata,
         embedding: content.embedding.as_deref(),
+        server_embedding,
         created_at,
         updated_at,
         size_bytes: content.size_bytes() as i64,
@@ -161,6 +167,7 @@ pub fn decode(bytes: &[u8]) -> Option<Context> {
         created_at: r.created_at,
         updated_at: r.updated_at,
         size_bytes: r.size_bytes,
+        server_embedding: r.server_embedding,
     })
 }
 
@@ -186,8 +193,18 @@ mod tests {
             content,
             created_at: now,
             updated_at: now,
+            server_embedding: None,
         };
         assert_eq!(decode(&encode(&context)), Some(context.clone()));
+        let embedded = Context {
+            content: Content {
+                embedding: None,
+                ..context.content.clone()
+            },
+            server_embedding: Some(vec![0.25, 0.75]),
+            ..context.clone()
+        };
+        assert_eq!(decode(&encode(&embedded)), Some(embedded));
         assert_eq!(decode(b"not json"), None);
 
         let packed = compress(&encode(&context));

@@ -86,7 +86,14 @@ async fn follow_commits(l1: Arc<L1>, mut commits: tokio::sync::broadcast::Receiv
     loop {
         match commits.recv().await {
             Ok(CommitNotice::Changed(id, Some(committed))) => {
-                l1.invalidate(&id, Stamp::new(committed.created_at, committed.version));
+                l1.invalidate(
+                    &id,
+                    Stamp::new(
+                        committed.created_at,
+                        committed.version,
+                        committed.server_embedded,
+                    ),
+                );
             }
             // An older instance's notice names the id only: drop whatever is held.
             Ok(CommitNotice::Changed(id, None)) => l1.remove(&id),

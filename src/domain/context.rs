@@ -94,15 +94,77 @@ impl Content {
     }
 }
 
+/// Where a context's embedding came from.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingSource {
+    /// Sent with the write (`embedding`): kept as sent, never replaced by the server's.
+    Client,
+    /// Made by contextd's embedder from the context's text, after the write committed.
+    Server,
+}
+
+impl EmbeddingSource {
+    /// Who made a version's embedding, from whether the client sent one and whether the
+    /// server has made one; the client's wins (the server never embeds such a version).
+    pub fn of(client: bool, server: bool) -> Option<Self> {
+        match (client, server) {
+            (true, _) => Some(EmbeddingSource::Client),
+            (false, true) => Some(EmbeddingSource::Server),
+            (false, false) => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbeddingSource::Client => "client",
+            EmbeddingSource::Server => "server",
+        }
+    }
+}
+
 /// The current state of a context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Context {
     pub id: ContextId,
     pub version: i64,
+    /// What the version holds; its `embedding` is the client's.
     pub content: Content,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub size_bytes: i64,
+    /// The embedding contextd's embedder made of this version's text, when the write carried
+    /// none and it has been made. Not part of the version: a later write compares and keeps
+    /// only what the client sent.
+    pub server_embedding: Option<Vec<f32>>,
+}
+
+impl Context {
+    /// The embedding search uses: the client's, else the server's.
+    pub fn embedding(&self) -> Option<&[f32]> {
+        self.content
+            .embedding
+            .as_deref()
+            .or(self.server_embedding.as_deref())
+    }
+
+    /// Who made [`Context::embedding`]; `None` when there is none.
+    pub fn embedding_source(&self) -> Option<EmbeddingSource> {
+        EmbeddingSource::of(
+            self.content.embedding.is_some(),
+            self.server_embedding.is_some(),
+        )
+    }
 }
 
 /// A context as lists show it: everything but `data` and the embedding.
@@ -116,7 +178,8 @@ pub struct ContextSummary {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub size_bytes: i64,
-    pub has_embedding: bool,
+    /// Who made the current version's embedding; `None` when it has none.
+    pub embedding_source: Option<EmbeddingSource>,
 }
 
 /// One entry of a context's history, without its payload.

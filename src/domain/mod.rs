@@ -18,8 +18,8 @@ mod text;
 mod webhook;
 
 pub use context::{
-    ChangeType, Content, Context, ContextHistory, ContextSummary, Refusal, Source, VersionInfo,
-    VersionRecord,
+    ChangeType, Content, Context, ContextHistory, ContextSummary, EmbeddingSource, Refusal, Source,
+    VersionInfo, VersionRecord,
 };
 pub use cursor::{Cursor, CursorError};
 pub use id::{ContextId, InvalidId};

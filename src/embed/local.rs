@@ -73,6 +73,19 @@ pub fn inspect(dir: &Path) -> anyhow::Result<ModelInfo> {
 #[derive(Clone)]
 pub struct LocalEmbedder {
     model: Arc<Model>,
+    /// [`model_name`] of its directory.
+    name: String,
+}
+
+/// What the model in `dir` is known as beside its embeddings: `local:` and the directory's
+/// name (`local:all-MiniLM-L6-v2`). Another model put in the same directory is not noticed:
+/// `contextd reindex` makes every server embedding again.
+pub fn model_name(dir: &Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    format!("local:{name}")
 }
 
 struct Model {
@@ -121,6 +134,7 @@ impl LocalEmbedder {
                 bert,
                 threads,
             }),
+            name: model_name(dir),
         })
     }
 
@@ -147,6 +161,10 @@ fn pool_width() -> usize {
 impl Embedder for LocalEmbedder {
     fn backend(&self) -> &'static str {
         "local"
+    }
+
+    fn model(&self) -> &str {
+        &self.name
     }
 
     fn dimensions(&self) -> usize {

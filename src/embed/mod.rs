@@ -29,6 +29,10 @@ pub trait Embedder: Send + Sync + 'static {
     /// `local` or `openai`.
     fn backend(&self) -> &'static str;
 
+    /// Which model makes its vectors (`local:<directory>`, `openai:<model>`): kept beside each
+    /// server embedding, so that a change of model has them made again.
+    fn model(&self) -> &str;
+
     /// The length of every vector it makes; `vector.dimensions` must equal it.
     fn dimensions(&self) -> usize;
 
@@ -46,6 +50,7 @@ pub trait Embedder: Send + Sync + 'static {
 /// vector and by keyword works meanwhile). A load that failed stays failed, with its reason.
 pub struct Pending {
     backend: &'static str,
+    model: String,
     dimensions: usize,
     batch_size: usize,
     ready: std::sync::OnceLock<Result<std::sync::Arc<dyn Embedder>, String>>,
@@ -59,10 +64,11 @@ pub struct Pending {
 pub type Observer = Box<dyn Fn(Option<f64>) + Send + Sync>;
 
 impl Pending {
-    /// An embedder of `backend` making `dimensions`-float vectors, not loaded yet.
-    pub fn new(backend: &'static str, dimensions: usize, batch_size: usize) -> Self {
+    /// An embedder of `backend` and `model` making `dimensions`-float vectors, not loaded yet.
+    pub fn new(backend: &'static str, model: String, dimensions: usize, batch_size: usize) -> Self {
         Self {
             backend,
+            model,
             dimensions,
             batch_size,
             ready: std::sync::OnceLock::new(),
@@ -81,6 +87,7 @@ impl Pending {
     pub fn ready(embedder: std::sync::Arc<dyn Embedder>) -> Self {
         let pending = Self::new(
             embedder.backend(),
+            embedder.model().to_owned(),
             embedder.dimensions(),
             embedder.batch_size(),
         );
@@ -110,6 +117,10 @@ impl Pending {
 impl Embedder for Pending {
     fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    fn model(&self) -> &str {
+        &self.model
     }
 
     fn dimensions(&self) -> usize {

@@ -131,7 +131,10 @@ pub struct OpenAiEmbedder {
     endpoint: Url,
     /// The endpoint without its query, for messages.
     shown: String,
-    model: String,
+    /// `embedder.openai.model`.
+    model_name: String,
+    /// `openai:<model>`.
+    identity: String,
     dimensions: usize,
     batch_size: usize,
     /// `Bearer <key>`, marked sensitive so that reqwest's `Debug` hides it.
@@ -149,7 +152,7 @@ impl std::fmt::Debug for OpenAiEmbedder {
         // By hand, so the key never shows up even if someone logs the embedder.
         f.debug_struct("OpenAiEmbedder")
             .field("endpoint", &self.shown)
-            .field("model", &self.model)
+            .field("model", &self.model_name)
             .field("dimensions", &self.dimensions)
             .field("batch_size", &self.batch_size)
             .field("api_key", &self.bearer.as_ref().map(|_| "<redacted>"))
@@ -202,7 +205,8 @@ impl OpenAiEmbedder {
             http,
             endpoint,
             shown: shown.to_string(),
-            model: settings.model.clone(),
+            model_name: settings.model.clone(),
+            identity: format!("openai:{}", settings.model),
             dimensions,
             batch_size: settings.batch_size.clamp(1, MAX_BATCH),
             bearer,
@@ -240,7 +244,7 @@ impl OpenAiEmbedder {
         for round in 0..=SHRINK_ROUNDS {
             let inputs: Vec<&str> = texts.iter().map(|text| prepare(text, cap)).collect();
             let body = serde_json::to_vec(&RequestOut {
-                model: &self.model,
+                model: &self.model_name,
                 input: &inputs,
                 encoding_format: "float",
             })
@@ -362,7 +366,7 @@ impl OpenAiEmbedder {
         };
         format!(
             "POST {} answered {status}{hint}: {message} (model {:?})",
-            self.shown, self.model
+            self.shown, self.model_name
         )
     }
 
@@ -391,7 +395,7 @@ impl OpenAiEmbedder {
             "the embedder makes vectors of {got} floats but vector.dimensions is {}: set \
              vector.dimensions to {got}, or embedder.openai.model (now {:?}) to a model that \
              makes {}-float vectors",
-            self.dimensions, self.model, self.dimensions
+            self.dimensions, self.model_name, self.dimensions
         )
     }
 }
@@ -400,6 +404,10 @@ impl OpenAiEmbedder {
 impl Embedder for OpenAiEmbedder {
     fn backend(&self) -> &'static str {
         "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.identity
     }
 
     fn dimensions(&self) -> usize {

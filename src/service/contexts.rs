@@ -218,6 +218,8 @@ impl ContextService {
             content: record.content,
             created_at,
             updated_at: record.info.changed_at,
+            // Only the current version's server embedding is kept.
+            server_embedding: None,
         }));
         self.cache.fill_version(&context);
         Ok((context, CacheOutcome::Miss))

@@ -18,7 +18,7 @@ pub use contexts::{ContextService, Page, WriteStatus, Written, admit};
 pub use error::ServiceError;
 pub use keys::{CreatedKey, KeyService};
 pub use ops::{Check, Ops, Readiness, Summary};
-pub use reindex::{ReindexSummary, reindex};
+pub use reindex::{ReindexSummary, Remaker, reindex};
 pub use rules::{ConflictStrategy, IfMatch, Preconditions, WriteRequest};
 pub use search::{MAX_SEARCH_LIMIT, Matched, SearchHit, SearchMode, SearchRequest, SearchService};
 pub use sync::{FactoryItem, MAX_SYNC_ITEMS, SyncResult, SyncStatus};

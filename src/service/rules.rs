@@ -392,6 +392,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             size_bytes: 0,
+            server_embedding: None,
         }
     }
 

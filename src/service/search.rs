@@ -465,7 +465,7 @@ impl SearchService {
                 Err(e) => return Err(e),
             };
             let current = &context.content;
-            if (mode == SearchMode::Vector && current.embedding.is_none())
+            if (mode == SearchMode::Vector && context.embedding().is_none())
                 || request.source.is_some_and(|s| s != current.source)
                 || request
                     .parent_id

@@ -80,6 +80,8 @@ impl NewVersion {
             content: self.content,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            // A new version's text is embedded after commit.
+            server_embedding: None,
         }
     }
 }
@@ -246,24 +248,49 @@ pub enum CommitNotice {
     Unknown,
 }
 
+/// An embedding contextd's embedder made of the text of version `version` of `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEmbedding {
+    pub id: ContextId,
+    pub version: i64,
+    /// The embedder that made it ([`crate::embed::Embedder::model`]).
+    pub model: String,
+    /// SHA-256 of the text embedded.
+    pub text_sha256: [u8; 32],
+    pub vector: Vec<f32>,
+}
+
 /// What a commit did to a context: its incarnation (`created_at`) and the version it now has,
-/// `i64::MAX` for a delete. Other instances compare it with what their cache holds.
+/// `i64::MAX` for a delete, and whether that version's server embedding is in. Other instances
+/// compare it with what their cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
     pub created_at: DateTime<Utc>,
     pub version: i64,
+    pub server_embedded: bool,
 }
 
 impl Committed {
     /// The version a delete commits.
     pub const DELETED: i64 = i64::MAX;
 
-    /// The commit signal's payload: `<id> <created_at in µs> <version>`.
+    /// A write's commit of `version` (or [`Committed::DELETED`]).
+    pub fn write(created_at: DateTime<Utc>, version: i64) -> Self {
+        Self {
+            created_at,
+            version,
+            server_embedded: false,
+        }
+    }
+
+    /// The commit signal's payload: `<id> <created_at in µs> <version>`, then ` e` when the
+    /// server's embedding of that version came in.
     pub fn payload(&self, id: &ContextId) -> String {
         format!(
-            "{id} {} {}",
+            "{id} {} {}{}",
             self.created_at.timestamp_micros(),
-            self.version
+            self.version,
+            if self.server_embedded { " e" } else { "" }
         )
     }
 
@@ -276,6 +303,11 @@ impl Committed {
                 created_at: chrono::TimeZone::timestamp_micros(&Utc, micros.parse().ok()?)
                     .single()?,
                 version: version.parse().ok()?,
+                server_embedded: match parts.next() {
+                    None => false,
+                    Some("e") => true,
+                    Some(_) => return None,
+                },
             }),
             _ => None,
         };
@@ -629,6 +661,38 @@ pub trait EmbeddingStore: Send + Sync + 'static {
         dimensions: usize,
     ) -> Result<Vec<ContextId>, StoreError>;
 
+    /// Contexts the server should embed: the current version has no client embedding and no
+    /// server embedding made for it by `model` with `dimensions` floats; ids in order after
+    /// `after`, at most `limit`. What the embedding worker catches up on at start and after its
+    /// queue overflowed.
+    async fn unembedded(
+        &self,
+        model: &str,
+        dimensions: usize,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ContextId>, StoreError>;
+
+    /// The server embeddings held for `ids`, whatever version each was made for (an older one
+    /// is taken over when its text did not change).
+    async fn server_embeddings(
+        &self,
+        ids: &[ContextId],
+    ) -> Result<Vec<ServerEmbedding>, StoreError>;
+
+    /// Stores server embeddings, in one transaction, each only if the version it was made for
+    /// is still current and has no client embedding; drops their L3 entries and signals each
+    /// commit (`server_embedded`). Like a dropped embedding, not a write: no new version, no
+    /// outbox row. The ids stored.
+    async fn put_server_embeddings(
+        &self,
+        embeddings: &[ServerEmbedding],
+    ) -> Result<Vec<ContextId>, StoreError>;
+
+    /// Deletes the server embeddings whose length is not `dimensions` (`contextd reindex`:
+    /// they are made again by the embedder); how many.
+    async fn drop_server_embeddings(&self, dimensions: usize) -> Result<u64, StoreError>;
+
     /// How far the indexer `name` has applied the outbox (0 before it ever did).
     async fn indexer_cursor(&self, name: &str) -> Result<i64, StoreError>;
 
@@ -672,4 +736,32 @@ pub trait Store:
 impl<T> Store for T where
     T: StoreHealth + ContextStore + CacheTable + ChangeLog + EmbeddingStore + KeyStore
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_notice_round_trips_and_an_older_ones_still_parses() {
+        let id = ContextId::parse("ctx_1").unwrap();
+        let at = chrono::TimeZone::timestamp_micros(&Utc, 1_700_000_000_123_456).unwrap();
+        let write = Committed::write(at, 3);
+        let embedded = Committed {
+            server_embedded: true,
+            ..write
+        };
+        for committed in [write, embedded] {
+            assert_eq!(
+                Committed::parse(&committed.payload(&id)),
+                Some((id.clone(), Some(committed)))
+            );
+        }
+        assert_eq!(embedded.payload(&id), "ctx_1 1700000000123456 3 e");
+        // An id alone, as releases before stamps sent it; and garbage.
+        assert_eq!(Committed::parse("ctx_1"), Some((id.clone(), None)));
+        // What this release cannot read is "unknown": the caches drop everything.
+        assert_eq!(Committed::parse("ctx_1 1700000000123456 3 x"), None);
+        assert_eq!(Committed::parse("not an id!"), None);
+    }
 }

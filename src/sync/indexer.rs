@@ -22,6 +22,18 @@ use crate::keyword::{KeywordEntry, KeywordIndex, MAX_TEXT_BYTES};
 use crate::store::Store;
 use crate::vector::{MISMATCH_REMEDY, Mismatched, VectorEntry, VectorIndex};
 
+use super::embedding::EmbeddingLink;
+
+/// The next contexts the embedding worker embedded; never, without a worker.
+async fn next_embedded(
+    embedded: &mut Option<tokio::sync::mpsc::Receiver<Vec<ContextId>>>,
+) -> Option<Vec<ContextId>> {
+    match embedded {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Changes read from the outbox per round.
 const PAGE: usize = 500;
 
@@ -71,12 +83,13 @@ pub struct Rebuilt {
     pub skipped: usize,
 }
 
-/// The entry of a context's current version; `None` when it has no embedding.
+/// The entry of a context's current version (its client's embedding, else the server's);
+/// `None` when it has no embedding.
 pub fn entry_of(context: &Context) -> Option<VectorEntry> {
     Some(VectorEntry {
         id: context.id.clone(),
         version: context.version,
-        vector: context.content.embedding.clone()?,
+        vector: context.embedding()?.to_vec(),
         source: context.content.source,
         parent_id: context.content.parent_id.clone(),
         data: context.content.data.clone(),
@@ -109,6 +122,9 @@ pub struct Indexer {
     index: Arc<dyn VectorIndex>,
     /// Set: the indexer keeps this keyword index as well (in memory: loaded at each start).
     keyword: Option<KeywordTarget>,
+    /// Set: an embedder is configured; contexts changed without an embedding go to its
+    /// worker, which says which it embedded.
+    embedding: Option<EmbeddingLink>,
     state: Arc<IndexerState>,
     poll: Duration,
     /// Whether the index keeps what it holds across restarts (Weaviate) or starts empty
@@ -128,6 +144,7 @@ impl Indexer {
             store,
             index,
             keyword: None,
+            embedding: None,
             state,
             poll,
             persistent,
@@ -139,6 +156,16 @@ impl Indexer {
     /// restarts) and then kept from the outbox with the vector index, each change read once.
     pub fn with_keywords(mut self, index: Arc<dyn KeywordIndex>, pointers: Vec<String>) -> Self {
         self.keyword = Some(KeywordTarget { index, pointers });
+        self
+    }
+
+    /// The indexer offers every changed context that has no embedding to the embedding worker
+    /// behind `link` (which embeds its text and stores the result as the server's), and
+    /// indexes what the worker says it embedded. Every change to the indexes is made here, in
+    /// order, from what the store holds: an embedding stored just as a change without one was
+    /// being applied cannot be deleted by it.
+    pub fn with_embedding(mut self, link: EmbeddingLink) -> Self {
+        self.embedding = Some(link);
         self
     }
 
@@ -319,17 +346,26 @@ impl Indexer {
 
     /// Runs until `stop` turns true, from the outbox position `start` (what `rebuild` returned),
     /// or, when `None`, preparing the backend and finding its position first.
-    pub fn spawn(self, start: Option<i64>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    pub fn spawn(mut self, start: Option<i64>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         // Started from a rebuild: the index is as current as the store was.
         if start.is_some() {
             self.state.healthy.store(true, Ordering::Relaxed);
         }
+        let mut embedded = self
+            .embedding
+            .as_mut()
+            .and_then(|link| link.embedded.take());
         tokio::spawn(async move {
             let mut commits = self.store.commits();
             let mut cursor = start;
             let mut retry = FIRST_RETRY;
+            // Contexts the embedding worker embedded, still to be indexed.
+            let mut redo: BTreeSet<ContextId> = BTreeSet::new();
             loop {
-                let outcome = self.round(&mut cursor).await;
+                let mut outcome = self.round(&mut cursor).await;
+                if outcome.is_ok() && !redo.is_empty() {
+                    outcome = self.apply(std::mem::take(&mut redo)).await;
+                }
                 let deadline = match outcome {
                     Ok(()) => {
                         self.state.healthy.store(true, Ordering::Relaxed);
@@ -357,6 +393,10 @@ impl Indexer {
                 let stopping = tokio::select! {
                     _ = stop.wait_for(|stop| *stop) => true,
                     _ = commits.recv(), if deadline.is_none() => false,
+                    Some(ids) = next_embedded(&mut embedded), if deadline.is_none() => {
+                        redo.extend(ids);
+                        false
+                    }
                     _ = tokio::time::sleep_until(deadline.unwrap_or(Instant::now() + self.poll)) => false,
                 };
                 if stopping {
@@ -426,6 +466,11 @@ impl Indexer {
         let mut met = 0usize;
         for id in ids {
             let context = self.store.get(&id).await?;
+            if let (Some(link), Some(context)) = (&self.embedding, &context)
+                && context.embedding().is_none()
+            {
+                link.queue.offer(id.clone());
+            }
             if let Some(keyword) = &self.keyword {
                 match &context {
                     Some(context) => texts.push(keyword_entry_of(context, &keyword.pointers)),

@@ -4,6 +4,7 @@
 //! commit; the `sync.interval_seconds` poll is only the fallback. They never touch a write's
 //! path: a failing receiver only makes changes wait in the outbox.
 
+mod embedding;
 mod indexer;
 mod pusher;
 
@@ -15,6 +16,10 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use embedding::{
+    EmbeddingLink, EmbeddingQueue, EmbeddingWorker, MAX_EMBED_TEXT_BYTES, QUEUE_CAPACITY,
+    embedding_text, text_sha256,
+};
 pub use indexer::{Indexer, IndexerState, Rebuilt, entry_of};
 pub use pusher::{Pusher, signature, standard_signature, webhook_id};
 

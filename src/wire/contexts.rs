@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    ChangeType, Content, Context, ContextId, ContextSummary, JsonObject, PageLimit, Source,
-    VersionInfo, VersionRecord,
+    ChangeType, Content, Context, ContextId, ContextSummary, EmbeddingSource, JsonObject,
+    PageLimit, Source, VersionInfo, VersionRecord,
 };
 use crate::error::AppError;
 use crate::service::Page;
@@ -98,6 +98,9 @@ pub struct ContextOut<'a> {
     /// Bytes of compact JSON `data` + `metadata`.
     pub size_bytes: i64,
     pub has_embedding: bool,
+    /// `client` (sent with a write), `server` (made by contextd's embedder from the text,
+    /// after the write), or null: no embedding (yet).
+    pub embedding_source: Option<EmbeddingSource>,
     /// Only with `?include=embedding`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<f32>>)]
@@ -116,12 +119,9 @@ impl<'a> ContextOut<'a> {
             created_at: context.created_at,
             updated_at: context.updated_at,
             size_bytes: context.size_bytes,
-            has_embedding: context.content.embedding.is_some(),
-            embedding: context
-                .content
-                .embedding
-                .as_deref()
-                .filter(|_| include_embedding),
+            has_embedding: context.embedding().is_some(),
+            embedding_source: context.embedding_source(),
+            embedding: context.embedding().filter(|_| include_embedding),
         }
     }
 }
@@ -139,6 +139,8 @@ pub struct ContextSummaryOut {
     pub updated_at: DateTime<Utc>,
     pub size_bytes: i64,
     pub has_embedding: bool,
+    /// As on the context: `client`, `server` or null.
+    pub embedding_source: Option<EmbeddingSource>,
 }
 
 impl From<ContextSummary> for ContextSummaryOut {
@@ -152,7 +154,8 @@ impl From<ContextSummary> for ContextSummaryOut {
             created_at: s.created_at,
             updated_at: s.updated_at,
             size_bytes: s.size_bytes,
-            has_embedding: s.has_embedding,
+            has_embedding: s.embedding_source.is_some(),
+            embedding_source: s.embedding_source,
         }
     }
 }

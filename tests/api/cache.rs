@@ -280,6 +280,7 @@ fn context(id: &str, version: i64, created: chrono::DateTime<Utc>) -> Arc<Cached
         content,
         created_at: created,
         updated_at: created,
+        server_embedding: None,
     }))
 }
 

@@ -11,7 +11,7 @@ use crate::openai_fake::{FakeOpenAi, MODEL};
 use crate::search::{eventually, ids, search};
 
 /// The app on `setup` with the fake as its embedder.
-async fn app_with_embedder(setup: Setup) -> (TestApp, FakeOpenAi) {
+pub async fn app_with_embedder(setup: Setup) -> (TestApp, FakeOpenAi) {
     let fake = FakeOpenAi::start(4).await;
     let url = fake.url();
     let app = TestApp::spawn_with(setup, move |s| {

@@ -40,7 +40,12 @@ async fn two_instances_starting_at_once_on_a_new_database_both_come_up_and_migra
         .await;
     assert_eq!(
         applied,
-        vec![vec![json!(1)], vec![json!(2)], vec![json!(3)]]
+        vec![
+            vec![json!(1)],
+            vec![json!(2)],
+            vec![json!(3)],
+            vec![json!(4)]
+        ]
     );
 
     // And a third start on the migrated database changes nothing.

@@ -28,6 +28,7 @@ mod redis;
 mod reindex;
 mod retrieval;
 mod search;
+mod server_embeddings;
 mod store;
 mod sync;
 mod tls;

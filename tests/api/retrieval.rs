@@ -6,8 +6,9 @@
 //! search ask for: hybrid finds most paraphrases first, and never loses a hit that keyword
 //! search finds.
 //!
-//! The contexts carry their embeddings as a client would send them, made by the same model in
-//! the test; the server embeds the queries.
+//! Half the contexts carry their embeddings as a client would send them, made by the same model
+//! in the test; the server embeds the other half after their writes (and must make the same
+//! vectors), and every query.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -94,13 +95,13 @@ async fn retrieval_quality(vectors: Vectors) {
         s.embedder.local.model_dir = Some(dir);
     })
     .await;
-    for ((id, text), embedding) in contexts.iter().zip(&embeddings) {
-        let response = app
-            .put(
-                id,
-                json!({"data": {"text": text}, "source": "mcp", "embedding": embedding}),
-            )
-            .await;
+    for (n, ((id, text), embedding)) in contexts.iter().zip(&embeddings).enumerate() {
+        let body = if n % 2 == 0 {
+            json!({"data": {"text": text}, "source": "mcp", "embedding": embedding})
+        } else {
+            json!({"data": {"text": text}, "source": "mcp"})
+        };
+        let response = app.put(id, body).await;
         assert!(response.status().is_success(), "{id}");
     }
     // The model loads in the background; the indexes follow the store a moment behind.
@@ -136,6 +137,20 @@ async fn retrieval_quality(vectors: Vectors) {
             vector["results"].as_array().map_or(0, Vec::len)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the server made of a text is what the model makes of it in the test.
+    for (n, ((id, _), embedding)) in contexts.iter().zip(&embeddings).enumerate() {
+        let body: Value = app
+            .get(&format!("/contexts/{id}?include=embedding"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let source = if n % 2 == 0 { "client" } else { "server" };
+        assert_eq!(body["embedding_source"], source, "{id}");
+        let made: Vec<f32> = serde_json::from_value(body["embedding"].clone()).unwrap();
+        let cosine: f32 = made.iter().zip(embedding).map(|(a, b)| a * b).sum();
+        assert!(cosine > 0.99999, "{id}: cosine {cosine}");
     }
 
     let rank = |results: &Value, expect: &str| {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use contextd::domain::{ContextId, Refusal, Role};
-use contextd::store::{ApiKeyRecord, Decision, Store, StoreError, WriteOutcome};
+use contextd::store::{ApiKeyRecord, Decision, ServerEmbedding, Store, StoreError, WriteOutcome};
 
 use crate::harness::{Backend, TestApp, TestDb};
 
@@ -102,6 +102,86 @@ async fn a_refusal_stores_nothing_and_unchanged_needs_a_context(backend: Backend
     );
 }
 
+/// The server's embeddings in each backend's SQL: stored only for the current version of a
+/// context without a client's embedding, read back with what made them, listed as missing
+/// when stale (another version, model or length), and removed by length.
+async fn a_server_embedding_lands_only_on_a_current_version_without_a_clients(backend: Backend) {
+    let setup = match backend {
+        Backend::Postgres => crate::harness::Setup::POSTGRES_L2_OFF,
+        Backend::Sqlite => crate::harness::Setup::SQLITE,
+    };
+    let mut app = TestApp::spawn(setup).await;
+    app.put_data("plain", serde_json::json!({"t": "pump"}))
+        .await;
+    app.put_data("moved", serde_json::json!({"t": "one"})).await;
+    app.put_data("moved", serde_json::json!({"t": "two"})).await;
+    let response = app
+        .put(
+            "client",
+            serde_json::json!({"data": {"t": "x"}, "source": "mcp", "embedding": [1, 0, 0, 0]}),
+        )
+        .await;
+    assert!(response.status().is_success());
+    app.stop().await;
+    let store = contextd::startup::open_store(&app.settings).await.unwrap();
+    let id = |raw: &str| ContextId::parse(raw).unwrap();
+    let missing = store.unembedded("m", 4, None, 10).await.unwrap();
+    assert_eq!(missing, [id("moved"), id("plain")]);
+
+    let made = |raw: &str, version: i64| ServerEmbedding {
+        id: id(raw),
+        version,
+        model: "m".to_owned(),
+        text_sha256: [7; 32],
+        vector: vec![0.0, 1.0, 0.0, 0.0],
+    };
+    // `moved` is at version 2 and `client` has its own: only `plain` takes one.
+    let stored = store
+        .put_server_embeddings(&[made("plain", 1), made("moved", 1), made("client", 1)])
+        .await
+        .unwrap();
+    assert_eq!(stored, [id("plain")]);
+    let plain = store.get(&id("plain")).await.unwrap().unwrap();
+    assert_eq!(plain.server_embedding, Some(vec![0.0, 1.0, 0.0, 0.0]));
+    assert_eq!(
+        plain.embedding_source(),
+        Some(contextd::domain::EmbeddingSource::Server)
+    );
+    let client = store.get(&id("client")).await.unwrap().unwrap();
+    assert_eq!(client.server_embedding, None);
+    assert_eq!(
+        store
+            .server_embeddings(&[id("plain"), id("moved")])
+            .await
+            .unwrap(),
+        [made("plain", 1)]
+    );
+    assert_eq!(
+        store.unembedded("m", 4, None, 10).await.unwrap(),
+        [id("moved")]
+    );
+    // Made by another model, or of another length: to be made again.
+    assert_eq!(
+        store.unembedded("other", 4, None, 10).await.unwrap(),
+        [id("moved"), id("plain")]
+    );
+    assert_eq!(
+        store.unembedded("m", 8, Some("moved"), 10).await.unwrap(),
+        [id("plain")]
+    );
+    assert_eq!(store.drop_server_embeddings(4).await.unwrap(), 0);
+    assert_eq!(store.drop_server_embeddings(8).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .get(&id("plain"))
+            .await
+            .unwrap()
+            .unwrap()
+            .server_embedding,
+        None
+    );
+}
+
 /// Each listed `async fn name(backend: Backend)` as `name::postgres` and `name::sqlite`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -125,6 +205,7 @@ on_both_backends!(
     the_first_revocation_wins_and_the_bootstrap_key_lifts_one,
     an_indexer_cursor_never_moves_back,
     a_refusal_stores_nothing_and_unchanged_needs_a_context,
+    a_server_embedding_lands_only_on_a_current_version_without_a_clients,
 );
 
 /// Rows of both tables one execution of `sql` reads (returned, or read and filtered out),

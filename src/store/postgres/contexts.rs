@@ -201,11 +201,7 @@ impl ContextStore for PostgresStore {
                 &"delete",
                 &no_change_type,
             ];
-            let notice = Committed {
-                created_at: current.created_at,
-                version: Committed::DELETED,
-            }
-            .payload(id);
+            let notice = Committed::write(current.created_at, Committed::DELETED).payload(id);
             let notice: Params = &[&notice];
             let results = tokio::join!(
                 biased;
@@ -492,9 +488,12 @@ fn assemble_histories(heads: &[Row], versions: &[Row]) -> Result<Vec<ContextHist
 /// `SELECT_CURRENT` for many ids at once, with the id first.
 const SELECT_CURRENTS: &str = "
     SELECT m.context_id, m.version, m.source, m.parent_id, m.size_bytes, m.created_at,
-           m.updated_at, v.data, v.metadata, v.embedding, m.synced_at
+           m.updated_at, v.data, v.metadata, v.embedding, m.synced_at,
+           s.embedding AS server_embedding
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    LEFT JOIN contextd_server_embeddings s
+        ON s.context_id = m.context_id AND s.version = m.version
     WHERE m.context_id = ANY($1)";
 
 const SELECT_CURRENT_VERSION: &str =
@@ -533,7 +532,9 @@ pub fn list_statement(shape: ListShape) -> String {
     let bound = MAX_LIST_ROWS;
     format!(
         "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
-                m.created_at, m.updated_at, m.size_bytes, m.has_embedding
+                m.created_at, m.updated_at, m.size_bytes, m.has_embedding,
+                EXISTS (SELECT 1 FROM contextd_server_embeddings s
+                        WHERE s.context_id = m.context_id AND s.version = m.version)
          FROM (SELECT context_id, version, source, parent_id, created_at, updated_at,
                       size_bytes, has_embedding
                FROM factory_context_metadata m{filter}
@@ -628,7 +629,10 @@ fn summary_from_row(row: &Row) -> Result<ContextSummary, StoreError> {
         created_at: row.try_get(5).map_err(column_error)?,
         updated_at: row.try_get(6).map_err(column_error)?,
         size_bytes: row.try_get(7).map_err(column_error)?,
-        has_embedding: row.try_get(8).map_err(column_error)?,
+        embedding_source: EmbeddingSource::of(
+            row.try_get(8).map_err(column_error)?,
+            row.try_get(9).map_err(column_error)?,
+        ),
     })
 }
 

@@ -27,8 +27,8 @@ use super::{
 };
 use crate::config::{DatabaseSettings, redact_url};
 use crate::domain::{
-    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Role, Source, VersionInfo, VersionRecord, Visible,
+    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, EmbeddingSource,
+    JsonObject, Refusal, Role, Source, VersionInfo, VersionRecord, Visible,
 };
 
 mod cache_table;
@@ -44,9 +44,11 @@ const LOCK_CONTEXT: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)
 
 const SELECT_CURRENT: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
-           v.data, v.metadata, v.embedding, m.synced_at
+           v.data, v.metadata, v.embedding, m.synced_at, s.embedding AS server_embedding
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    LEFT JOIN contextd_server_embeddings s
+        ON s.context_id = m.context_id AND s.version = m.version
     WHERE m.context_id = $1";
 
 /// Wakes every instance's outbox workers (and subscribers) at commit; the payload is the id.
@@ -491,7 +493,8 @@ fn context_from_row(id: &ContextId, row: &Row) -> Result<Context, StoreError> {
     context_from_columns(id, row, 0)
 }
 
-/// A context from the nine columns of `SELECT_CURRENT`'s shape, starting at column `first`.
+/// A context from the nine columns of `SELECT_CURRENT`'s shape, starting at column `first`,
+/// and the one named `server_embedding` (the current version's, or null).
 fn context_from_columns(id: &ContextId, row: &Row, first: usize) -> Result<Context, StoreError> {
     let at = |n: usize| first + n;
     Ok(Context {
@@ -507,6 +510,7 @@ fn context_from_columns(id: &ContextId, row: &Row, first: usize) -> Result<Conte
         size_bytes: row.try_get(at(3)).map_err(column_error)?,
         created_at: row.try_get(at(4)).map_err(column_error)?,
         updated_at: row.try_get(at(5)).map_err(column_error)?,
+        server_embedding: row.try_get("server_embedding").map_err(column_error)?,
     })
 }
 
@@ -571,11 +575,7 @@ impl<'a> Staged<'a> {
             metadata: JsonbRef(&content.metadata),
             change_type: new.change_type.as_str(),
             op: "upsert",
-            notice: Committed {
-                created_at: new.created_at,
-                version: new.version,
-            }
-            .payload(id),
+            notice: Committed::write(new.created_at, new.version).payload(id),
         }
     }
 }

@@ -338,7 +338,9 @@ pub fn list_statement(shape: ListShape) -> String {
     let (filter, limit) = shape.filter('?');
     format!(
         "SELECT m.context_id, m.version, m.source, m.parent_id, v.metadata,
-                m.created_at, m.updated_at, m.size_bytes, m.has_embedding
+                m.created_at, m.updated_at, m.size_bytes, m.has_embedding,
+                EXISTS (SELECT 1 FROM contextd_server_embeddings s
+                        WHERE s.context_id = m.context_id AND s.version = m.version)
          FROM factory_context_metadata m
          CROSS JOIN factory_context_versions v
            ON v.context_id = m.context_id AND v.version = m.version{filter}
@@ -367,7 +369,7 @@ fn summary_from_row(row: &Row) -> rusqlite::Result<ContextSummary> {
         created_at: time(row, 5)?,
         updated_at: time(row, 6)?,
         size_bytes: row.get(7)?,
-        has_embedding: row.get(8)?,
+        embedding_source: EmbeddingSource::of(row.get(8)?, row.get(9)?),
     })
 }
 

@@ -25,8 +25,8 @@ use super::{
     WriteView, migrate,
 };
 use crate::domain::{
-    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, JsonObject, Refusal,
-    Role, Source, VersionInfo, VersionRecord, Visible,
+    ChangeType, Content, Context, ContextHistory, ContextId, ContextSummary, EmbeddingSource,
+    JsonObject, Refusal, Role, Source, VersionInfo, VersionRecord, Visible,
 };
 
 mod changes;
@@ -41,9 +41,11 @@ const INSERT_KEY: &str = "
 
 const SELECT_CURRENT: &str = "
     SELECT m.version, m.source, m.parent_id, m.size_bytes, m.created_at, m.updated_at,
-           v.data, v.metadata, v.embedding, m.synced_at
+           v.data, v.metadata, v.embedding, m.synced_at, s.embedding AS server_embedding
     FROM factory_context_metadata m
     JOIN factory_context_versions v ON v.context_id = m.context_id AND v.version = m.version
+    LEFT JOIN contextd_server_embeddings s
+        ON s.context_id = m.context_id AND s.version = m.version
     WHERE m.context_id = ?1";
 
 const SELECT_VERSION: &str = "
@@ -280,7 +282,7 @@ fn json_text(object: &JsonObject) -> &str {
     object.as_str()
 }
 
-fn embedding(row: &Row, index: usize) -> rusqlite::Result<Option<Vec<f32>>> {
+fn embedding<I: rusqlite::RowIndex>(row: &Row, index: I) -> rusqlite::Result<Option<Vec<f32>>> {
     let blob: Option<Vec<u8>> = row.get(index)?;
     blob.map(|bytes| {
         if bytes.len() % 4 != 0 {
@@ -330,6 +332,7 @@ fn context_from_row(id: &ContextId, row: &Row) -> rusqlite::Result<Context> {
         size_bytes: row.get(3)?,
         created_at: time(row, 4)?,
         updated_at: time(row, 5)?,
+        server_embedding: embedding(row, "server_embedding")?,
     })
 }
 
