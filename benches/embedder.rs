@@ -1,7 +1,10 @@
 //! The `local` embedder (all-MiniLM-L6-v2 on the CPU, `contextd::embed::local`): throughput in
 //! contexts per second for short (~20 words) and long (~200 words) texts at batches of 1 and
 //! 32, and the latency of one short query through `Embedder::embed` (the CPU pool's hop
-//! included), which is what a text search pays before it searches.
+//! included), which is what a text search pays before it searches: alone, and while the server
+//! embeds written contexts in the background (batches of 16 long texts, as the embedding worker
+//! sends them), once through `Embedder::embed` (in turn with the queries, as if background
+//! work were a request) and once through `Embedder::embed_background` (the queries first).
 //!
 //! `cargo bench --bench embedder` (about three minutes on 2 cores). The model is the tests':
 //! `scripts/fetch-model.sh` puts it in `target/models/all-MiniLM-L6-v2`, or
@@ -195,4 +198,59 @@ fn main() {
         spread.pct(99.0),
         spread.pct(100.0)
     );
+
+    // The same queries while contexts are embedded in the background, without a pause.
+    let model = std::sync::Arc::new(model);
+    let busy = (queries / 4).max(20);
+    println!();
+    for (name, background) in [
+        ("background through embed", false),
+        ("background through embed_background", true),
+    ] {
+        let (samples, embedded) = runtime.block_on(async {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let worker = {
+                let (model, stop, long) = (model.clone(), stop.clone(), long.clone());
+                tokio::spawn(async move {
+                    let mut embedded = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for chunk in long.chunks(16) {
+                            let made = if background {
+                                model.embed_background(chunk).await
+                            } else {
+                                model.embed(chunk).await
+                            };
+                            embedded += made.expect("embeds").len();
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                    }
+                    embedded
+                })
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let started = Instant::now();
+            let mut samples = Vec::with_capacity(busy);
+            for _ in 0..busy {
+                let at = Instant::now();
+                model.embed(&query).await.expect("embeds");
+                samples.push(at.elapsed().as_secs_f64() * 1e3);
+                // A query now and then, as searches come.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let embedded = worker.await.expect("the worker");
+            (samples, embedded as f64 / started.elapsed().as_secs_f64())
+        });
+        let spread = Spread::of(samples).expect("samples");
+        println!(
+            "one short query, {name} ({} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+             {embedded:.1} long contexts/s embedded meanwhile",
+            spread.len(),
+            spread.pct(50.0),
+            spread.pct(99.0),
+            spread.pct(100.0)
+        );
+    }
 }

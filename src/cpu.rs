@@ -7,10 +7,15 @@
 //! to another thread would cost more than it saves; above it, on tokio's blocking threads,
 //! at most one fewer at once than the machine has cores, so a flood of big requests queues here
 //! instead of oversubscribing the CPU.
+//!
+//! Background work (the server's embeddings of written contexts) goes through
+//! [`run_background`], which lets every waiting request's work go first: a request waits at
+//! most for one background job already running, never for a queue of them.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// Work on this many bytes or more of JSON goes to the pool (parsing 64 KiB takes about
 /// 100 µs, the point where another thread starts to pay).
@@ -23,6 +28,12 @@ static POOL: LazyLock<Semaphore> = LazyLock::new(|| {
     Semaphore::new(cores.saturating_sub(1).max(1))
 });
 
+/// Callers of [`run`] waiting for the pool.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Told when no caller of [`run`] waits any more.
+static CLEAR: LazyLock<Notify> = LazyLock::new(Notify::new);
+
 /// Runs `work` on the pool and waits for it, without holding a runtime worker meanwhile. A
 /// panic in `work` carries on in the caller, as if it had run inline.
 pub async fn run<T, F>(work: F) -> T
@@ -30,10 +41,68 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let _permit = POOL.acquire().await.expect("the pool is never closed");
+    let permit = {
+        let waiting = Waiting::enter();
+        let permit = POOL.acquire().await.expect("the pool is never closed");
+        drop(waiting);
+        permit
+    };
+    let value = on_a_blocking_thread(work).await;
+    drop(permit);
+    value
+}
+
+/// [`run`] for background work: it waits until no caller of [`run`] is waiting, so requests'
+/// work goes first. Keep each job short (a few hundred milliseconds): a request that arrives
+/// while one runs waits for it.
+pub async fn run_background<T, F>(work: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    loop {
+        let clear = CLEAR.notified();
+        if WAITING.load(Ordering::Acquire) == 0 {
+            let permit = POOL.acquire().await.expect("the pool is never closed");
+            // A request came while this one waited for the pool: it goes first.
+            if WAITING.load(Ordering::Acquire) == 0 {
+                let value = on_a_blocking_thread(work).await;
+                drop(permit);
+                return value;
+            }
+            drop(permit);
+            continue;
+        }
+        clear.await;
+    }
+}
+
+async fn on_a_blocking_thread<T, F>(work: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Counts a caller of [`run`] as waiting while it lives (a caller dropped while waiting, too).
+struct Waiting;
+
+impl Waiting {
+    fn enter() -> Self {
+        WAITING.fetch_add(1, Ordering::AcqRel);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if WAITING.fetch_sub(1, Ordering::AcqRel) == 1 {
+            CLEAR.notify_waiters();
+        }
     }
 }
 
@@ -62,6 +131,50 @@ mod tests {
         assert_ne!(thread, caller);
         let (_, inline) = run_sized(10, || ((), std::thread::current().id())).await;
         assert_eq!(inline, caller);
+    }
+
+    /// Background work queued behind a running job lets a request's work, queued after it,
+    /// run first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_requests_work_goes_before_background_work() {
+        let width = POOL.available_permits();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        // Every permit taken by work that waits for the signal.
+        let mut holders = Vec::new();
+        let hold = std::sync::Arc::new(std::sync::Mutex::new(hold));
+        for _ in 0..width {
+            let hold = hold.clone();
+            holders.push(tokio::spawn(run(move || {
+                let _ = hold.lock().unwrap().recv();
+            })));
+        }
+        while POOL.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let background = {
+            let order = order.clone();
+            tokio::spawn(run_background(move || {
+                order.lock().unwrap().push("background")
+            }))
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let request = {
+            let order = order.clone();
+            tokio::spawn(run(move || order.lock().unwrap().push("request")))
+        };
+        while WAITING.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..width {
+            release.send(()).unwrap();
+        }
+        for holder in holders {
+            holder.await.unwrap();
+        }
+        request.await.unwrap();
+        background.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["request", "background"]);
     }
 
     #[tokio::test]

@@ -164,7 +164,21 @@ async fn offline_service(settings: &Settings) -> anyhow::Result<ContextService> 
     Ok(ContextService::new(store, cache, settings))
 }
 
+/// The local embedder's kernels (candle) ask for the thread count on every operation and,
+/// unless `RAYON_NUM_THREADS` says it, work it out from the CPU mask and `/proc/cpuinfo`: some
+/// fifty file reads per query embedded. Said once here, as rayon itself counts (the cores this
+/// process may use), so rayon's pools are as they would be without it.
+fn name_the_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        // SAFETY: called first thing in `main`, before any other thread exists to read or
+        // write the environment.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", cores.to_string()) };
+    }
+}
+
 fn main() -> ExitCode {
+    name_the_thread_count();
     let cli = Cli::parse();
     if let Command::Openapi { output } = &cli.command {
         let json = contextd::api::openapi_json();

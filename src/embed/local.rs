@@ -192,7 +192,27 @@ impl Embedder for LocalEmbedder {
             .await
             .map_err(|e| EmbedError::Rejected(format!("{e:#}")))
     }
+
+    /// In jobs of [`BACKGROUND_BATCH`] texts on the CPU pool, each after the requests' work
+    /// waiting then: a text query waits for one such job at most.
+    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(BACKGROUND_BATCH) {
+            let embedder = self.clone();
+            let chunk = chunk.to_vec();
+            let made = crate::cpu::run_background(move || embedder.embed_blocking(&chunk))
+                .await
+                .map_err(|e| EmbedError::Rejected(format!("{e:#}")))?;
+            vectors.extend(made);
+        }
+        Ok(vectors)
+    }
 }
+
+/// Texts per job of background embedding: a few, so that a query arriving meanwhile waits
+/// little (about 70 ms for four short texts on one core, 0.6 s for four of 200 words), while
+/// keeping most of what batching gains.
+pub const BACKGROUND_BATCH: usize = 4;
 
 impl Model {
     fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {

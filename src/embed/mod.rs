@@ -43,6 +43,13 @@ pub trait Embedder: Send + Sync + 'static {
     /// floats. Text beyond the model's input limit is cut off, never an error. At most
     /// [`Embedder::batch_size`] texts.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// [`Embedder::embed`] for background work (the server's embeddings of written contexts):
+    /// an embedder that shares the CPU with requests (the local model) lets their work go
+    /// first, so a text query never waits behind a queue of them.
+    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed(texts).await
+    }
 }
 
 /// The configured embedder, answering before it is ready: a local model loads in the
@@ -132,6 +139,17 @@ impl Embedder for Pending {
     }
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.call(texts, false).await
+    }
+
+    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.call(texts, true).await
+    }
+}
+
+impl Pending {
+    /// One call to the embedder once it is ready, observed.
+    async fn call(&self, texts: &[String], background: bool) -> Result<Vec<Vec<f32>>, EmbedError> {
         match self.ready.get() {
             None => Err(EmbedError::Unavailable(anyhow::anyhow!(
                 "the {} embedder is still loading",
@@ -143,7 +161,11 @@ impl Embedder for Pending {
             ))),
             Some(Ok(embedder)) => {
                 let started = std::time::Instant::now();
-                let result = embedder.embed(texts).await;
+                let result = if background {
+                    embedder.embed_background(texts).await
+                } else {
+                    embedder.embed(texts).await
+                };
                 if let Some(observer) = &self.observer {
                     observer(
                         result

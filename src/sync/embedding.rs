@@ -300,10 +300,14 @@ impl EmbeddingWorker {
             }
             for chunk in texts.chunks(self.embedder.batch_size().max(1)) {
                 let batch: Vec<String> = chunk.iter().map(|(_, text)| text.clone()).collect();
-                let vectors = self.embedder.embed(&batch).await.map_err(|e| match e {
-                    EmbedError::Unavailable(e) => Failure::Retry(e),
-                    EmbedError::Rejected(reason) => Failure::Rejected(reason),
-                })?;
+                let vectors =
+                    self.embedder
+                        .embed_background(&batch)
+                        .await
+                        .map_err(|e| match e {
+                            EmbedError::Unavailable(e) => Failure::Retry(e),
+                            EmbedError::Rejected(reason) => Failure::Rejected(reason),
+                        })?;
                 for ((at, _), vector) in chunk.iter().zip(vectors) {
                     made[*at].vector = vector;
                 }
