@@ -61,7 +61,8 @@ fn open_vector_index(settings: &Settings) -> anyhow::Result<(Arc<dyn VectorIndex
         VectorBackend::Weaviate => (
             Arc::new(
                 WeaviateIndex::new(&settings.vector.weaviate, dimensions)
-                    .context("vector.weaviate")?,
+                    .context("vector.weaviate")?
+                    .with_text(settings.embedder.text.clone()),
             ),
             true,
         ),

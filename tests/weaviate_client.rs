@@ -364,7 +364,7 @@ async fn an_object_holds_the_contracts_properties_under_the_uuid5_of_its_id() {
         .expect("stored under the contract's uuid");
     assert_eq!(
         stored["properties"],
-        json!({"contextId": "ctx_123", "content": "{\"name\":\"ctx_123\"}", "metadata": "{\"team\":\"a\"}",
+        json!({"contextId": "ctx_123", "content": "ctx_123", "metadata": "{\"team\":\"a\"}",
                "timestamp": "2026-08-20T10:00:00Z", "source": "factory", "parentId": "ctx_1"})
     );
     let vector: Vec<f64> = serde_json::from_value(stored["vector"].clone()).unwrap();

@@ -89,6 +89,8 @@ pub struct WeaviateIndex {
     /// `Bearer <key>`, marked sensitive so that reqwest's `Debug` hides it.
     bearer: Option<HeaderValue>,
     retry: RetryPolicy,
+    /// `embedder.text`: what of `data` goes in the `content` property.
+    text: Vec<String>,
 }
 
 impl std::fmt::Debug for WeaviateIndex {
@@ -147,7 +149,16 @@ impl WeaviateIndex {
             dimensions,
             bearer,
             retry: RetryPolicy::default(),
+            text: Vec::new(),
         })
+    }
+
+    /// The same index writing as each object's `content` the strings of `data` that
+    /// `pointers` select (`embedder.text`; none: every string), as keyword search reads a
+    /// context's text.
+    pub fn with_text(mut self, pointers: Vec<String>) -> Self {
+        self.text = pointers;
+        self
     }
 
     /// The same index with another retry policy (tests use a faster one). `attempts: 0` is
@@ -435,13 +446,14 @@ impl VectorIndex for WeaviateIndex {
         "weaviate"
     }
 
-    /// Per class: a new `vector.weaviate.class_name` is filled from the store. (The first class
-    /// keeps the name of the releases before, so an upgrade does not refill it.)
+    /// Per class: a new `vector.weaviate.class_name` is filled from the store. The `:text`
+    /// suffix came with `content` holding each context's text rather than its JSON: the first
+    /// start of that release fills the class once more, replacing every object's `content`.
     fn cursor_name(&self) -> String {
         if self.class == crate::config::WeaviateSettings::default().class_name {
-            "vector:weaviate".to_owned()
+            "vector:weaviate:text".to_owned()
         } else {
-            format!("vector:weaviate:{}", self.class)
+            format!("vector:weaviate:{}:text", self.class)
         }
     }
 
@@ -508,7 +520,7 @@ impl VectorIndex for WeaviateIndex {
             prepared.push(Prepared {
                 id: entry.id.clone(),
                 uuid: object_id(&entry.id),
-                object: object_body(&self.class, entry),
+                object: object_body(&self.class, entry, &self.text),
             });
         }
         // An empty batch is a 422 (§5): nothing to send is simply nothing to do.
@@ -764,6 +776,20 @@ mod tests {
     }
 
     #[test]
+    fn a_content_property_keyword_search_cannot_read_is_a_mismatch() {
+        // A class made before `content` said how it is indexed: Weaviate's defaults (§10.3).
+        let mut class = class_definition("FactoryContext");
+        class["properties"][1] = json!({"name": "content", "dataType": ["text"]});
+        assert!(class_mismatches(&class).is_empty());
+        class["properties"][1]["tokenization"] = json!("field");
+        class["properties"][1]["indexSearchable"] = json!(false);
+        let problems = class_mismatches(&class);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("indexSearchable"));
+        assert!(problems[1].contains("tokenization"));
+    }
+
+    #[test]
     fn search_errors_are_read_before_data_and_null_data_means_no_hits() {
         let failed = json!({
             "data": {"Get": {"FactoryContext": null}},
@@ -817,7 +843,7 @@ mod tests {
     }
 
     #[test]
-    fn an_object_body_carries_compact_json_text_and_an_rfc3339_timestamp() {
+    fn an_object_body_carries_the_contexts_text_and_an_rfc3339_timestamp() {
         let data = JsonObject::from_value(&json!({"user": "john"})).unwrap();
         let entry = VectorEntry {
             id: id("ctx_123"),
@@ -829,12 +855,17 @@ mod tests {
             metadata: JsonObject::empty(),
             updated_at: Utc.with_ymd_and_hms(2026, 8, 20, 10, 0, 0).unwrap(),
         };
-        let body = serde_json::to_string(&object_body("FactoryContext", &entry)).unwrap();
-        // Byte for byte the object of the contract's §4.
+        let body = serde_json::to_string(&object_body("FactoryContext", &entry, &[])).unwrap();
+        // The object of the contract's §4, with `content` the context's text (§10.3): its
+        // strings, not its JSON, whose punctuation and keys would be searched as words.
         assert_eq!(
             body,
-            r#"{"class":"FactoryContext","id":"65f31481-1306-5c03-9aaf-fd7694153e8f","properties":{"contextId":"ctx_123","content":"{\"user\":\"john\"}","metadata":"{}","timestamp":"2026-08-20T10:00:00Z","source":"factory","parentId":""},"vector":[0.7,0.3]}"#
+            r#"{"class":"FactoryContext","id":"65f31481-1306-5c03-9aaf-fd7694153e8f","properties":{"contextId":"ctx_123","content":"john","metadata":"{}","timestamp":"2026-08-20T10:00:00Z","source":"factory","parentId":""},"vector":[0.7,0.3]}"#
         );
+        let data = JsonObject::from_value(&json!({"title": "pump", "notes": {"a": "b"}})).unwrap();
+        let picked = VectorEntry { data, ..entry };
+        let body = object_body("FactoryContext", &picked, &["/notes".to_owned()]);
+        assert_eq!(body.properties.content, "b");
     }
 
     #[test]

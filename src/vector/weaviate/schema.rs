@@ -15,7 +15,7 @@ pub fn class_definition(class: &str) -> Value {
         "vectorIndexConfig": {"distance": "cosine"},
         "properties": [
             {"name": "contextId", "dataType": ["text"], "tokenization": "field", "indexFilterable": true, "indexSearchable": false},
-            {"name": "content", "dataType": ["text"]},
+            {"name": "content", "dataType": ["text"], "tokenization": "word", "indexSearchable": true},
             {"name": "metadata", "dataType": ["text"], "indexFilterable": false, "indexSearchable": false},
             {"name": "timestamp", "dataType": ["date"]},
             {"name": "source", "dataType": ["text"], "tokenization": "field", "indexSearchable": false},
@@ -25,7 +25,8 @@ pub fn class_definition(class: &str) -> Value {
 }
 
 /// What in an existing class differs from [`class_definition`], checking only what §2.3 says
-/// matters: `vectorizer`, `vectorIndexConfig.distance`, and each property's name and data type.
+/// matters: `vectorizer`, `vectorIndexConfig.distance`, each property's name and data type, and
+/// that `content` is searchable word by word (§10.3).
 pub(super) fn class_mismatches(class: &Value) -> Vec<String> {
     let wanted = class_definition("");
     let mut problems = Vec::new();
@@ -48,6 +49,17 @@ pub(super) fn class_mismatches(class: &Value) -> Vec<String> {
                 found["dataType"], property["dataType"]
             )),
             Some(_) => {}
+        }
+    }
+    // `bm25` reads `content` (§10.3): searchable, and split into words.
+    if let Some(content) = find_property(class, "content") {
+        if content["indexSearchable"] == json!(false) {
+            problems.push("property \"content\" is not indexSearchable".to_owned());
+        }
+        if content["tokenization"] == json!("field") {
+            problems.push(
+                "property \"content\" has tokenization \"field\", expected \"word\"".to_owned(),
+            );
         }
     }
     problems

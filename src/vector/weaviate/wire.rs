@@ -26,7 +26,7 @@ pub(super) struct ObjectOut {
 #[serde(rename_all = "camelCase")]
 pub(super) struct PropertiesOut {
     pub(super) context_id: String,
-    /// `data` as compact JSON text.
+    /// The context's text ([`crate::domain::context_text`]), what `bm25` searches (§10.3).
     pub(super) content: String,
     /// `metadata` as compact JSON text (§2.1).
     pub(super) metadata: String,
@@ -53,14 +53,18 @@ pub fn object_id(id: &ContextId) -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_DNS, id.as_str().as_bytes())
 }
 
-/// The object of one context in a batch (§4, §5).
-pub(super) fn object_body(class: &str, entry: &VectorEntry) -> ObjectOut {
+/// The object of one context in a batch (§4, §5); `text` selects its `content` (§10.3).
+pub(super) fn object_body(class: &str, entry: &VectorEntry, text: &[String]) -> ObjectOut {
     ObjectOut {
         class: class.to_owned(),
         id: object_id(&entry.id).to_string(),
         properties: PropertiesOut {
             context_id: entry.id.as_str().to_owned(),
-            content: entry.data.as_str().to_owned(),
+            content: crate::domain::context_text_up_to(
+                &entry.data,
+                text,
+                crate::keyword::MAX_TEXT_BYTES,
+            ),
             metadata: entry.metadata.as_str().to_owned(),
             timestamp: entry
                 .updated_at
