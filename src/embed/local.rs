@@ -193,11 +193,11 @@ impl Embedder for LocalEmbedder {
             .map_err(|e| EmbedError::Rejected(format!("{e:#}")))
     }
 
-    /// In jobs of [`BACKGROUND_BATCH`] texts on the CPU pool, each after the requests' work
-    /// waiting then: a text query waits for one such job at most.
+    /// In jobs of about [`BACKGROUND_JOB_BYTES`] of text on the CPU pool, each after the
+    /// requests' work waiting then: a text query waits for one such job at most.
     async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(BACKGROUND_BATCH) {
+        for chunk in background_jobs(texts) {
             let embedder = self.clone();
             let chunk = chunk.to_vec();
             let made = crate::cpu::run_background(move || embedder.embed_blocking(&chunk))
@@ -209,10 +209,29 @@ impl Embedder for LocalEmbedder {
     }
 }
 
-/// Texts per job of background embedding: a few, so that a query arriving meanwhile waits
-/// little (about 70 ms for four short texts on one core, 0.6 s for four of 200 words), while
-/// keeping most of what batching gains.
-pub const BACKGROUND_BATCH: usize = 4;
+/// About how much text one job of background embedding takes: one text of the model's whole
+/// input (256 tokens is some 1.2 KB of English), or several short ones. A query that arrives
+/// meanwhile waits for one such job at most: about 180 ms on one core of this machine, where
+/// four texts of 200 words made it wait 0.7 s. Batching gains little beyond it (a batch of 32
+/// long texts embeds no faster than one at a time; of short texts, 40% faster).
+pub const BACKGROUND_JOB_BYTES: usize = 1024;
+
+/// `texts` cut into jobs of about [`BACKGROUND_JOB_BYTES`] (at least one text each), in order.
+fn background_jobs(texts: &[String]) -> Vec<&[String]> {
+    let mut jobs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (at, text) in texts.iter().enumerate() {
+        if at > start && bytes + text.len() > BACKGROUND_JOB_BYTES {
+            jobs.push(&texts[start..at]);
+            (start, bytes) = (at, 0);
+        }
+        bytes += text.len();
+    }
+    if start < texts.len() {
+        jobs.push(&texts[start..]);
+    }
+    jobs
+}
 
 impl Model {
     fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -826,6 +845,26 @@ impl Bert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_jobs_hold_about_a_kilobyte_of_text_and_at_least_one_text() {
+        let texts =
+            |sizes: &[usize]| -> Vec<String> { sizes.iter().map(|n| "x".repeat(*n)).collect() };
+        let sizes = |jobs: Vec<&[String]>| -> Vec<Vec<usize>> {
+            jobs.iter()
+                .map(|job| job.iter().map(String::len).collect())
+                .collect()
+        };
+        assert_eq!(
+            sizes(background_jobs(&texts(&[300, 300, 300, 300, 100]))),
+            [vec![300, 300, 300], vec![300, 100]]
+        );
+        assert_eq!(
+            sizes(background_jobs(&texts(&[5000, 10, 5000]))),
+            [vec![5000], vec![10], vec![5000]]
+        );
+        assert!(background_jobs(&[]).is_empty());
+    }
 
     const MINILM_CONFIG: &str = r#"{
         "_name_or_path": "nreimers/MiniLM-L6-H384-uncased", "architectures": ["BertModel"],
