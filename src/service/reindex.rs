@@ -4,9 +4,10 @@
 //!
 //! An embedding of another length (stored under other `vector.dimensions`) cannot be searched
 //! and is left out of the index (`/readyz` says the vector check is `degraded`). What becomes
-//! of each is decided by [`fate`], from where the embedding came from: a client's cannot be
-//! made again by the server, so it is dropped; the server's is made again (here when an
-//! embedder is configured, else by the server's embedding worker once one is).
+//! of each depends on where it came from: a client's cannot be made again by the server, so it
+//! is dropped ([`Store::other_length_embeddings`] lists only those); the server's is removed and
+//! made again (here when an embedder is configured, else by the server's embedding worker once
+//! one is).
 //!
 //! Dropping is a repair of stored data, not a write: the current version's embedding becomes
 //! null, with no new version and no change in the feed or the webhook (see
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::l2::RedisL2;
-use crate::domain::{ContextId, EmbeddingSource};
+use crate::domain::ContextId;
 use crate::embed::{EmbedError, Embedder};
 use crate::store::{ServerEmbedding, Store};
 use crate::sync::{Indexer, IndexerState, embedding_text, text_sha256};
@@ -26,23 +27,6 @@ use crate::vector::VectorIndex;
 
 /// Embeddings looked at per page.
 const PAGE: usize = 500;
-
-/// What `reindex` does with an embedding of another length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fate {
-    /// Removed from the store: the context stays, without an embedding.
-    Drop,
-    /// Removed, and made again by the embedder from the context's text.
-    Remake,
-}
-
-/// What becomes of an embedding of another length, by where it came from.
-pub fn fate(source: EmbeddingSource) -> Fate {
-    match source {
-        EmbeddingSource::Client => Fate::Drop,
-        EmbeddingSource::Server => Fate::Remake,
-    }
-}
 
 /// What a reindex did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +83,8 @@ pub struct Remaker {
     pub pointers: Vec<String>,
 }
 
-/// Drops the embeddings of another length than `index.dimensions()` (as [`fate`] decides),
-/// makes every server embedding again with `remaker`'s embedder when there is one (and those
+/// Drops the clients' embeddings of another length than `index.dimensions()`, removes the
+/// server's of another length, makes every server embedding again with `remaker`'s embedder when there is one (and those
 /// of contexts still without an embedding), forgets what changed in Redis, and rebuilds
 /// `index` from the store (`persistent`: it keeps its data across restarts, Weaviate). Safe to
 /// run again: a second run drops nothing.
@@ -119,9 +103,7 @@ pub async fn reindex(
             let page = store
                 .other_length_embeddings(dimensions, after.as_deref(), PAGE)
                 .await?;
-            // Only clients' embeddings are listed here (the server's are dealt with below),
-            // and their fate is to be dropped.
-            debug_assert_eq!(fate(EmbeddingSource::Client), Fate::Drop);
+            // Clients' embeddings only: the server's are dealt with below.
             let to_drop: Vec<ContextId> = page.iter().map(|(id, _)| id.clone()).collect();
             for (id, length) in &page {
                 tracing::debug!(%id, length, dimensions, "dropping an embedding of another length");

@@ -640,9 +640,10 @@ pub trait EmbeddingStore: Send + Sync + 'static {
         embedded_only: bool,
     ) -> Result<Vec<Context>, StoreError>;
 
-    /// Contexts whose current version has an embedding whose length is not `dimensions`, in
-    /// id order after `after`, at most `limit`, each with the length found: what the vector
-    /// index leaves out, and what `contextd reindex` drops.
+    /// Contexts whose current version has a client's embedding whose length is not
+    /// `dimensions`, in id order after `after`, at most `limit`, each with the length found:
+    /// what `contextd reindex` drops. (Server embeddings of another length: see
+    /// [`EmbeddingStore::unembedded`] and [`EmbeddingStore::drop_server_embeddings`].)
     async fn other_length_embeddings(
         &self,
         dimensions: usize,

@@ -247,8 +247,8 @@ impl EmbeddingWorker {
     /// Embeds what `ids` still need, stores it, puts it in the caches, and tells the indexer.
     async fn round(&self, ids: &[ContextId]) -> Result<Round, Failure> {
         let dimensions = self.embedder.dimensions();
+        let model = self.embedder.model();
         let mut wanted: Vec<(Context, String)> = Vec::new();
-        let mut done: Vec<Context> = Vec::new();
         for id in ids {
             let Some(context) = self.store.get(id).await.map_err(retry)? else {
                 continue;
@@ -261,87 +261,84 @@ impl EmbeddingWorker {
             }
         }
         let mut round = Round::default();
-        if !wanted.is_empty() {
-            let held: HashMap<ContextId, ServerEmbedding> = self
-                .store
-                .server_embeddings(&wanted.iter().map(|(c, _)| c.id.clone()).collect::<Vec<_>>())
+        // Contexts whose server embedding is in the store, for the indexer to index.
+        let mut done: Vec<ContextId> = Vec::new();
+        if wanted.is_empty() {
+            return Ok(round);
+        }
+        let wanted_ids: Vec<ContextId> = wanted.iter().map(|(c, _)| c.id.clone()).collect();
+        let held: HashMap<ContextId, ServerEmbedding> = self
+            .store
+            .server_embeddings(&wanted_ids)
+            .await
+            .map_err(retry)?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        // The embeddings to store, each with its context; and the texts for the model, each
+        // with the position of its entry in `made`.
+        let mut made: Vec<(Context, ServerEmbedding)> = Vec::with_capacity(wanted.len());
+        let mut texts: Vec<(usize, String)> = Vec::new();
+        for (context, text) in wanted {
+            let text_sha256 = text_sha256(&text);
+            let usable = held.get(&context.id).filter(|e| {
+                e.text_sha256 == text_sha256 && e.vector.len() == dimensions && e.model == model
+            });
+            if usable.is_some_and(|e| e.version == context.version) {
+                // Made already (by another instance): only this instance's index lacks it.
+                done.push(context.id);
+                continue;
+            }
+            match usable {
+                Some(_) => round.reused += 1,
+                None => texts.push((made.len(), text)),
+            }
+            let embedding = ServerEmbedding {
+                id: context.id.clone(),
+                version: context.version,
+                model: model.to_owned(),
+                text_sha256,
+                // A text embedded before, for an older version: taken over.
+                vector: usable.map(|e| e.vector.clone()).unwrap_or_default(),
+            };
+            made.push((context, embedding));
+        }
+        for chunk in texts.chunks(self.embedder.batch_size().max(1)) {
+            let batch: Vec<String> = chunk.iter().map(|(_, text)| text.clone()).collect();
+            let vectors = self
+                .embedder
+                .embed_background(&batch)
                 .await
-                .map_err(retry)?
-                .into_iter()
-                .map(|e| (e.id.clone(), e))
-                .collect();
-            let mut made: Vec<ServerEmbedding> = Vec::with_capacity(wanted.len());
-            // The texts for the model, each with the position of its entry in `made`.
-            let mut texts: Vec<(usize, String)> = Vec::new();
-            let model = self.embedder.model();
-            let mut current = Vec::new();
-            for (at, (context, text)) in wanted.iter().enumerate() {
-                let text_sha256 = text_sha256(text);
-                let usable = held.get(&context.id).filter(|e| {
-                    e.text_sha256 == text_sha256 && e.vector.len() == dimensions && e.model == model
-                });
-                if usable.is_some_and(|e| e.version == context.version) {
-                    // Made already (by another instance): only this instance's index lacks it.
-                    current.push(at);
-                    continue;
-                }
-                match usable {
-                    Some(_) => round.reused += 1,
-                    None => texts.push((made.len(), text.clone())),
-                }
-                made.push(ServerEmbedding {
-                    id: context.id.clone(),
-                    version: context.version,
-                    model: model.to_owned(),
-                    text_sha256,
-                    // A text embedded before, for an older version: taken over.
-                    vector: usable.map(|e| e.vector.clone()).unwrap_or_default(),
-                });
+                .map_err(|e| match e {
+                    EmbedError::Unavailable(e) => Failure::Retry(e),
+                    EmbedError::Rejected(reason) => Failure::Rejected(reason),
+                })?;
+            for ((at, _), vector) in chunk.iter().zip(vectors) {
+                made[*at].1.vector = vector;
             }
-            for chunk in texts.chunks(self.embedder.batch_size().max(1)) {
-                let batch: Vec<String> = chunk.iter().map(|(_, text)| text.clone()).collect();
-                let vectors =
-                    self.embedder
-                        .embed_background(&batch)
-                        .await
-                        .map_err(|e| match e {
-                            EmbedError::Unavailable(e) => Failure::Retry(e),
-                            EmbedError::Rejected(reason) => Failure::Rejected(reason),
-                        })?;
-                for ((at, _), vector) in chunk.iter().zip(vectors) {
-                    made[*at].vector = vector;
-                }
-                round.embedded += chunk.len();
-            }
-            for at in current {
-                done.push(wanted[at].0.clone());
-            }
-            made.retain(|e| !e.vector.is_empty());
-            let stored = self
-                .store
-                .put_server_embeddings(&made)
-                .await
-                .map_err(retry)?;
-            let mut vectors: HashMap<ContextId, Vec<f32>> =
-                made.into_iter().map(|e| (e.id, e.vector)).collect();
-            for id in stored {
-                if let (Some(vector), Some(at)) = (
-                    vectors.remove(&id),
-                    wanted.iter().position(|(c, _)| c.id == id),
-                ) {
-                    let mut context = wanted[at].0.clone();
-                    context.server_embedding = Some(vector);
-                    self.cache
-                        .written(&Arc::new(CachedContext::new(context.clone())))
-                        .await;
-                    done.push(context);
-                }
+            round.embedded += chunk.len();
+        }
+        made.retain(|(_, e)| !e.vector.is_empty());
+        let embeddings: Vec<ServerEmbedding> = made.iter().map(|(_, e)| e.clone()).collect();
+        let stored: std::collections::HashSet<ContextId> = self
+            .store
+            .put_server_embeddings(&embeddings)
+            .await
+            .map_err(retry)?
+            .into_iter()
+            .collect();
+        for (mut context, embedding) in made {
+            if stored.contains(&context.id) {
+                context.server_embedding = Some(embedding.vector);
+                done.push(context.id.clone());
+                self.cache
+                    .written(&Arc::new(CachedContext::new(context)))
+                    .await;
             }
         }
         if !done.is_empty() {
             // Waits while the indexer is behind; it never waits for this worker.
-            let ids = done.into_iter().map(|context| context.id).collect();
-            let _ = self.embedded.send(ids).await;
+            let _ = self.embedded.send(done).await;
         }
         Ok(round)
     }
