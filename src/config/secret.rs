@@ -19,6 +19,20 @@ impl<T> Secret<T> {
     }
 }
 
+impl Secret<String> {
+    /// `Authorization: Bearer <key>` for this key (surrounding blanks left out), marked
+    /// sensitive so that the HTTP client's `Debug` hides it. The error names `setting`, never
+    /// the value.
+    pub fn bearer_header(&self, setting: &str) -> anyhow::Result<reqwest::header::HeaderValue> {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0.trim()))
+                // Not the http error: it could quote the value.
+                .map_err(|_| anyhow::anyhow!("{setting} holds characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
 impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")

@@ -180,18 +180,10 @@ impl OpenAiEmbedder {
             .api_key
             .clone()
             .filter(|key| !key.expose().trim().is_empty());
-        let bearer = match &key {
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose().trim()))
-                    // Not the http error: it could quote the value.
-                    .map_err(|_| {
-                        anyhow!("embedder.openai.api_key holds characters a header cannot carry")
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let bearer = key
+            .as_ref()
+            .map(|key| key.bearer_header("embedder.openai.api_key"))
+            .transpose()?;
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)

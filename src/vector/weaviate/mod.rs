@@ -124,18 +124,11 @@ impl WeaviateIndex {
         let root = root.strip_suffix("/v1").unwrap_or(root);
         check_class_name(&settings.class_name)?;
 
-        let bearer = match &settings.api_key {
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    // Not the reqwest error: it could quote the value.
-                    .map_err(|_| {
-                        anyhow!("vector.weaviate.api_key holds characters a header cannot carry")
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let bearer = settings
+            .api_key
+            .as_ref()
+            .map(|key| key.bearer_header("vector.weaviate.api_key"))
+            .transpose()?;
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
